@@ -1,0 +1,55 @@
+# Thin wrapper over meson. `make run` starts the demo daemon; `make test` is the whole test run.
+BUILD ?= build
+ASAN ?= build-asan
+FUZZ ?= build-fuzz
+FUZZ_SECONDS ?= 60
+SOURCES = $(shell git ls-files '*.cc' '*.h' 2>/dev/null)
+
+.PHONY: all build deps test asan run format format-check tidy bench fuzz clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+$(BUILD)/build.ninja:
+	@scripts/install-deps
+	meson setup $(BUILD)
+
+build: $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+test:
+	@test/run.sh
+
+asan:
+	@scripts/install-deps
+	@[ -f $(ASAN)/build.ninja ] || meson setup $(ASAN) -Db_sanitize=address,undefined \
+	  -Db_lundef=false -Dcpp_args=-fno-sanitize-recover=all
+	ninja -C $(ASAN) && meson test -C $(ASAN) --print-errorlogs
+
+run: build
+	@scripts/run-demo $(BUILD)
+
+format:
+	clang-format -i $(SOURCES)
+
+format-check:
+	clang-format --dry-run --Werror $(SOURCES)
+
+tidy: build
+	clang-tidy -p $(BUILD) --quiet $(filter %.cc,$(SOURCES))
+
+bench: build
+	@tools/bench/run.sh $(BUILD)
+
+fuzz:
+	@scripts/install-deps --dev
+	@[ -f $(FUZZ)/build.ninja ] || CXX=clang++ meson setup $(FUZZ) -Dfuzz=true \
+	  -Db_sanitize=address,undefined -Db_lundef=false
+	ninja -C $(FUZZ) rpc_fuzz
+	$(FUZZ)/test/rpc_fuzz -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 \
+	  $(FUZZ)/fuzz-corpus test/fuzz/corpus
+
+clean:
+	rm -rf $(BUILD) $(ASAN) $(FUZZ)

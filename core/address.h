@@ -1,0 +1,41 @@
+// Endpoint addresses: `host:port`, `[v6]:port`, `unix:/path`; parsed, resolved and printed.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <string>
+#include <string_view>
+
+#include "core/error.h"
+
+namespace aiorpc::core {
+
+class Address {
+ public:
+  Address() = default;
+  // Parses numeric IPv4/IPv6 and `localhost`; other host names are resolved (blocking: for
+  // start-up and tools, never on the hot path). Bad input → Errc::kBadAddress.
+  static Result<Address> parse(std::string_view text);
+  static Address fromSockaddr(const sockaddr* sa, socklen_t len);
+
+  int family() const noexcept { return storage_.ss_family; }
+  bool isUnix() const noexcept { return family() == AF_UNIX; }
+  const sockaddr* sockaddr_ptr() const noexcept {
+    return reinterpret_cast<const sockaddr*>(&storage_);
+  }
+  socklen_t length() const noexcept { return len_; }
+  // IP text (IPv4-mapped IPv6 shown as dotted IPv4) or the unix path.
+  std::string host() const;
+  int port() const noexcept;
+  void setPort(int port) noexcept;
+  // `1.2.3.4:5`, `[::1]:5`, `unix:/p`.
+  std::string toString() const;
+
+ private:
+  sockaddr_storage storage_{};
+  socklen_t len_ = 0;
+};
+
+}  // namespace aiorpc::core

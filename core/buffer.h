@@ -1,0 +1,75 @@
+// Byte buffers: Buffer (contiguous, for input) and OutQueue (a chain of pooled blocks, for
+// output, written with writev).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstring>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace aiorpc::core {
+
+// Contiguous growable buffer with a read and a write index (muduo's Buffer, without prepend):
+//
+//   +-------------------+------------------+------------------+
+//   |   consumed bytes  |  readable bytes  |  writable bytes  |
+//   +-------------------+------------------+------------------+
+//   0      <=        read_       <=      write_     <=     size
+class Buffer {
+ public:
+  std::string_view readable() const noexcept { return {data_.data() + read_, write_ - read_}; }
+  size_t size() const noexcept { return write_ - read_; }
+  void consume(size_t n) noexcept;
+  // At least `n` writable bytes at the end; moves data to the front before growing.
+  std::span<char> reserve(size_t n);
+  void commit(size_t n) noexcept { write_ += n; }
+  void append(std::string_view s);
+  // Frees the storage once empty (idle connections should cost nothing).
+  void shrink() noexcept;
+
+ private:
+  std::vector<char> data_;
+  size_t read_ = 0, write_ = 0;
+};
+
+// Output queue: appends are copied into 16 KiB blocks taken from a per-thread pool (no
+// allocation in steady state); payloads of kLarge or more get a block of their own. writeTo()
+// sends up to 64 blocks in one writev. An empty queue holds no memory.
+class OutQueue {
+ public:
+  static constexpr size_t kBlock = 16 * 1024;
+  static constexpr size_t kLarge = 64 * 1024;
+
+  OutQueue() = default;
+  OutQueue(const OutQueue&) = delete;
+  OutQueue& operator=(const OutQueue&) = delete;
+  ~OutQueue() { clear(); }
+
+  size_t size() const noexcept { return bytes_; }
+  bool empty() const noexcept { return bytes_ == 0; }
+  void append(const void* p, size_t n);
+  void append(std::string_view s) { append(s.data(), s.size()); }
+  // Writes as much as the socket takes (sendmsg, MSG_NOSIGNAL). Returns bytes written, or -1 with
+  // errno set (EAGAIN included).
+  ssize_t writeTo(int fd);
+  void clear() noexcept;
+
+ private:
+  struct Block {
+    char* data;
+    size_t cap, begin, end;
+  };
+  Block& tailWithRoom();
+  static char* takeBlock(size_t cap);
+  static void giveBlock(char* p, size_t cap) noexcept;
+  void popFront() noexcept;
+
+  std::vector<Block> blocks_;  // FIFO; head_ is the first live one
+  size_t head_ = 0;
+  size_t bytes_ = 0;
+};
+
+}  // namespace aiorpc::core

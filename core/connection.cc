@@ -1,0 +1,139 @@
+// Connection: the read path, the batched write path and close.
+#include "core/connection.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace aiorpc::core {
+
+void ConnectionHandler::onEof(Connection& c) { c.closeAfterFlush(); }
+
+Connection::Connection(Loop& loop, Fd fd, ConnectionHandler* handler)
+    : loop_(loop), fd_(std::move(fd)), handler_(handler) {
+  peer_ = peerAddress(fd_.get());
+  local_ = localAddress(fd_.get());
+  if (!peer_.isUnix()) setNoDelay(fd_.get());
+  io_.bind<&Connection::onIo>(loop.raw(), this);
+  io_.set(fd_.get(), EV_READ);
+  io_.start();
+}
+
+Connection::~Connection() { io_.stop(); }
+
+void Connection::updateIo() noexcept {
+  int ev = 0;
+  if (!paused_ && !eof_ && !close_after_flush_) ev |= EV_READ;
+  if (want_write_) ev |= EV_WRITE;
+  if (ev == io_.events() && io_.active() == (ev != 0)) return;
+  io_.stop();
+  if (ev) {
+    io_.set(fd_.get(), ev);
+    io_.start();
+  }
+}
+
+void Connection::send(std::string_view bytes) {
+  if (closed_) return;
+  out_.append(bytes);
+  sent();
+}
+
+void Connection::sent() noexcept {
+  if (closed_) {
+    out_.clear();
+    return;
+  }
+  if (!want_write_) loop_.wantFlush(this);  // an armed write watcher will pick it up
+  if (!above_high_ && out_.size() > high_) {
+    above_high_ = true;
+    handler_->onHighWater(*this);
+  }
+}
+
+void Connection::pauseReading() noexcept {
+  paused_ = true;
+  if (!closed_) updateIo();
+}
+
+void Connection::resumeReading() noexcept {
+  paused_ = false;
+  if (!closed_) updateIo();
+}
+
+void Connection::closeAfterFlush() noexcept {
+  if (closed_) return;
+  close_after_flush_ = true;
+  if (out_.empty()) {
+    close();
+    return;
+  }
+  updateIo();
+  loop_.wantFlush(this);
+}
+
+void Connection::close(std::error_code why) noexcept {
+  if (closed_) return;
+  closed_ = true;
+  io_.stop();
+  unlink();  // off the loop's flush list
+  out_.clear();
+  fd_.reset();
+  handler_->onClose(why);
+}
+
+void Connection::onIo(int revents) noexcept {
+  if (revents & EV_WRITE) {
+    flush();
+    if (closed_) return;
+  }
+  if (revents & EV_READ) onReadable();
+}
+
+void Connection::onReadable() noexcept {
+  std::span<char> buf = handler_->readBuffer();
+  ssize_t n;
+  do {
+    n = ::read(fd_.get(), buf.data(), buf.size());
+  } while (n < 0 && errno == EINTR);
+  if (n > 0) {
+    handler_->onData(static_cast<size_t>(n));
+    return;
+  }
+  if (n == 0) {
+    eof_ = true;
+    updateIo();
+    handler_->onEof(*this);
+    return;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+  close(sysError(errno));
+}
+
+void Connection::flush() noexcept {
+  if (closed_) return;
+  if (!out_.empty()) {
+    ssize_t w = out_.writeTo(fd_.get());
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      close(sysError(errno));
+      return;
+    }
+  }
+  afterWrite();
+}
+
+void Connection::afterWrite() noexcept {
+  bool more = !out_.empty();
+  if (more != want_write_) {
+    want_write_ = more;
+    updateIo();
+  }
+  if (above_high_ && out_.size() <= low_) {
+    above_high_ = false;
+    handler_->onLowWater(*this);
+    if (closed_) return;
+  }
+  if (!more && close_after_flush_) close();
+}
+
+}  // namespace aiorpc::core

@@ -1,0 +1,91 @@
+// A non-blocking stream connection: reads into the owner's buffer, batches writes per iteration.
+#pragma once
+
+#include <span>
+#include <string_view>
+#include <system_error>
+
+#include "core/address.h"
+#include "core/buffer.h"
+#include "core/loop.h"
+#include "core/socket.h"
+#include "core/watcher.h"
+
+namespace aiorpc::core {
+
+class Connection;
+
+// The owner's side of a connection. Upcalls run on the loop; any of them may call
+// Connection::close(). onClose comes exactly once, possibly from inside another upcall: after
+// any upcall the owner must check closed() before touching the connection again, and must free
+// the connection only through Loop::deferDelete (never inside an upcall).
+class ConnectionHandler {
+ public:
+  // Where the next read lands: a span of at least a few KiB, owned by the handler (the rpc
+  // layer hands out the msgpack unpacker's buffer, so bytes are read in place).
+  virtual std::span<char> readBuffer() = 0;
+  // `n` bytes were read into the span last returned.
+  virtual void onData(size_t n) = 0;
+  // The peer half-closed. The default closes once the output is flushed.
+  virtual void onEof(Connection& c);
+  // The output queue went over the high-water mark / drained below the low-water mark.
+  virtual void onHighWater(Connection&) {}
+  virtual void onLowWater(Connection&) {}
+  // Exactly once. `why` is empty for a local close or a clean shutdown by the peer.
+  virtual void onClose(std::error_code why) = 0;
+
+ protected:
+  ~ConnectionHandler() = default;
+};
+
+class Connection final : private Flushable {
+ public:
+  // Takes ownership of the connected, non-blocking `fd` and starts reading.
+  Connection(Loop& loop, Fd fd, ConnectionHandler* handler);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Queues bytes; they go out in one writev before the loop next sleeps.
+  void send(std::string_view bytes);
+  // For encoders that append in pieces: append to out(), then call sent().
+  OutQueue& out() noexcept { return out_; }
+  void sent() noexcept;
+
+  void pauseReading() noexcept;
+  void resumeReading() noexcept;
+  bool readingPaused() const noexcept { return paused_; }
+  // Stop reading, flush what is queued, then close (graceful). Idempotent.
+  void closeAfterFlush() noexcept;
+  // Closes now, dropping unsent output. Idempotent; safe inside any upcall.
+  void close(std::error_code why = {}) noexcept;
+  bool closed() const noexcept { return closed_; }
+  bool eof() const noexcept { return eof_; }
+
+  // Output watermarks in bytes (defaults 4 MiB / 1 MiB).
+  void setWaterMarks(size_t high, size_t low) noexcept { high_ = high, low_ = low; }
+  size_t pendingBytes() const noexcept { return out_.size(); }
+  int fd() const noexcept { return fd_.get(); }
+  const Address& peer() const noexcept { return peer_; }
+  const Address& local() const noexcept { return local_; }
+  Loop& loop() noexcept { return loop_; }
+
+ private:
+  void onIo(int revents) noexcept;
+  void onReadable() noexcept;
+  void flush() noexcept override;
+  void afterWrite() noexcept;
+  void updateIo() noexcept;
+
+  Loop& loop_;
+  Fd fd_;
+  ConnectionHandler* handler_;
+  IoWatcher io_;
+  OutQueue out_;
+  Address peer_, local_;
+  size_t high_ = 4 << 20, low_ = 1 << 20;
+  bool closed_ = false, paused_ = false, eof_ = false, above_high_ = false;
+  bool want_write_ = false, close_after_flush_ = false;
+};
+
+}  // namespace aiorpc::core

@@ -1,0 +1,40 @@
+// The aiorpc::core error category.
+#include "core/error.h"
+
+namespace aiorpc::core {
+namespace {
+
+class Category final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "aiorpc"; }
+  std::string message(int c) const override {
+    switch (static_cast<Errc>(c)) {
+      case Errc::kBadAddress:
+        return "bad address";
+      case Errc::kTimedOut:
+        return "timed out";
+      case Errc::kClosed:
+        return "connection closed";
+      case Errc::kProtocol:
+        return "protocol error";
+      case Errc::kTooLarge:
+        return "message over the limit";
+      case Errc::kNotSent:
+        return "not sent";
+      case Errc::kPeerDead:
+        return "peer marked dead after repeated connect failures";
+      case Errc::kDraining:
+        return "server is draining";
+    }
+    return "unknown error";
+  }
+};
+
+}  // namespace
+
+const std::error_category& category() noexcept {
+  static const Category c;
+  return c;
+}
+
+}  // namespace aiorpc::core

@@ -1,0 +1,66 @@
+// Levelled logging: a timestamp, the level and one line.
+#include "core/log.h"
+
+#include <sys/time.h>
+
+#include <cstdio>
+#include <ctime>
+
+namespace aiorpc::core::log {
+namespace {
+
+LogLevel g_level = LogLevel::kInfo;
+std::FILE* g_file = nullptr;  // nullptr: stderr
+
+const char* name(LogLevel l) {
+  switch (l) {
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarn:
+      return "warn";
+    case LogLevel::kError:
+      return "error";
+    case LogLevel::kOff:
+      break;
+  }
+  return "?";
+}
+
+}  // namespace
+
+void setLevel(LogLevel l) noexcept { g_level = l; }
+LogLevel level() noexcept { return g_level; }
+
+Result<LogLevel> parseLevel(std::string_view s) {
+  for (auto l : {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarn, LogLevel::kError})
+    if (s == name(l)) return l;
+  return std::make_error_code(std::errc::invalid_argument);
+}
+
+Result<void> setFile(const std::string& path) {
+  std::FILE* f = nullptr;
+  if (!path.empty()) {
+    f = std::fopen(path.c_str(), "a");
+    if (!f) return sysError(errno);
+  }
+  if (g_file) std::fclose(g_file);
+  g_file = f;
+  return {};
+}
+
+void write(LogLevel l, std::string_view msg) noexcept {
+  timeval tv{};
+  gettimeofday(&tv, nullptr);
+  tm t{};
+  gmtime_r(&tv.tv_sec, &t);
+  char ts[32];
+  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &t);
+  std::FILE* out = g_file ? g_file : stderr;
+  std::fprintf(out, "%s.%03dZ %-5s %.*s\n", ts, static_cast<int>(tv.tv_usec / 1000), name(l),
+               static_cast<int>(msg.size()), msg.data());
+  std::fflush(out);
+}
+
+}  // namespace aiorpc::core::log

@@ -1,0 +1,51 @@
+// Levelled one-line logging on fmt, to stderr or a file.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <string>
+#include <string_view>
+
+#include "core/error.h"
+
+namespace aiorpc::core {
+
+enum class LogLevel { kDebug, kInfo, kWarn, kError, kOff };
+
+namespace log {
+
+// Not thread-safe by design: aiorpc is single-threaded. Every line is flushed as written.
+void setLevel(LogLevel l) noexcept;
+LogLevel level() noexcept;
+Result<LogLevel> parseLevel(std::string_view s);
+// Appends to `path`; an empty path means stderr.
+Result<void> setFile(const std::string& path);
+void write(LogLevel l, std::string_view msg) noexcept;
+
+template <class... T>
+void at(LogLevel l, fmt::format_string<T...> f, T&&... a) noexcept {
+  if (l < level()) return;
+  try {
+    write(l, fmt::format(f, std::forward<T>(a)...));
+  } catch (...) {  // a log line that cannot be formatted is not worth a crash
+  }
+}
+template <class... T>
+void debug(fmt::format_string<T...> f, T&&... a) noexcept {
+  at(LogLevel::kDebug, f, std::forward<T>(a)...);
+}
+template <class... T>
+void info(fmt::format_string<T...> f, T&&... a) noexcept {
+  at(LogLevel::kInfo, f, std::forward<T>(a)...);
+}
+template <class... T>
+void warn(fmt::format_string<T...> f, T&&... a) noexcept {
+  at(LogLevel::kWarn, f, std::forward<T>(a)...);
+}
+template <class... T>
+void error(fmt::format_string<T...> f, T&&... a) noexcept {
+  at(LogLevel::kError, f, std::forward<T>(a)...);
+}
+
+}  // namespace log
+}  // namespace aiorpc::core

@@ -1,0 +1,155 @@
+// The reactor loop.
+#include "core/loop.h"
+
+#include <sys/resource.h>
+
+#include <csignal>
+
+#include "core/log.h"
+
+namespace aiorpc::core {
+
+struct Loop::OneShot {
+  Loop* loop;
+  TimerId id;
+  Callback<void()> cb;
+  TimerWatcher w;
+  void fire(int) noexcept {
+    auto cb_local = std::move(cb);
+    loop->cancel(id);  // frees this
+    cb_local();
+  }
+};
+
+struct Loop::Sig {
+  int signo;
+  Callback<void(int)> cb;
+  SignalWatcher w;
+  void fire(int) noexcept { cb(signo); }
+};
+
+Loop::Loop()
+    : loop_(ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV) |
+                        static_cast<unsigned>(ev_recommended_backends()))) {
+  if (!loop_) loop_ = ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV));
+  prepare_.bind<&Loop::onPrepare>(loop_, this);
+  prepare_.start();
+  ev_unref(loop_);  // the prepare watcher alone must not keep run() going
+  check_.bind<&Loop::onCheck>(loop_, this);
+  check_.start();
+  ev_unref(loop_);
+  idle_.bind<&Loop::onIdle>(loop_, this);
+}
+
+Loop::~Loop() {
+  // Run what was posted (deferred deletes among it) so nothing leaks.
+  for (int i = 0; i < 16 && !posted_.empty(); ++i) runPosted();
+  timers_.clear();
+  for (auto& s : signals_) {
+    ev_ref(loop_);  // balance the ev_unref of onSignal before stopping
+    s->w.stop();
+  }
+  signals_.clear();
+  ev_ref(loop_);
+  prepare_.stop();
+  ev_ref(loop_);
+  check_.stop();
+  idle_.stop();
+  ev_loop_destroy(loop_);
+}
+
+void Loop::run() { ev_run(loop_, 0); }
+void Loop::runOnce() { ev_run(loop_, EVRUN_ONCE); }
+void Loop::stop() noexcept { ev_break(loop_, EVBREAK_ALL); }
+
+void Loop::post(Callback<void()> cb) {
+  posted_.push_back(std::move(cb));
+  idle_.start();
+}
+
+void Loop::runPosted() noexcept {
+  running_.swap(posted_);
+  for (auto& cb : running_) cb();
+  running_.clear();
+}
+
+void Loop::onIdle(int) noexcept {
+  if (posted_.empty()) idle_.stop();
+}
+
+void Loop::onCheck(int) noexcept {
+  runPosted();
+  if (posted_.empty()) idle_.stop();
+}
+
+void Loop::onPrepare(int) noexcept {
+  // Posted work first (it may write), then the batched flush of every dirty output queue.
+  runPosted();
+  while (!flush_list_.empty()) {
+    auto* f = static_cast<Flushable*>(flush_list_.front());
+    f->unlink();
+    f->flush();
+  }
+  if (posted_.empty()) idle_.stop();
+}
+
+Loop::TimerId Loop::after(double sec, Callback<void()> cb) {
+  TimerId id;
+  if (!free_timer_ids_.empty()) {
+    id = free_timer_ids_.back();
+    free_timer_ids_.pop_back();
+  } else {
+    timers_.emplace_back();
+    id = timers_.size();
+  }
+  auto t = std::make_unique<OneShot>();
+  t->loop = this;
+  t->id = id;
+  t->cb = std::move(cb);
+  t->w.bind<&OneShot::fire>(loop_, t.get());
+  t->w.start(sec < 0 ? 0 : sec);
+  timers_[id - 1] = std::move(t);
+  return id;
+}
+
+Future<void> Loop::sleep(double sec) {
+  Promise<void> p;
+  auto f = p.future();
+  after(sec, [p = std::move(p)]() mutable { p.setValue(); });
+  return f;
+}
+
+void Loop::cancel(TimerId id) noexcept {
+  if (id == 0 || id > timers_.size() || !timers_[id - 1]) return;
+  timers_[id - 1].reset();
+  free_timer_ids_.push_back(id);
+}
+
+void Loop::onSignal(int signo, Callback<void(int)> cb) {
+  for (auto& s : signals_)
+    if (s->signo == signo) {
+      s->cb = std::move(cb);
+      return;
+    }
+  auto s = std::make_unique<Sig>();
+  s->signo = signo;
+  s->cb = std::move(cb);
+  s->w.bind<&Sig::fire>(loop_, s.get());
+  s->w.set(signo);
+  s->w.start();
+  ev_unref(loop_);  // a signal handler alone does not keep run() going
+  signals_.push_back(std::move(s));
+}
+
+long prepareProcess() noexcept {
+  std::signal(SIGPIPE, SIG_IGN);
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) log::warn("cannot raise RLIMIT_NOFILE");
+  }
+  return static_cast<long>(rl.rlim_cur);
+}
+
+}  // namespace aiorpc::core

@@ -1,0 +1,91 @@
+// Loop: post ordering, deferred deletion, timers, signals.
+#include "core/loop.h"
+
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <memory>
+
+#include "test/support/run_until.h"
+
+using namespace aiorpc::core;
+using aiorpc::test::runUntil;
+
+TEST_SUITE("loop") {
+  TEST_CASE("post never runs inside the caller and keeps order") {
+    Loop loop;
+    std::vector<int> seen;
+    loop.post([&] {
+      seen.push_back(1);
+      loop.post([&] { seen.push_back(3); });
+    });
+    loop.post([&] { seen.push_back(2); });
+    CHECK(seen.empty());
+    REQUIRE(runUntil(loop, [&] { return seen.size() == 3; }));
+    CHECK(seen == std::vector<int>{1, 2, 3});
+  }
+
+  TEST_CASE("deferDelete frees after the callback stack unwinds") {
+    struct Probe {
+      bool* freed;
+      ~Probe() { *freed = true; }
+    };
+    Loop loop;
+    bool freed = false;
+    loop.post([&] {
+      auto p = std::make_unique<Probe>();
+      p->freed = &freed;
+      loop.deferDelete(std::move(p));
+      CHECK_FALSE(freed);
+    });
+    REQUIRE(runUntil(loop, [&] { return freed; }));
+  }
+
+  TEST_CASE("one-shot timers fire in order and cancel works") {
+    Loop loop;
+    std::vector<int> seen;
+    loop.after(0.03, [&] { seen.push_back(3); });
+    auto id = loop.after(0.02, [&] { seen.push_back(99); });
+    loop.after(0.01, [&] { seen.push_back(1); });
+    loop.cancel(id);
+    REQUIRE(runUntil(loop, [&] { return seen.size() == 2; }));
+    CHECK(seen == std::vector<int>{1, 3});
+  }
+
+  struct Ticker {
+    TimerWatcher t;
+    int ticks = 0;
+    void onTick(int) { ++ticks; }
+  };
+
+  TEST_CASE("repeating timer and restart") {
+    Loop loop;
+    Ticker k;
+    k.t.bind<&Ticker::onTick>(loop.raw(), &k);
+    k.t.start(0.005, 0.005);
+    REQUIRE(runUntil(loop, [&] { return k.ticks >= 3; }));
+    k.t.stop();
+    int at = k.ticks;
+    loop.after(0.03, [] {});
+    runUntil(
+        loop, [] { return false; }, 0.03);
+    CHECK(k.ticks == at);
+  }
+
+  TEST_CASE("run() returns when only the loop's own watchers remain") {
+    Loop loop;
+    int n = 0;
+    loop.after(0.001, [&] { ++n; });
+    loop.onSignal(SIGUSR2, [](int) {});
+    loop.run();
+    CHECK(n == 1);
+  }
+
+  TEST_CASE("signals reach the handler") {
+    Loop loop;
+    int got = 0;
+    loop.onSignal(SIGUSR1, [&](int s) { got = s; });
+    loop.post([] { ::raise(SIGUSR1); });
+    REQUIRE(runUntil(loop, [&] { return got == SIGUSR1; }));
+  }
+}

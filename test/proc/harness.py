@@ -1,0 +1,110 @@
+"""Process-level test harness: start real binaries, talk to them over real sockets.
+
+Tests are functions named test_*; run() executes them and prints a doctest-style summary line
+that test/run.sh adds up. Only loopback addresses are used; every process started is killed.
+"""
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+
+BUILD = os.environ.get("AIORPC_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
+_procs = []
+
+
+class Proc:
+    def __init__(self, argv, expect_listen=True, timeout=20):
+        self.argv = argv
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _procs.append(self)
+        self.host, self.port, self.endpoint = None, None, None
+        self.out = b""
+        if expect_listen:
+            line = self._read_line(timeout)
+            if not line.startswith("listening on "):
+                self.kill()
+                raise AssertionError(f"{argv[0]}: no 'listening on' line, got {line!r}; "
+                                     f"stderr: {self.p.stderr.read().decode(errors='replace')}")
+            self.endpoint = line[len("listening on "):].strip()
+            if not self.endpoint.startswith("unix:"):
+                h, _, p = self.endpoint.rpartition(":")
+                self.host, self.port = h.strip("[]"), int(p)
+
+    def _read_line(self, timeout):
+        deadline = time.time() + timeout
+        fd = self.p.stdout.fileno()
+        while b"\n" not in self.out:
+            left = deadline - time.time()
+            if left <= 0 or self.p.poll() is not None and not select.select([fd], [], [], 0)[0]:
+                break
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                self.out += chunk
+        line, _, self.out = self.out.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def signal(self, sig):
+        self.p.send_signal(sig)
+
+    def wait(self, timeout=20):
+        return self.p.wait(timeout=timeout)
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+
+def connect(proc_or_port, host="127.0.0.1", timeout=10):
+    port = proc_or_port.port if isinstance(proc_or_port, Proc) else proc_or_port
+    s = socket.create_connection((host, port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def binary(name):
+    for p in (os.path.join(BUILD, name), os.path.join(BUILD, "docs/examples", name)):
+        if os.path.exists(p):
+            return p
+    raise AssertionError(f"binary {name} not found under {BUILD}")
+
+
+def wait_until(pred, timeout=10.0, step=0.02):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def run(module_globals):
+    only = sys.argv[1:]
+    tests = [(n, f) for n, f in module_globals.items() if n.startswith("test_") and callable(f)]
+    passed = failed = 0
+    for name, fn in tests:
+        if only and name not in only:
+            continue
+        t0 = time.time()
+        try:
+            fn()
+            passed += 1
+            print(f"ok   {name} ({time.time() - t0:.2f}s)", flush=True)
+        except Exception:
+            failed += 1
+            print(f"FAIL {name}", flush=True)
+            traceback.print_exc()
+        finally:
+            for p in _procs:
+                p.kill()
+            _procs.clear()
+    name = os.path.basename(module_globals.get("__file__", "proc"))
+    print(f"[proc] {name}: test cases: {passed + failed} | {passed} passed | {failed} failed")
+    sys.exit(1 if failed else 0)
