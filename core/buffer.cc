@@ -125,6 +125,7 @@ ssize_t OutQueue::writeTo(int fd) {
     }
     total += static_cast<size_t>(w);
     bytes_ -= static_cast<size_t>(w);
+    written_ += static_cast<uint64_t>(w);
     size_t left = static_cast<size_t>(w);
     while (left > 0) {
       Block& b = blocks_[head_];
@@ -140,7 +141,7 @@ ssize_t OutQueue::writeTo(int fd) {
 
 void OutQueue::clear() noexcept {
   while (head_ < blocks_.size()) popFront();
-  bytes_ = 0;
+  bytes_ = 0;  // dropped bytes never count as written
 }
 
 }  // namespace aiorpc::core

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <string_view>
@@ -50,6 +51,10 @@ class OutQueue {
 
   size_t size() const noexcept { return bytes_; }
   bool empty() const noexcept { return bytes_ == 0; }
+  // Stream positions: bytes ever appended / ever written. A message whose end position is at
+  // most written() has wholly left for the kernel.
+  uint64_t appended() const noexcept { return written_ + bytes_; }
+  uint64_t written() const noexcept { return written_; }
   void append(const void* p, size_t n);
   void append(std::string_view s) { append(s.data(), s.size()); }
   // Writes as much as the socket takes (sendmsg, MSG_NOSIGNAL). Returns bytes written, or -1 with
@@ -70,6 +75,7 @@ class OutQueue {
   std::vector<Block> blocks_;  // FIFO; head_ is the first live one
   size_t head_ = 0;
   size_t bytes_ = 0;
+  uint64_t written_ = 0;
 };
 
 }  // namespace aiorpc::core

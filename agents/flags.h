@@ -1,0 +1,44 @@
+// Command-line flags for aiorpcd: `--flag=value` and `--flag value`, typed, with one clear
+// error line on bad input.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.h"
+
+namespace aiorpc::agents {
+
+enum class FlagType { kString, kSeconds, kCount, kBytes, kEndpoint, kLogLevel };
+
+struct FlagSpec {
+  std::string_view name;  // without the leading --
+  FlagType type;
+  std::string_view def;  // default text ("" = unset)
+  std::string_view help;
+};
+
+class Flags {
+ public:
+  // Parses argv against `specs`; on error returns false and sets error() to one line.
+  bool parse(std::span<const FlagSpec> specs, int argc, const char* const* argv);
+  const std::string& error() const noexcept { return error_; }
+  bool has(std::string_view name) const;
+  std::string str(std::string_view name) const;
+  double seconds(std::string_view name) const;
+  long long count(std::string_view name) const;
+  bool helpWanted() const noexcept { return help_; }
+  // Checks a value of `type`; returns an explanation when bad.
+  static std::optional<std::string> check(FlagType type, std::string_view value);
+
+ private:
+  std::map<std::string, std::string, std::less<>> values_;
+  std::string error_;
+  bool help_ = false;
+};
+
+}  // namespace aiorpc::agents

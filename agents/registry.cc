@@ -1,0 +1,21 @@
+// The role table of aiorpcd. One line per role.
+#include "agents/demo/demo.h"
+#include "agents/role.h"
+
+namespace aiorpc::agents {
+
+namespace {
+const Role kRoles[] = {
+    {"demo", "the sample service sample.foo", "127.0.0.1:10010", demo::kFlags, demo::create},
+};
+}  // namespace
+
+std::span<const Role> roles() { return kRoles; }
+
+const Role* findRole(std::string_view name) {
+  for (const auto& r : kRoles)
+    if (r.name == name) return &r;
+  return nullptr;
+}
+
+}  // namespace aiorpc::agents

@@ -1,0 +1,43 @@
+// A role of aiorpcd: a service module with its own flags (nginx-style explicit module table).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string_view>
+
+#include "agents/flags.h"
+#include "core/loop.h"
+#include "rpc/server.h"
+
+namespace aiorpc::agents {
+
+// What the daemon gives a role.
+struct RoleEnv {
+  core::Loop& loop;
+  const Flags& flags;
+};
+
+// A running role. The daemon serves service() and drives the lifecycle.
+class RoleInstance {
+ public:
+  virtual ~RoleInstance() = default;
+  virtual rpc::Service& service() = 0;
+  // The server is listening (on `bound`).
+  virtual void started(rpc::Server&, const core::Address& /*bound*/) {}
+  // The server has drained; finish (e.g. unregister) and call `done`.
+  virtual void stop(core::Callback<void()> done) { done(); }
+};
+
+struct Role {
+  std::string_view name;
+  std::string_view summary;
+  std::string_view default_bind;
+  std::span<const FlagSpec> flags;  // the role's own flags
+  std::unique_ptr<RoleInstance> (*create)(RoleEnv&);
+};
+
+// The role table (agents/registry.cc): adding a role is a folder, a subdir() line and one entry.
+std::span<const Role> roles();
+const Role* findRole(std::string_view name);
+
+}  // namespace aiorpc::agents

@@ -1,0 +1,352 @@
+// Client, ClientPool, SyncClient.
+#include "rpc/client.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "core/log.h"
+
+namespace aiorpc::rpc {
+
+namespace log = core::log;
+
+Value Response::keep(Object o) {
+  if (!zone && release_zone) {
+    zone = std::shared_ptr<msgpack_zone>(release_zone(),
+                                         [](msgpack_zone* z) { msgpack_zone_free(z); });
+  }
+  if (!zone) return Value::copyOf(o);
+  return Value(zone, o);
+}
+
+std::exception_ptr Response::exception() {
+  switch (status) {
+    case Status::kOk:
+      return nullptr;
+    case Status::kError:
+      return std::make_exception_ptr(RpcError(keep(error)));
+    case Status::kTimeout:
+      return std::make_exception_ptr(RpcError(Kind::kTimeout, message));
+    case Status::kConnection:
+      return std::make_exception_ptr(RpcError(Kind::kConnection, message));
+    case Status::kNotSent:
+      return std::make_exception_ptr(RpcError(Kind::kNotSent, message));
+  }
+  return nullptr;
+}
+
+namespace {
+core::Address parseOrThrow(std::string_view spec) {
+  auto a = core::Address::parse(spec);
+  if (!a) throw std::invalid_argument("bad address '" + std::string(spec) + "'");
+  return *a;
+}
+}  // namespace
+
+Client::Client(core::Loop& loop, core::Address addr, ClientOptions opts)
+    : loop_(loop), addr_(addr), opts_(opts), connector_(loop) {
+  timer_.bind<&Client::onTimer>(loop.raw(), this);
+}
+
+Client::Client(core::Loop& loop, std::string_view spec, ClientOptions opts)
+    : Client(loop, parseOrThrow(spec), opts) {}
+
+Client::~Client() {
+  *alive_ = false;
+  connector_.cancel();
+  if (conn_) {
+    conn_->close();  // onClose fails the pending calls
+  } else {
+    failAll("client destroyed");
+  }
+}
+
+bool Client::dead() const noexcept {
+  return failures_ > opts_.dead_after && loop_.now() - last_failure_ < opts_.dead_for;
+}
+
+uint32_t Client::nextId() {
+  // Counts up from 0, wraps at 2^32, skips ids still in flight.
+  while (pending_.count(next_id_)) ++next_id_;
+  return next_id_++;
+}
+
+core::Future<Value> Client::futureFor(std::string method, Client& c,
+                                      const std::function<void(Packer&)>& params) {
+  core::Promise<Value> p;
+  auto f = p.future();
+  c.send(method, params, [p = std::move(p)](Response& r) mutable {
+    if (r.status == Response::Status::kOk) {
+      p.setValue(r.keep(r.result));
+    } else {
+      p.setException(r.exception());
+    }
+  });
+  return f;
+}
+
+void Client::send(std::string_view method, const std::function<void(Packer&)>& params,
+                  ResponseFn done, double timeout) {
+  last_used_ = loop_.now();
+  if (dead()) {
+    // Fail fast, but from the loop: callbacks never run inside send().
+    std::weak_ptr<bool> alive = alive_;
+    std::string why = fmt::format("{} is dead after {} failed connects; retrying after {} s",
+                                  addr_.toString(), failures_, opts_.dead_for);
+    loop_.post([done = std::move(done), why = std::move(why)]() mutable {
+      Response r;
+      r.status = Response::Status::kNotSent;
+      r.message = std::move(why);
+      done(r);
+    });
+    return;
+  }
+  uint32_t id = nextId();
+  Pending& pc = pending_[id];
+  pc.done = std::move(done);
+  pc.seq = ++seq_;
+  auto write = [&](Packer& p) {
+    p.array(4);
+    p.uinteger(0);
+    p.uinteger(id);
+    p.str(method);
+    params(p);
+  };
+  if (connected()) {
+    Packer p(conn_->out());
+    write(p);
+    pc.end = conn_->out().appended();
+    pc.queued = true;
+    conn_->sent();
+  } else {
+    Packer p(unsent_);
+    write(p);
+    pc.end = unsent_.size();
+    connect();
+  }
+  if (timeout < 0) timeout = opts_.timeout;
+  Deadline d{loop_.now() + timeout, id, pc.seq};
+  if (deadlines_.empty() || deadlines_.back().at <= d.at) {
+    deadlines_.push_back(d);
+  } else {  // a shorter timeout than the others: keep the queue sorted
+    auto it = std::upper_bound(deadlines_.begin(), deadlines_.end(), d.at,
+                               [](double at, const Deadline& x) { return at < x.at; });
+    deadlines_.insert(it, d);
+  }
+  if (deadlines_.size() == 1 || deadlines_.front().id == id) armTimer();
+}
+
+void Client::sendNotify(std::string_view method, const std::function<void(Packer&)>& params) {
+  last_used_ = loop_.now();
+  if (dead()) return;
+  auto write = [&](Packer& p) {
+    p.array(3);
+    p.uinteger(2);
+    p.str(method);
+    params(p);
+  };
+  if (connected()) {
+    Packer p(conn_->out());
+    write(p);
+    conn_->sent();
+  } else {
+    Packer p(unsent_);
+    write(p);
+    connect();
+  }
+}
+
+void Client::connect() {
+  if (connecting_ || connected()) return;
+  connecting_ = true;
+  connector_.start(addr_, opts_.connect_timeout, [this](core::Result<core::Fd> r) {
+    if (r) return connected(std::move(r.value()));
+    connecting_ = false;
+    ++failures_;
+    last_failure_ = loop_.now();
+    failAll(fmt::format("connect to {} failed: {}", addr_.toString(), r.error().message()));
+  });
+}
+
+void Client::connected(core::Fd fd) {
+  failures_ = 0;
+  dec_ = std::make_unique<Decoder>(opts_.limits);
+  if (conn_) loop_.deferDelete(std::move(conn_));
+  conn_ = std::make_unique<core::Connection>(loop_, std::move(fd),
+                                             static_cast<core::ConnectionHandler*>(this));
+  connecting_ = false;
+  uint64_t base = conn_->out().appended();
+  conn_->out().append(unsent_);
+  std::string().swap(unsent_);
+  for (auto& [id, pc] : pending_) {
+    if (pc.queued) continue;
+    pc.end += base;
+    pc.queued = true;
+  }
+  conn_->sent();
+}
+
+void Client::close() {
+  connector_.cancel();
+  connecting_ = false;
+  if (conn_) conn_->close();
+}
+
+void Client::onClose(std::error_code why) {
+  std::string msg = why ? fmt::format("connection to {} lost: {}", addr_.toString(), why.message())
+                        : fmt::format("connection to {} closed", addr_.toString());
+  failAll(msg);
+  loop_.deferDelete(std::move(conn_));
+}
+
+void Client::failAll(const std::string& why) {
+  // Calls whose bytes wholly left may have run: ConnectionError. The rest never reached the
+  // peer: not-sent (safe to retry elsewhere).
+  uint64_t written = conn_ ? conn_->out().written() : 0;
+  auto pending = std::move(pending_);
+  pending_.clear();
+  std::string().swap(unsent_);
+  deadlines_.clear();
+  timer_.stop();
+  for (auto& [id, pc] : pending) {
+    Response r;
+    bool sent = pc.queued && pc.end <= written;
+    r.status = sent ? Response::Status::kConnection : Response::Status::kNotSent;
+    r.message = sent ? why : why + " (request not sent)";
+    pc.done(r);
+  }
+}
+
+void Client::finish(uint32_t id, Response& r) {
+  auto it = pending_.find(id);
+  if (it == pending_.end()) {
+    ++late_replies_;  // timed out already, or an id we never used
+    return;
+  }
+  ResponseFn done = std::move(it->second.done);
+  pending_.erase(it);
+  done(r);
+}
+
+void Client::onData(size_t n) {
+  dec_->feed(n);
+  std::weak_ptr<bool> alive = alive_;
+  Decoder* dec = dec_.get();
+  core::Connection* conn = conn_.get();
+  while (!conn->closed()) {
+    Object msg;
+    auto st = dec->next(msg);
+    if (st == Decoder::Status::kNeedMore) return;
+    if (st == Decoder::Status::kError) {
+      log::warn("client {}: {}", addr_.toString(), dec->error());
+      return conn->close(core::Errc::kProtocol);
+    }
+    auto type = msg.isArray() && msg.size() >= 3 ? msg[0].asUint() : std::nullopt;
+    if (type == 1u && msg.size() == 4) {
+      auto id = msg[1].asUint();
+      if (!id || *id > UINT32_MAX) {
+        ++late_replies_;
+        continue;
+      }
+      Response r;
+      r.status = msg[2].isNil() ? Response::Status::kOk : Response::Status::kError;
+      r.result = msg[3];
+      r.error = msg[2];
+      r.release_zone = [dec] { return dec->releaseZone(); };
+      finish(static_cast<uint32_t>(*id), r);
+      if (alive.expired()) return;  // a callback destroyed this client
+    } else if (type == 0u && msg.size() == 4) {
+      Packer p(conn->out());  // we serve no methods
+      p.array(4);
+      p.uinteger(1);
+      p.object(msg[1]);
+      p.array(2);
+      p.str(kindName(Kind::kNoMethod));
+      p.str("this peer is a client and serves no methods");
+      p.nil();
+      conn->sent();
+    } else if (type == 2u && msg.size() == 3) {
+      // notifications to a client are ignored
+    } else {
+      log::warn("client {}: malformed message", addr_.toString());
+      return conn->close(core::Errc::kProtocol);
+    }
+  }
+}
+
+void Client::armTimer() {
+  if (deadlines_.empty()) {
+    timer_.stop();
+    return;
+  }
+  timer_.start(std::max(0.0, deadlines_.front().at - loop_.now()));
+}
+
+void Client::onTimer(int) noexcept {
+  double now = loop_.now();
+  std::weak_ptr<bool> alive = alive_;
+  while (!deadlines_.empty() && deadlines_.front().at <= now + 1e-6) {
+    Deadline d = deadlines_.front();
+    deadlines_.pop_front();
+    auto it = pending_.find(d.id);
+    if (it == pending_.end() || it->second.seq != d.seq) continue;  // answered already
+    ResponseFn done = std::move(it->second.done);
+    pending_.erase(it);
+    Response r;
+    r.status = Response::Status::kTimeout;
+    r.message = fmt::format("no reply from {} in time", addr_.toString());
+    done(r);
+    if (alive.expired()) return;
+  }
+  armTimer();
+}
+
+ClientPool::ClientPool(core::Loop& loop, ClientOptions opts, double idle_close)
+    : loop_(loop), opts_(opts), idle_close_(idle_close) {
+  sweep_.bind<&ClientPool::onSweep>(loop.raw(), this);
+  sweep_.start(idle_close / 2, idle_close / 2);
+  ev_unref(loop.raw());  // the sweep alone does not keep the loop running
+}
+
+ClientPool::~ClientPool() {
+  ev_ref(loop_.raw());
+  sweep_.stop();
+}
+
+Client& ClientPool::get(const core::Address& addr) {
+  auto& c = clients_[addr.toString()];
+  if (!c) c = std::make_unique<Client>(loop_, addr, opts_);
+  return *c;
+}
+
+Client& ClientPool::get(std::string_view spec) { return get(parseOrThrow(spec)); }
+
+void ClientPool::onSweep(int) noexcept {
+  double now = loop_.now();
+  for (auto& [k, c] : clients_)
+    if (c->connected() && c->inFlight() == 0 && now - c->lastUsed() >= idle_close_) c->close();
+}
+
+SyncClient::SyncClient(std::string_view spec, ClientOptions opts)
+    : loop_(std::make_unique<core::Loop>()),
+      client_(std::make_unique<Client>(*loop_, spec, opts)) {}
+
+SyncClient::~SyncClient() {
+  client_.reset();
+  loop_->runOnce();  // let deferred deletes run
+}
+
+Value SyncClient::wait(core::Future<Value> f) {
+  while (!f.done()) loop_->runOnce();
+  return std::move(f.get());
+}
+
+void SyncClient::flush() {
+  // Until the output has gone (or the connection failed).
+  for (int i = 0; i < 1000 && !client_->connected() && !client_->dead(); ++i) loop_->runOnce();
+  loop_->runOnce();
+}
+
+}  // namespace aiorpc::rpc

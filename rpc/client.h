@@ -1,0 +1,231 @@
+// Client: pipelined msgpack-rpc calls over one lazily (re)connected connection (SPEC §4).
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "core/connection.h"
+#include "core/connector.h"
+#include "core/future.h"
+#include "rpc/codec.h"
+#include "rpc/decoder.h"
+#include "rpc/errors.h"
+
+namespace aiorpc::rpc {
+
+struct ClientOptions {
+  double timeout = 10;  // per call, seconds
+  double connect_timeout = 5;
+  int dead_after = 3;   // more than this many consecutive connect failures: dead
+  double dead_for = 5;  // fail fast this long after the last failure
+  Limits limits;
+};
+
+// One call's outcome, handed to low-level callbacks. The objects are views valid during the
+// callback; keep() makes an owning Value (sharing the received zone, no copy).
+struct Response {
+  enum class Status { kOk, kError, kTimeout, kConnection, kNotSent };
+  Status status = Status::kOk;
+  Object result, error;
+  std::string message;  // for kTimeout / kConnection / kNotSent
+  Value keep(Object o);
+  // kOk: nullptr. Otherwise the error as an exception (RpcError) for Futures and SyncClient.
+  std::exception_ptr exception();
+
+  std::function<msgpack_zone*()> release_zone;  // set by the client
+  std::shared_ptr<msgpack_zone> zone;
+};
+using ResponseFn = core::Callback<void(Response&)>;
+
+// A named argument: call("f", kw("city", c)) sends params as a map.
+template <class T>
+struct Kw {
+  std::string_view name;
+  const T& value;
+};
+template <class T>
+Kw<T> kw(std::string_view name, const T& v) {
+  return {name, v};
+}
+template <class T>
+struct IsKw : std::false_type {};
+template <class T>
+struct IsKw<Kw<T>> : std::true_type {};
+
+class Client final : private core::ConnectionHandler {
+ public:
+  Client(core::Loop& loop, core::Address addr, ClientOptions opts = {});
+  // Parses `spec` (HOST:PORT, [v6]:PORT, unix:/path); throws std::invalid_argument if bad.
+  Client(core::Loop& loop, std::string_view spec, ClientOptions opts = {});
+  // Pending calls fail with ConnectionError / not-sent.
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Positional params (nil when none), or a map when every argument is kw(...).
+  template <class... A>
+  core::Future<Value> call(std::string_view method, const A&... args);
+  // Params sent exactly as given (any encodable value; Object/Value included).
+  template <class P>
+  core::Future<Value> request(std::string_view method, const P& params);
+  template <class... A>
+  void notify(std::string_view method, const A&... args);
+
+  // Low level: `params` packs the params value; `done` runs exactly once, never inside send().
+  void send(std::string_view method, const std::function<void(Packer&)>& params, ResponseFn done,
+            double timeout = -1);
+  void sendNotify(std::string_view method, const std::function<void(Packer&)>& params);
+
+  const core::Address& address() const noexcept { return addr_; }
+  size_t inFlight() const noexcept { return pending_.size(); }
+  bool connected() const noexcept { return conn_ && !conn_->closed() && !connecting_; }
+  bool dead() const noexcept;
+  uint64_t lateReplies() const noexcept { return late_replies_; }
+  double lastUsed() const noexcept { return last_used_; }
+  // Closes the connection (pending calls fail); the next call reconnects.
+  void close();
+
+ private:
+  struct Pending {
+    ResponseFn done;
+    uint64_t seq = 0;
+    uint64_t end = 0;     // stream position of the request's last byte
+    bool queued = false;  // in the connection's output queue (else still in unsent_)
+  };
+  struct Deadline {
+    double at;
+    uint32_t id;
+    uint64_t seq;
+  };
+
+  template <class... A>
+  static void packArgs(Packer& p, const A&... args);
+  static core::Future<Value> futureFor(std::string method, Client& c,
+                                       const std::function<void(Packer&)>& params);
+  uint32_t nextId();
+  void connect();
+  void connected(core::Fd fd);
+  void failAll(const std::string& why);
+  void finish(uint32_t id, Response& r);
+  void onTimer(int) noexcept;
+  void armTimer();
+
+  std::span<char> readBuffer() override { return dec_->buffer(); }
+  void onData(size_t n) override;
+  void onClose(std::error_code why) override;
+
+  core::Loop& loop_;
+  core::Address addr_;
+  ClientOptions opts_;
+  core::Connector connector_;
+  std::unique_ptr<core::Connection> conn_;
+  std::unique_ptr<Decoder> dec_;
+  bool connecting_ = false;
+  std::string unsent_;  // requests made before the connection is up
+  std::unordered_map<uint32_t, Pending> pending_;
+  std::deque<Deadline> deadlines_;  // sorted by `at`
+  core::TimerWatcher timer_;
+  uint32_t next_id_ = 0;
+  uint64_t seq_ = 0;
+  int failures_ = 0;
+  double last_failure_ = 0;
+  double last_used_ = 0;
+  uint64_t late_replies_ = 0;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+template <class... A>
+void Client::packArgs(Packer& p, const A&... args) {
+  constexpr size_t n = sizeof...(A);
+  constexpr size_t nkw = (0 + ... + IsKw<A>::value);
+  static_assert(nkw == 0 || nkw == n, "use kw() for all arguments or for none");
+  if constexpr (n == 0) {
+    p.nil();
+  } else if constexpr (nkw == n) {
+    p.map(static_cast<uint32_t>(n));
+    ((p.str(args.name), p.pack(args.value)), ...);
+  } else {
+    p.array(static_cast<uint32_t>(n));
+    (p.pack(args), ...);
+  }
+}
+
+template <class... A>
+core::Future<Value> Client::call(std::string_view method, const A&... args) {
+  return futureFor(std::string(method), *this, [&](Packer& p) { packArgs(p, args...); });
+}
+
+template <class P>
+core::Future<Value> Client::request(std::string_view method, const P& params) {
+  return futureFor(std::string(method), *this, [&](Packer& p) { p.pack(params); });
+}
+
+template <class... A>
+void Client::notify(std::string_view method, const A&... args) {
+  sendNotify(method, [&](Packer& p) { packArgs(p, args...); });
+}
+
+// One Client per endpoint, shared by every handler of the process; connections idle for
+// `idle_close` seconds are closed (the Client object stays, so references stay valid).
+class ClientPool {
+ public:
+  ClientPool(core::Loop& loop, ClientOptions opts = {}, double idle_close = 60);
+  ~ClientPool();
+  Client& get(const core::Address& addr);
+  Client& get(std::string_view spec);  // throws std::invalid_argument on a bad address
+  size_t size() const noexcept { return clients_.size(); }
+
+ private:
+  void onSweep(int) noexcept;
+  core::Loop& loop_;
+  ClientOptions opts_;
+  double idle_close_;
+  std::unordered_map<std::string, std::unique_ptr<Client>> clients_;
+  core::TimerWatcher sweep_;
+};
+
+// Blocking client for scripts and tests: runs its own loop until each call completes.
+class SyncClient {
+ public:
+  explicit SyncClient(std::string_view spec, ClientOptions opts = {});
+  ~SyncClient();
+
+  // The result, or throws RpcError (TimeoutError, ConnectionError, the server's error...).
+  template <class R = Value, class... A>
+  R call(std::string_view method, const A&... args) {
+    return as<R>(wait(client_->call(method, args...)));
+  }
+  template <class R = Value, class P>
+  R request(std::string_view method, const P& params) {
+    return as<R>(wait(client_->request(method, params)));
+  }
+  template <class... A>
+  void notify(std::string_view method, const A&... args) {
+    client_->notify(method, args...);
+    flush();
+  }
+  Client& client() noexcept { return *client_; }
+  core::Loop& loop() noexcept { return *loop_; }
+
+ private:
+  Value wait(core::Future<Value> f);
+  void flush();
+  template <class R>
+  static R as(Value v) {
+    if constexpr (std::is_same_v<R, Value>) {
+      return v;
+    } else {
+      R out{};
+      std::string why;
+      if (!decode(v.view(), out, why)) throw RpcError(Kind::kArgument, "result: " + why);
+      return out;
+    }
+  }
+  std::unique_ptr<core::Loop> loop_;
+  std::unique_ptr<Client> client_;
+};
+
+}  // namespace aiorpc::rpc

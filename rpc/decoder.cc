@@ -1,0 +1,254 @@
+// Scanner (limits before allocation) and Decoder (msgpack_unpacker without per-message zones).
+#include "rpc/decoder.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace aiorpc::rpc {
+namespace {
+
+uint64_t be(const unsigned char* p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v = v << 8 | p[i];
+  return v;
+}
+
+// Bytes of header that follow the type byte.
+int extraHeader(unsigned char t) {
+  switch (t) {
+    case 0xc4:
+    case 0xd9:
+    case 0xcc:
+    case 0xd0:
+      return 1;  // bin8 str8 uint8 int8
+    case 0xc5:
+    case 0xda:
+    case 0xdc:
+    case 0xde:
+    case 0xcd:
+    case 0xd1:
+      return 2;
+    case 0xc6:
+    case 0xdb:
+    case 0xdd:
+    case 0xdf:
+    case 0xce:
+    case 0xd2:
+    case 0xca:
+      return 4;
+    case 0xcf:
+    case 0xd3:
+    case 0xcb:
+      return 8;
+    case 0xc7:
+      return 2;  // ext8: len, type
+    case 0xc8:
+      return 3;  // ext16
+    case 0xc9:
+      return 5;  // ext32
+    case 0xd4:
+    case 0xd5:
+    case 0xd6:
+    case 0xd7:
+    case 0xd8:
+      return 1;  // fixext: type
+    default:
+      return 0;
+  }
+}
+
+}  // namespace
+
+bool Scanner::fail(std::string why) {
+  error_ = std::move(why);
+  return false;
+}
+
+void Scanner::itemDone() {
+  while (depth_ > 0) {
+    if (--left_[depth_] > 0) return;
+    --depth_;
+  }
+  msg_bytes_ = 0;  // a whole message: the counters start again
+  msg_elements_ = 0;
+}
+
+bool Scanner::header(const unsigned char* h) {
+  unsigned char t = h[0];
+  uint64_t count = 0;  // container elements declared
+  bool container = false;
+  if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3 || (t >= 0xca && t <= 0xd3)) {
+    // scalars
+  } else if ((t & 0xe0) == 0xa0) {
+    skip_ = t & 0x1f;
+  } else if ((t & 0xf0) == 0x90) {
+    count = t & 0x0f, container = true;
+  } else if ((t & 0xf0) == 0x80) {
+    count = 2u * (t & 0x0f), container = true;
+  } else {
+    switch (t) {
+      case 0xc4:
+      case 0xd9:
+        skip_ = h[1];
+        break;
+      case 0xc5:
+      case 0xda:
+        skip_ = be(h + 1, 2);
+        break;
+      case 0xc6:
+      case 0xdb:
+        skip_ = be(h + 1, 4);
+        break;
+      case 0xdc:
+        count = be(h + 1, 2), container = true;
+        break;
+      case 0xdd:
+        count = be(h + 1, 4), container = true;
+        break;
+      case 0xde:
+        count = 2 * be(h + 1, 2), container = true;
+        break;
+      case 0xdf:
+        count = 2 * be(h + 1, 4), container = true;
+        break;
+      case 0xd4:
+        skip_ = 1;
+        break;
+      case 0xd5:
+        skip_ = 2;
+        break;
+      case 0xd6:
+        skip_ = 4;
+        break;
+      case 0xd7:
+        skip_ = 8;
+        break;
+      case 0xd8:
+        skip_ = 16;
+        break;
+      case 0xc7:
+        skip_ = h[1];
+        break;
+      case 0xc8:
+        skip_ = be(h + 1, 2);
+        break;
+      case 0xc9:
+        skip_ = be(h + 1, 4);
+        break;
+      default:
+        return fail(fmt::format("invalid msgpack type byte 0x{:02x}", t));
+    }
+  }
+  size_t room = limits_.max_message_size - std::min(msg_bytes_, limits_.max_message_size);
+  if (skip_ > room)
+    return fail(fmt::format("message over the size limit of {} bytes", limits_.max_message_size));
+  if (!container) {
+    if (skip_ == 0) itemDone();
+    return true;
+  }
+  if (depth_ + 1 > limits_.max_depth)
+    return fail(fmt::format("message nested deeper than {}", limits_.max_depth));
+  if (count > room)  // every element needs at least one more byte
+    return fail(fmt::format("container of {} elements cannot fit the size limit of {} bytes", count,
+                            limits_.max_message_size));
+  msg_elements_ += count;
+  if (msg_elements_ > limits_.max_elements)
+    return fail(fmt::format("message declares more than {} elements", limits_.max_elements));
+  if (count == 0) {
+    itemDone();
+    return true;
+  }
+  left_[++depth_] = static_cast<uint32_t>(count);
+  return true;
+}
+
+size_t Scanner::feed(const char* data, size_t n) {
+  if (failed()) return 0;
+  auto* p = reinterpret_cast<const unsigned char*>(data);
+  size_t i = 0;
+  size_t accepted = 0;  // bytes before the message now being scanned
+  while (i < n) {
+    if (atBoundary()) accepted = i;
+    if (skip_ > 0) {
+      size_t k = static_cast<size_t>(std::min<uint64_t>(skip_, n - i));
+      skip_ -= k;
+      i += k;
+      msg_bytes_ += k;
+      if (skip_ == 0) itemDone();
+      continue;
+    }
+    if (hdr_have_ == 0) {
+      hdr_need_ = 1 + extraHeader(p[i]);
+      if (depth_ == 0 && msg_bytes_ == 0 && (p[i] & 0xf0) != 0x90 && p[i] != 0xdc && p[i] != 0xdd) {
+        fail("message is not an array");
+        break;
+      }
+    }
+    int k = static_cast<int>(std::min<size_t>(hdr_need_ - hdr_have_, n - i));
+    std::memcpy(hdr_ + hdr_have_, p + i, static_cast<size_t>(k));
+    hdr_have_ += k;
+    i += static_cast<size_t>(k);
+    msg_bytes_ += static_cast<size_t>(k);
+    if (msg_bytes_ > limits_.max_message_size) {
+      fail(fmt::format("message over the size limit of {} bytes", limits_.max_message_size));
+      break;
+    }
+    if (hdr_have_ < hdr_need_) break;
+    hdr_have_ = 0;
+    if (!header(hdr_)) break;
+  }
+  return failed() ? accepted : n;
+}
+
+Decoder::Decoder(const Limits& l, size_t initial_buffer) : scanner_(l) {
+  if (!msgpack_unpacker_init(&unp_, initial_buffer)) throw std::bad_alloc();
+}
+
+Decoder::~Decoder() { msgpack_unpacker_destroy(&unp_); }
+
+std::span<char> Decoder::buffer(size_t want) {
+  if (!msgpack_unpacker_reserve_buffer(&unp_, want)) throw std::bad_alloc();
+  return {msgpack_unpacker_buffer(&unp_), msgpack_unpacker_buffer_capacity(&unp_)};
+}
+
+void Decoder::feed(size_t n) {
+  size_t ok = scanner_.feed(msgpack_unpacker_buffer(&unp_), n);
+  msgpack_unpacker_buffer_consumed(&unp_, ok);
+}
+
+Decoder::Status Decoder::next(Object& out) {
+  if (have_message_) {
+    // The previous message was handled in place: reuse its zone's memory (no allocation).
+    // flush_zone first: it clears the unpacker's "buffer referenced" mark (the zone's cleanup
+    // drops the reference again), so a drained buffer is rewound instead of reallocated.
+    msgpack_unpacker_flush_zone(&unp_);
+    msgpack_unpacker_reset_zone(&unp_);
+    have_message_ = false;
+  }
+  int r = msgpack_unpacker_execute(&unp_);
+  if (r < 0) {
+    error_ = "invalid msgpack";
+    return Status::kError;
+  }
+  if (r == 0) {
+    if (scanner_.failed()) {  // every message before the violation has been handed out
+      error_ = scanner_.error();
+      return Status::kError;
+    }
+    return Status::kNeedMore;
+  }
+  out = msgpack_unpacker_data(&unp_);
+  msgpack_unpacker_reset(&unp_);
+  have_message_ = true;
+  return Status::kMessage;
+}
+
+msgpack_zone* Decoder::releaseZone() {
+  have_message_ = false;
+  msgpack_zone* z = msgpack_unpacker_release_zone(&unp_);
+  if (!z) throw std::bad_alloc();
+  return z;
+}
+
+}  // namespace aiorpc::rpc

@@ -1,0 +1,81 @@
+// Streaming decode: bytes are read straight into a msgpack_unpacker's buffer, checked against
+// the limits by a scanner before msgpack-c sees them, then decoded message by message.
+#pragma once
+
+#include <msgpack.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "rpc/object.h"
+
+namespace aiorpc::rpc {
+
+struct Limits {
+  size_t max_message_size = 64u << 20;  // bytes per message
+  size_t max_elements = 4u << 20;       // declared container elements per message (map entry: 2)
+  int max_depth = 32;                   // nesting; the message's own array is depth 1
+};
+
+// Walks msgpack framing incrementally (headers only; str/bin/ext payloads are skipped in O(1))
+// and rejects a message as soon as a header would exceed a limit, before msgpack-c allocates
+// anything for it (it allocates 32 bytes per declared element when it reads a header).
+class Scanner {
+ public:
+  explicit Scanner(const Limits& l) : limits_(l) {}
+  // Scans `n` more bytes. Returns how many of them may be handed to the unpacker: all of them,
+  // or, after a violation, those before the offending message began. Once failed, stays failed.
+  size_t feed(const char* p, size_t n);
+  bool failed() const noexcept { return !error_.empty(); }
+  const std::string& error() const noexcept { return error_; }
+  // True when no message is partly scanned.
+  bool atBoundary() const noexcept { return depth_ == 0 && hdr_have_ == 0 && skip_ == 0; }
+
+ private:
+  bool header(const unsigned char* h);  // a complete header; false on a violation
+  void itemDone();
+  bool fail(std::string why);
+
+  Limits limits_;
+  std::string error_;
+  size_t msg_bytes_ = 0, msg_elements_ = 0;
+  uint64_t skip_ = 0;  // payload bytes still to skip
+  unsigned char hdr_[9];
+  int hdr_have_ = 0, hdr_need_ = 0;
+  int depth_ = 0;
+  uint32_t left_[34];  // items left at each open depth
+};
+
+// One connection's input side. Use: span = buffer(); read into it; feed(n); then next() until
+// it returns kNeedMore or kError. The object from kMessage lives in the unpacker's zone until
+// the next call to next(), unless releaseZone() takes it.
+class Decoder {
+ public:
+  explicit Decoder(const Limits& l, size_t initial_buffer = 16 * 1024);
+  ~Decoder();
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
+
+  std::span<char> buffer(size_t want = 16 * 1024);
+  void feed(size_t n);
+
+  enum class Status { kNeedMore, kMessage, kError };
+  Status next(Object& out);
+  // Takes the zone holding the last message (for a handler that suspends); the decoder
+  // continues with a fresh zone. The caller frees it with msgpack_zone_free.
+  msgpack_zone* releaseZone();
+  const std::string& error() const noexcept { return error_; }
+  // Bytes buffered and not yet decoded.
+  size_t pending() const noexcept { return unp_.used - unp_.off; }
+  bool midMessage() const noexcept { return !scanner_.atBoundary() || pending() > 0; }
+
+ private:
+  msgpack_unpacker unp_;
+  Scanner scanner_;
+  std::string error_;
+  bool have_message_ = false;
+};
+
+}  // namespace aiorpc::rpc

@@ -1,0 +1,93 @@
+// Error kinds and RpcError.
+#include "rpc/errors.h"
+
+#include <fmt/format.h>
+
+#include <array>
+
+#include "rpc/codec.h"
+
+namespace aiorpc::rpc {
+namespace {
+constexpr std::array<std::string_view, kKindCount> kNames = {"NoMethodError",
+                                                             "ArgumentError",
+                                                             "ApplicationError",
+                                                             "TimeoutError",
+                                                             "ConnectionError",
+                                                             "ServiceNotFound",
+                                                             "ServiceUnavailable",
+                                                             "Overloaded",
+                                                             "InternalError",
+                                                             "NotSentError",
+                                                             "Error"};
+
+std::string describe(const Value& v) {
+  Object o = v.view();
+  if (o.isArray() && o.size() == 2 && o[1].isStrOrBin()) return std::string(o[1].str());
+  if (o.isStrOrBin()) return std::string(o.str());
+  return o.toText();
+}
+Kind kindOf(const Value& v) {
+  Object o = v.view();
+  if (o.isArray() && o.size() >= 1 && o[0].isStrOrBin()) return kindFromName(o[0].str());
+  return Kind::kOther;
+}
+}  // namespace
+
+std::string validUtf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t len = c < 0x80           ? 1
+                 : (c >> 5) == 0x6  ? 2
+                 : (c >> 4) == 0xe  ? 3
+                 : (c >> 3) == 0x1e ? 4
+                                    : 0;
+    bool ok = len > 0 && i + len <= s.size();
+    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
+    if (ok && len > 1) {  // reject overlong forms, surrogates and code points past U+10FFFF
+      uint32_t cp = c & (0x7f >> len);
+      for (size_t k = 1; k < len; ++k) cp = cp << 6 | (static_cast<unsigned char>(s[i + k]) & 0x3f);
+      ok = cp >= (len == 2   ? 0x80u
+                  : len == 3 ? 0x800u
+                             : 0x10000u) &&
+           cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
+    }
+    if (ok) {
+      out.append(s.substr(i, len));
+      i += len;
+    } else {
+      out += fmt::format("\\x{:02x}", c);
+      ++i;
+    }
+  }
+  return out;
+}
+
+std::string_view kindName(Kind k) noexcept { return kNames[static_cast<size_t>(k)]; }
+
+Kind kindFromName(std::string_view s) noexcept {
+  for (size_t i = 0; i < kNames.size() - 1; ++i)
+    if (kNames[i] == s) return static_cast<Kind>(i);
+  return Kind::kOther;
+}
+
+RpcError::RpcError(Kind kind, std::string message)
+    : std::runtime_error(std::string(kindName(kind)) + ": " + message),
+      kind_(kind),
+      message_(std::move(message)) {}
+
+RpcError::RpcError(Value object)
+    : std::runtime_error(std::string(kindName(kindOf(object))) + ": " + describe(object)),
+      kind_(kindOf(object)),
+      message_(describe(object)),
+      peer_(std::move(object)) {}
+
+Value RpcError::object() const {
+  if (hasPeerObject()) return peer_;
+  return toValue(std::tuple<std::string_view, std::string_view>(kindName(kind_), message_));
+}
+
+}  // namespace aiorpc::rpc

@@ -1,0 +1,53 @@
+// RPC error kinds (SPEC §1) and the exception that carries an error reply.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "rpc/object.h"
+
+namespace aiorpc::rpc {
+
+enum class Kind {
+  kNoMethod,
+  kArgument,
+  kApplication,
+  kTimeout,
+  kConnection,
+  kServiceNotFound,
+  kServiceUnavailable,
+  kOverloaded,
+  kInternal,
+  kNotSent,  // client-side only: the call never reached the wire (never sent as a reply)
+  kOther,    // an error object that is not one of ours (a Python peer's, say)
+};
+constexpr int kKindCount = 11;
+
+std::string_view kindName(Kind k) noexcept;
+// `s` if it is valid UTF-8, else a copy with each invalid byte written as \xNN.
+std::string validUtf8(std::string_view s);
+Kind kindFromName(std::string_view s) noexcept;  // kOther when unknown
+
+// An error reply: a kind and a message, or any error object a peer sent (kept intact in
+// `object`, e.g. the Python server's ["<class 'X'>", text]). Handlers may throw it; clients
+// throw it from co_await and SyncClient::call.
+class RpcError : public std::runtime_error {
+ public:
+  RpcError(Kind kind, std::string message);
+  // From a received error object.
+  explicit RpcError(Value object);
+
+  Kind kind() const noexcept { return kind_; }
+  const std::string& message() const noexcept { return message_; }
+  // What goes on the wire: [kind, message] for ours, the peer's object as is otherwise.
+  Value object() const;
+  bool hasPeerObject() const noexcept { return !peer_.isNil(); }
+
+ private:
+  Kind kind_;
+  std::string message_;
+  Value peer_;
+};
+
+}  // namespace aiorpc::rpc

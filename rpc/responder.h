@@ -1,0 +1,80 @@
+// Responder: the right to answer one request, possibly later. Reply<T>: its typed face.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "rpc/codec.h"
+#include "rpc/errors.h"
+
+namespace aiorpc::rpc {
+
+// Where replies go. Implemented by the server; looked up by session id at reply time, so a
+// reply for a connection that has gone is dropped (and counted) instead of touching freed memory.
+class ReplyHub {
+ public:
+  virtual ~ReplyHub() = default;
+  // An output queue positioned after "[1, msgid, " (error and result still to write), or null
+  // when the session has gone.
+  virtual core::OutQueue* beginReply(uint64_t session, Object msgid) = 0;
+  virtual void endReply(uint64_t session, bool error) = 0;
+  virtual void dropped(uint64_t session) = 0;  // the request will get no reply at all
+  virtual void countError(Kind k) = 0;
+};
+
+// Move-only. Exactly one reply: a Responder destroyed without replying answers InternalError.
+// Keeps the request's zone (and so its msgid and any argument views) alive until then.
+class Responder {
+ public:
+  Responder() = default;
+  // `answer` false: keep the zone alive but send nothing (a notification's handler).
+  Responder(std::weak_ptr<ReplyHub> hub, uint64_t session, Object msgid, msgpack_zone* zone,
+            bool answer = true)
+      : hub_(std::move(hub)), session_(session), msgid_(msgid), zone_(zone), done_(!answer) {}
+  Responder(Responder&& o) noexcept { *this = std::move(o); }
+  Responder& operator=(Responder&& o) noexcept;
+  ~Responder();
+
+  explicit operator bool() const noexcept { return !hub_.expired() && !done_; }
+  template <class T>
+  void reply(const T& value) {
+    if (auto* out = begin()) {
+      Packer p(*out);
+      p.nil();
+      p.pack(value);
+      end(false);
+    }
+  }
+  void error(Kind kind, std::string_view message);
+  void error(const RpcError& e);
+  void errorObject(Object error);
+  // Answers from an exception (RpcError as is, anything else as ApplicationError).
+  void fail(std::exception_ptr e);
+
+ private:
+  core::OutQueue* begin();
+  void end(bool error);
+  void release() noexcept;
+
+  std::weak_ptr<ReplyHub> hub_;
+  uint64_t session_ = 0;
+  Object msgid_;
+  msgpack_zone* zone_ = nullptr;
+  bool done_ = true;
+  friend class Invocation;
+};
+
+// The continuation-style handler's last parameter: call it once with the result.
+template <class T>
+class Reply {
+ public:
+  explicit Reply(Responder r) : r_(std::move(r)) {}
+  void operator()(const T& v) { r_.reply(v); }
+  void error(Kind k, std::string_view msg) { r_.error(k, msg); }
+
+ private:
+  Responder r_;
+};
+
+}  // namespace aiorpc::rpc

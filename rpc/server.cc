@@ -1,0 +1,410 @@
+// Server: sessions, dispatch, control commands, drain.
+#include "rpc/server.h"
+
+#include "core/connection.h"
+#include "core/log.h"
+
+namespace aiorpc::rpc {
+
+namespace log = core::log;
+
+// Owns the sessions by id; Responders reach them through a weak_ptr to it.
+class Server::Hub final : public ReplyHub {
+ public:
+  explicit Hub(Server* s) : server(s) {}
+  core::OutQueue* beginReply(uint64_t session, Object msgid) override;
+  void endReply(uint64_t session, bool error) override;
+  void dropped(uint64_t) override {
+    ++server->stats_.dropped_replies;
+    --server->stats_.in_flight;
+  }
+  void countError(Kind k) override { ++server->stats_.errors[static_cast<size_t>(k)]; }
+
+  Server* server;
+  std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions;
+};
+
+class Server::Session final : public core::ConnectionHandler {
+ public:
+  Session(Server& srv, uint64_t id, core::Fd fd)
+      : srv_(srv), id_(id), dec_(srv.opts_.limits), conn_(srv.loop_, std::move(fd), this) {
+    conn_.setWaterMarks(srv.opts_.high_water, srv.opts_.low_water);
+  }
+  ~Session() { srv_.loop_.cancel(drain_timer_); }
+
+  std::span<char> readBuffer() override { return dec_.buffer(); }
+  void onData(size_t n) override {
+    srv_.stats_.bytes_in += n;
+    dec_.feed(n);
+    process();
+  }
+  void onEof(core::Connection&) override { finish(); }
+  void onHighWater(core::Connection& c) override {
+    throttled_ = true;
+    c.pauseReading();
+  }
+  void onLowWater(core::Connection& c) override {
+    throttled_ = false;
+    if (!stopping_) c.resumeReading();
+    process();
+  }
+  void onClose(std::error_code why) override {
+    if (why) log::debug("connection {} closed: {}", conn_.peer().toString(), why.message());
+    srv_.closed(this);
+  }
+
+  // Stop reading; close once every owed reply is written (at most drain_timeout from now).
+  void finish() {
+    if (conn_.closed()) return;
+    if (!stopping_) {
+      stopping_ = true;
+      conn_.pauseReading();
+      drain_timer_ = srv_.loop_.after(srv_.opts_.drain_timeout, [this] {
+        drain_timer_ = 0;
+        conn_.close(core::Errc::kTimedOut);
+      });
+    }
+    if (in_flight_ == 0) conn_.closeAfterFlush();
+  }
+
+  void process();
+  void handle(Object msg);
+  void request(Object msgid, Object method, Object params, bool notify);
+  void control(std::string_view cmd, Object msgid, Object params);
+  void protocolError(const std::string& why) {
+    ++srv_.stats_.protocol_errors;
+    log::warn("protocol error from {}: {}; closing after owed replies", conn_.peer().toString(),
+              why);
+    finish();
+  }
+
+  Server& srv_;
+  uint64_t id_;
+  Decoder dec_;
+  core::Connection conn_;
+  size_t in_flight_ = 0;
+  bool stopping_ = false, throttled_ = false, scheduled_ = false;
+  core::Loop::TimerId drain_timer_ = 0;
+};
+
+namespace {
+
+// Writes "[1, msgid, " for a reply.
+void replyHead(Packer& p, Object msgid) {
+  p.array(4);
+  p.uinteger(1);
+  p.object(msgid);
+}
+
+void packError(Packer& p, Kind k, std::string_view msg) {
+  p.array(2);
+  p.str(kindName(k));
+  p.str(validUtf8(msg));
+}
+
+}  // namespace
+
+class Server::SessionInvocation final : public Invocation {
+ public:
+  SessionInvocation(Server::Session& s, std::weak_ptr<ReplyHub> hub, Object msgid, bool notify)
+      : s_(s), hub_(std::move(hub)), msgid_(msgid), notify_(notify) {}
+
+  void replyValue(const std::function<void(Packer&)>& write) override {
+    if (answered_ || notify_) return void(answered_ = true);
+    answered_ = true;
+    Packer p(s_.conn_.out());
+    replyHead(p, msgid_);
+    p.nil();
+    write(p);
+    s_.conn_.sent();
+  }
+  void replyError(Kind k, std::string_view message) override;
+  void replyErrorObject(Object error) override;
+  Responder detach() override;
+  bool answered() const noexcept { return answered_; }
+
+ private:
+  Server::Session& s_;
+  std::weak_ptr<ReplyHub> hub_;
+  Object msgid_;
+  bool notify_, answered_ = false;
+};
+
+core::OutQueue* Server::Hub::beginReply(uint64_t session, Object msgid) {
+  auto it = sessions.find(session);
+  if (it == sessions.end() || it->second->conn_.closed()) return nullptr;
+  auto& out = it->second->conn_.out();
+  Packer p(out);
+  replyHead(p, msgid);
+  return &out;
+}
+
+void Server::Hub::endReply(uint64_t session, bool) {
+  --server->stats_.in_flight;
+  auto it = sessions.find(session);
+  if (it == sessions.end()) return;
+  Session& s = *it->second;
+  s.conn_.sent();
+  --s.in_flight_;
+  if (s.stopping_ && s.in_flight_ == 0) s.conn_.closeAfterFlush();
+}
+
+void Server::SessionInvocation::replyError(Kind k, std::string_view message) {
+  if (answered_) return;
+  answered_ = true;
+  if (notify_) {
+    log::debug("notification failed: {}: {}", kindName(k), message);
+    return;
+  }
+  ++s_.srv_.stats_.errors[static_cast<size_t>(k)];
+  Packer p(s_.conn_.out());
+  replyHead(p, msgid_);
+  packError(p, k, message);
+  p.nil();
+  s_.conn_.sent();
+}
+
+void Server::SessionInvocation::replyErrorObject(Object error) {
+  if (answered_) return;
+  answered_ = true;
+  if (notify_) return;
+  ++s_.srv_.stats_.errors[static_cast<size_t>(Kind::kOther)];
+  Packer p(s_.conn_.out());
+  replyHead(p, msgid_);
+  p.object(error);
+  p.nil();
+  s_.conn_.sent();
+}
+
+Responder Server::SessionInvocation::detach() {
+  if (answered_) return Responder();
+  answered_ = true;
+  msgpack_zone* zone = s_.dec_.releaseZone();
+  if (notify_) return Responder({}, 0, msgid_, zone, false);
+  ++s_.in_flight_;
+  ++s_.srv_.stats_.in_flight;
+  return Responder(hub_, s_.id_, msgid_, zone);
+}
+
+void Server::Session::process() {
+  int budget = srv_.opts_.max_messages_per_read;
+  while (!conn_.closed() && !throttled_) {
+    Object msg;
+    auto st = dec_.next(msg);
+    if (st == Decoder::Status::kNeedMore) return;
+    if (st == Decoder::Status::kError) return protocolError(dec_.error());
+    handle(msg);
+    if (stopping_ && !conn_.eof()) return;  // a protocol error: nothing after it is read
+    if (--budget == 0 && !scheduled_) {
+      // Let other connections run; continue with what is buffered on the next iteration.
+      scheduled_ = true;
+      conn_.pauseReading();
+      std::weak_ptr<Hub> hub = srv_.hub_;
+      uint64_t id = id_;
+      srv_.loop_.post([hub, id] {
+        auto h = hub.lock();
+        if (!h) return;
+        auto it = h->sessions.find(id);
+        if (it == h->sessions.end()) return;
+        Session& s = *it->second;
+        s.scheduled_ = false;
+        if (!s.stopping_ && !s.throttled_) s.conn_.resumeReading();
+        s.process();
+      });
+      return;
+    }
+  }
+}
+
+void Server::Session::handle(Object msg) {
+  if (!msg.isArray() || (msg.size() != 3 && msg.size() != 4))
+    return protocolError("message is not a 3- or 4-element array");
+  auto type = msg[0].asUint();
+  if (type == 0u && msg.size() == 4) {
+    ++srv_.stats_.requests;
+    return request(msg[1], msg[2], msg[3], false);
+  }
+  if (type == 2u && msg.size() == 3) {
+    ++srv_.stats_.notifications;
+    return request(Object(), msg[1], msg[2], true);
+  }
+  if (type == 1u) return protocolError("a response was sent to a server");
+  protocolError("unknown message type " + msg[0].toText(40));
+}
+
+void Server::Session::request(Object msgid, Object method, Object params, bool notify) {
+  SessionInvocation inv(*this, srv_.hub_, msgid, notify);
+  if (!method.isStrOrBin()) {
+    inv.replyError(Kind::kNoMethod,
+                   std::string("method name must be a string, got ") + method.typeName());
+    return;
+  }
+  std::string_view name = method.str();
+  if (!name.empty() && name[0] == '\0') {
+    if (notify) return;
+    return control(name.substr(1), msgid, params);
+  }
+  const MethodInfo* m = srv_.service_.find(name);
+  if (!m) {
+    inv.replyError(Kind::kNoMethod, "no method " + method.toText(100));
+    return;
+  }
+  inv.params = params;
+  if (!m->context_name.empty()) {
+    Context ctx(params, &conn_.peer(), &conn_.local());
+    inv.context = &ctx;
+    dispatch(*m, inv);
+  } else {
+    dispatch(*m, inv);
+  }
+}
+
+void Server::Session::control(std::string_view cmd, Object msgid, Object params) {
+  SessionInvocation inv(*this, srv_.hub_, msgid, false);
+  bool empty = params.isNil() || ((params.isArray() || params.isMap()) && params.size() == 0);
+  if (cmd == "reflection" || cmd == "stats") {
+    if (!empty) return inv.replyError(Kind::kArgument, std::string(cmd) + " takes no arguments");
+    if (cmd == "reflection") {
+      inv.replyValue([&](Packer& p) { srv_.packReflection(p); });
+    } else {
+      inv.replyValue([&](Packer& p) { srv_.packStats(p); });
+    }
+    return;
+  }
+  inv.replyError(Kind::kNoMethod, "no control command '" + std::string(cmd.substr(0, 100)) + "'");
+}
+
+Server::Server(core::Loop& loop, Service& service, ServerOptions opts)
+    : loop_(loop), service_(service), opts_(opts), hub_(std::make_shared<Hub>(this)) {
+  stats_.started = loop.now();
+}
+
+Server::~Server() {
+  loop_.cancel(drain_timer_);
+  auto sessions = std::move(hub_->sessions);  // freed here, not deferred: the loop may be idle
+  hub_->sessions.clear();
+  for (auto& [id, s] : sessions) s->conn_.close();
+}
+
+core::Result<core::Address> Server::listen(std::string_view spec) {
+  auto a = core::Address::parse(spec);
+  if (!a) return a.error();
+  return listen(*a);
+}
+
+core::Result<core::Address> Server::listen(const core::Address& addr) {
+  auto l = std::make_unique<core::Listener>(
+      loop_, [this](core::Fd fd, const core::Address&) { accept(std::move(fd)); });
+  auto r = l->listen(addr);
+  if (!r) return r;
+  listeners_.push_back(std::move(l));
+  bound_.push_back(*r);
+  return r;
+}
+
+void Server::accept(core::Fd fd) {
+  if (draining_) return;  // fd closes here
+  uint64_t id = next_id_++;
+  auto s = std::make_unique<Session>(*this, id, std::move(fd));
+  hub_->sessions.emplace(id, std::move(s));
+  ++stats_.connections_open;
+  ++stats_.connections_total;
+}
+
+void Server::closed(Session* s) {
+  auto it = hub_->sessions.find(s->id_);
+  if (it == hub_->sessions.end()) return;
+  --stats_.connections_open;  // replies still owed to it are counted as dropped later
+  stats_.bytes_out += s->conn_.out().written();
+  loop_.deferDelete(std::move(it->second));
+  hub_->sessions.erase(it);
+  if (draining_) maybeDrained();
+}
+
+size_t Server::connectionCount() const noexcept { return hub_->sessions.size(); }
+
+void Server::drain(core::Callback<void()> done) {
+  if (draining_) return;
+  draining_ = true;
+  drained_ = std::move(done);
+  for (auto& l : listeners_) l->stop();
+  for (auto& fn : drain_hooks_) fn();
+  std::vector<Session*> all;
+  for (auto& [id, s] : hub_->sessions) all.push_back(s.get());
+  for (Session* s : all) s->finish();
+  drain_timer_ = loop_.after(opts_.drain_timeout + 0.1, [this] {
+    drain_timer_ = 0;
+    std::vector<Session*> left;
+    for (auto& [id, s] : hub_->sessions) left.push_back(s.get());
+    for (Session* s : left) s->conn_.close(core::Errc::kTimedOut);
+    maybeDrained();
+  });
+  loop_.post([this] { maybeDrained(); });
+}
+
+void Server::maybeDrained() {
+  if (!draining_ || !hub_->sessions.empty() || !drained_) return;
+  loop_.cancel(drain_timer_);
+  drain_timer_ = 0;
+  auto done = std::move(drained_);
+  done();
+}
+
+void Server::addStats(std::string key, std::function<void(Packer&)> fn) {
+  extra_stats_.emplace_back(std::move(key), std::move(fn));
+}
+
+void Server::packStats(Packer& p) const {
+  uint64_t bytes_out = stats_.bytes_out;
+  for (auto& [id, s] : hub_->sessions) bytes_out += s->conn_.out().written();
+  uint32_t nerr = 0;
+  for (auto e : stats_.errors) nerr += e > 0;
+  p.map(9 + static_cast<uint32_t>(extra_stats_.size()));
+  p.str("connections_open"), p.uinteger(stats_.connections_open);
+  p.str("connections_total"), p.uinteger(stats_.connections_total);
+  p.str("requests"), p.uinteger(stats_.requests);
+  p.str("notifications"), p.uinteger(stats_.notifications);
+  p.str("errors"), p.map(nerr);
+  for (int k = 0; k < kKindCount; ++k) {
+    if (!stats_.errors[k]) continue;
+    p.str(kindName(static_cast<Kind>(k)));
+    p.uinteger(stats_.errors[k]);
+  }
+  p.str("bytes_in"), p.uinteger(stats_.bytes_in);
+  p.str("bytes_out"), p.uinteger(bytes_out);
+  p.str("in_flight"), p.uinteger(stats_.in_flight);
+  p.str("uptime_s"), p.real(loop_.now() - stats_.started);
+  for (auto& [k, fn] : extra_stats_) {
+    p.str(k);
+    fn(p);
+  }
+}
+
+void Server::packReflection(Packer& p) const {
+  p.map(1);
+  p.str("methods");
+  p.map(static_cast<uint32_t>(service_.methods().size()));
+  for (auto& [name, m] : service_.methods()) {
+    p.str(name);
+    if (m.variadic) {
+      p.array(static_cast<uint32_t>(2 + !m.context_name.empty()));
+      if (!m.context_name.empty()) p.str(m.context_name);
+      p.str("args");
+      p.str("kwargs");
+      continue;
+    }
+    p.array(static_cast<uint32_t>(m.params.size() + !m.context_name.empty()));
+    if (!m.context_name.empty()) p.str(m.context_name);
+    for (auto& a : m.params) {
+      if (!a.def) {
+        p.str(a.name);
+        continue;
+      }
+      p.map(2);
+      p.str("name"), p.str(a.name);
+      p.str("default"), p.object(a.def->view());
+    }
+  }
+}
+
+}  // namespace aiorpc::rpc

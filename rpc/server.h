@@ -1,0 +1,85 @@
+// Server: accepts connections and serves one Service over msgpack-rpc (SPEC §1–3).
+#pragma once
+
+#include <array>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/listener.h"
+#include "core/loop.h"
+#include "rpc/decoder.h"
+#include "rpc/service.h"
+
+namespace aiorpc::rpc {
+
+struct ServerOptions {
+  Limits limits;
+  double drain_timeout = 10;         // seconds to finish owed replies on close / shutdown
+  size_t high_water = 4u << 20;      // stop reading from a peer whose replies pile up
+  size_t low_water = 1u << 20;       // and resume below this
+  int max_messages_per_read = 1024;  // fairness between connections
+};
+
+struct ServerStats {
+  uint64_t connections_open = 0, connections_total = 0, requests = 0, notifications = 0;
+  uint64_t bytes_in = 0, bytes_out = 0, in_flight = 0, dropped_replies = 0, protocol_errors = 0;
+  std::array<uint64_t, kKindCount> errors{};
+  double started = 0;
+};
+
+class Server {
+ public:
+  Server(core::Loop& loop, Service& service, ServerOptions opts = {});
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds `HOST:PORT`, `[v6]:PORT` or `unix:/path` (port 0: a free one). Several are allowed.
+  core::Result<core::Address> listen(std::string_view spec);
+  core::Result<core::Address> listen(const core::Address& addr);
+  const std::vector<core::Address>& addresses() const noexcept { return bound_; }
+
+  // Graceful shutdown (SPEC §7): stop accepting and reading, close idle connections, finish and
+  // write owed replies, then call `done` (after at most drain_timeout, closing what is left).
+  void drain(core::Callback<void()> done);
+  bool draining() const noexcept { return draining_; }
+  // Runs when drain() starts (e.g. to answer long-polls at once).
+  void onDrain(std::function<void()> fn) { drain_hooks_.push_back(std::move(fn)); }
+
+  const ServerStats& stats() const noexcept { return stats_; }
+  // Adds `key` to the \0stats map; `fn` packs its value.
+  void addStats(std::string key, std::function<void(Packer&)> fn);
+  size_t connectionCount() const noexcept;
+  core::Loop& loop() noexcept { return loop_; }
+  const ServerOptions& options() const noexcept { return opts_; }
+
+  class Session;  // implementation details, defined in server.cc
+  class Hub;
+  class SessionInvocation;
+
+ private:
+  void accept(core::Fd fd);
+  void closed(Session* s);
+  void maybeDrained();
+  void packStats(Packer& p) const;
+  void packReflection(Packer& p) const;
+
+  core::Loop& loop_;
+  Service& service_;
+  ServerOptions opts_;
+  std::vector<std::unique_ptr<core::Listener>> listeners_;
+  std::vector<core::Address> bound_;
+  std::shared_ptr<Hub> hub_;
+  uint64_t next_id_ = 1;
+  ServerStats stats_;
+  std::vector<std::pair<std::string, std::function<void(Packer&)>>> extra_stats_;
+  bool draining_ = false;
+  core::Callback<void()> drained_;
+  core::Loop::TimerId drain_timer_ = 0;
+  std::vector<std::function<void()>> drain_hooks_;
+};
+
+}  // namespace aiorpc::rpc

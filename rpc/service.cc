@@ -1,0 +1,154 @@
+// Binding params to declared parameters, context lookup, variadic args, reflection.
+#include "rpc/service.h"
+
+#include <fmt/format.h>
+
+namespace aiorpc::rpc {
+
+bool isDunder(Object key) noexcept {
+  if (!key.isStrOrBin()) return false;
+  auto s = key.str();
+  return s.size() >= 4 && s.substr(0, 2) == "__" && s.substr(s.size() - 2) == "__";
+}
+
+Value Context::operator()(std::string_view key) const {
+  if (key == "peername" || key == "sockname") {
+    const core::Address* a = key == "peername" ? peer_ : local_;
+    if (!a || a->isUnix() || a->family() == 0) return Value();
+    return toValue(std::tuple<std::string, int>(a->host(), a->port()));
+  }
+  if (!params_.isMap()) return Value();
+  bool dunder = key.size() >= 4 && key.substr(0, 2) == "__" && key.substr(key.size() - 2) == "__";
+  std::string k = dunder ? std::string(key) : "__" + std::string(key) + "__";
+  if (auto v = params_.find(k)) return Value::copyOf(*v);
+  return Value();
+}
+
+uint32_t Args::positionalCount() const noexcept {
+  if (params_.isArray()) return params_.size();
+  return params_.isNil() || params_.isMap() ? 0 : 1;
+}
+
+Object Args::positional(uint32_t i) const noexcept {
+  return params_.isArray() ? params_[i] : params_;
+}
+
+uint32_t Args::namedCount() const noexcept {
+  uint32_t n = 0;
+  if (params_.isMap())
+    for (uint32_t i = 0; i < params_.size(); ++i) n += !isDunder(params_.key(i));
+  return n;
+}
+
+std::optional<Object> Args::named(std::string_view key) const noexcept {
+  if (key.size() >= 4 && key.substr(0, 2) == "__" && key.substr(key.size() - 2) == "__")
+    return std::nullopt;
+  return params_.find(key);
+}
+
+void Encode<Args::Positional>::pack(Packer& p, const Args::Positional& v) {
+  Args a(v.params);
+  if (v.params.isArray()) {
+    p.object(v.params);
+    return;
+  }
+  p.array(a.positionalCount());
+  if (a.positionalCount()) p.object(v.params);
+}
+
+void Encode<Args::Named>::pack(Packer& p, const Args::Named& v) {
+  Args a(v.params);
+  p.map(a.namedCount());
+  for (uint32_t i = 0; v.params.isMap() && i < v.params.size(); ++i) {
+    if (isDunder(v.params.key(i))) continue;
+    p.object(v.params.key(i));
+    p.object(v.params.val(i));
+  }
+}
+
+void Encode<Args::PositionalOrNamed>::pack(Packer& p, const Args::PositionalOrNamed& v) {
+  Args a(v.params);
+  if (a.positionalCount() > 0) {
+    p.pack(a.positional());
+  } else {
+    p.pack(a.named());
+  }
+}
+
+namespace {
+
+// Fills inv.bound from params; false with a message naming the parameter.
+bool bind(const MethodInfo& m, Invocation& inv, std::string& why) {
+  const size_t n = m.params.size();
+  bool set[kMaxParams] = {};
+  Object params = inv.params;
+  if (params.isArray() || (!params.isNil() && !params.isMap())) {
+    uint32_t count = params.isArray() ? params.size() : 1;
+    if (count > n) {
+      why = fmt::format("{}() takes {} argument{} but {} were given", m.name, n, n == 1 ? "" : "s",
+                        count);
+      return false;
+    }
+    for (uint32_t i = 0; i < count; ++i) {
+      inv.bound[i] = params.isArray() ? params[i] : params;
+      set[i] = true;
+    }
+  } else if (params.isMap()) {
+    for (uint32_t i = 0; i < params.size(); ++i) {
+      Object k = params.key(i);
+      if (isDunder(k)) continue;
+      size_t j = 0;
+      while (j < n && !(k.isStrOrBin() && k.str() == m.params[j].name)) ++j;
+      if (j == n) {
+        why = fmt::format("{}() got an unexpected argument {}", m.name, k.toText(80));
+        return false;
+      }
+      if (set[j]) {
+        why = fmt::format("{}() got argument '{}' twice", m.name, m.params[j].name);
+        return false;
+      }
+      inv.bound[j] = params.val(i);
+      set[j] = true;
+    }
+  }
+  for (size_t j = 0; j < n; ++j) {
+    if (set[j]) continue;
+    if (!m.params[j].def) {
+      why = fmt::format("{}() missing required argument '{}'", m.name, m.params[j].name);
+      return false;
+    }
+    inv.bound[j] = m.params[j].def->view();
+  }
+  return true;
+}
+
+}  // namespace
+
+void dispatch(const MethodInfo& m, Invocation& inv) {
+  inv.method = &m;
+  std::string why;
+  if (!m.variadic && !bind(m, inv, why)) {
+    inv.replyError(Kind::kArgument, why);
+    return;
+  }
+  try {
+    m.invoke(inv);
+  } catch (const RpcError& e) {
+    if (e.hasPeerObject()) {
+      inv.replyErrorObject(e.object());
+    } else {
+      inv.replyError(e.kind(), e.message());
+    }
+  } catch (const std::exception& e) {
+    inv.replyError(Kind::kApplication, e.what());
+  } catch (...) {
+    inv.replyError(Kind::kApplication, "unknown exception");
+  }
+}
+
+const MethodInfo* Service::find(std::string_view name) const {
+  auto it = methods_.find(name);
+  return it == methods_.end() ? nullptr : &it->second;
+}
+
+}  // namespace aiorpc::rpc

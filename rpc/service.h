@@ -1,0 +1,323 @@
+// Service: a named table of methods declared with parameter names and defaults (like pybind11's
+// def("f", fn, arg("x"), arg("y") = 1)); arguments are converted by the callable's signature.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "core/address.h"
+#include "core/future.h"
+#include "rpc/codec.h"
+#include "rpc/errors.h"
+#include "rpc/responder.h"
+
+namespace aiorpc::rpc {
+
+// A declared parameter: arg("x"), or arg("y") = default.
+struct Arg {
+  std::string name;
+  std::optional<Value> def;
+  template <class T>
+  Arg& operator=(const T& v) {
+    def = toValue(v);
+    return *this;
+  }
+};
+inline Arg arg(std::string name) { return Arg{std::move(name), std::nullopt}; }
+
+// What a context method (first parameter `Context`) gets: ctx("__ident__") or ctx("ident") is
+// the value sent under that dunder key; ctx("peername") / ctx("sockname") are [ip, port] of the
+// connection (nil on unix sockets) and cannot be spoofed; unknown keys give nil.
+class Context {
+ public:
+  Context(Object params, const core::Address* peer, const core::Address* local)
+      : params_(params), peer_(peer), local_(local) {}
+  Value operator()(std::string_view key) const;
+  Value operator[](std::string_view key) const { return (*this)(key); }
+  Value peername() const { return (*this)("peername"); }
+  const core::Address* peer() const noexcept { return peer_; }
+
+ private:
+  Object params_;
+  const core::Address* peer_;
+  const core::Address* local_;
+};
+
+// Map keys that start and end with "__" are context, never arguments.
+bool isDunder(Object key) noexcept;
+
+// What a variadic method gets: the positional and named arguments as they came (named without
+// dunder keys). Encodable: positionalOrNamed() is the demo echo's answer.
+class Args {
+ public:
+  explicit Args(Object params) : params_(params) {}
+  uint32_t positionalCount() const noexcept;
+  Object positional(uint32_t i) const noexcept;
+  uint32_t namedCount() const noexcept;
+  std::optional<Object> named(std::string_view key) const noexcept;
+  Object params() const noexcept { return params_; }
+
+  struct Positional {
+    Object params;
+  };
+  struct Named {
+    Object params;
+  };
+  struct PositionalOrNamed {
+    Object params;  // by value: handlers return these after their Args is gone
+  };
+  Positional positional() const noexcept { return {params_}; }
+  Named named() const noexcept { return {params_}; }
+  PositionalOrNamed positionalOrNamed() const noexcept { return {params_}; }
+
+ private:
+  Object params_;
+};
+
+template <>
+struct Encode<Args::Positional> {
+  static void pack(Packer& p, const Args::Positional& v);
+};
+template <>
+struct Encode<Args::Named> {
+  static void pack(Packer& p, const Args::Named& v);
+};
+template <>
+struct Encode<Args::PositionalOrNamed> {
+  static void pack(Packer& p, const Args::PositionalOrNamed& v);
+};
+
+constexpr size_t kMaxParams = 16;
+
+// One request being dispatched; built by the server on its stack.
+class Invocation {
+ public:
+  Object bound[kMaxParams];  // declared parameters in order (context excluded)
+  Object params;             // as received
+  const Context* context = nullptr;
+  const struct MethodInfo* method = nullptr;
+
+  // Synchronous answer, written in place.
+  virtual void replyValue(const std::function<void(Packer&)>& write) = 0;
+  virtual void replyError(Kind k, std::string_view message) = 0;
+  virtual void replyErrorObject(Object error) = 0;  // a peer's error object, passed on intact
+  // The right to answer later (takes the request's zone).
+  virtual Responder detach() = 0;
+
+ protected:
+  ~Invocation() = default;
+};
+
+struct MethodInfo {
+  std::string name;
+  std::vector<Arg> params;   // declared parameters (context excluded)
+  std::string context_name;  // "ctx"/"context" when the first parameter is the Context
+  bool variadic = false;
+  std::function<void(Invocation&)> invoke;
+};
+
+namespace detail {
+
+template <class T>
+struct Sig : Sig<decltype(&T::operator())> {};
+template <class C, class R, class... A>
+struct Sig<R (C::*)(A...) const> {
+  using ret = R;
+  using args = std::tuple<A...>;
+};
+template <class C, class R, class... A>
+struct Sig<R (C::*)(A...)> : Sig<R (C::*)(A...) const> {};
+template <class R, class... A>
+struct Sig<R (*)(A...)> {
+  using ret = R;
+  using args = std::tuple<A...>;
+};
+template <class R, class... A>
+struct Sig<R(A...)> : Sig<R (*)(A...)> {};
+
+template <class T>
+struct IsFuture : std::false_type {};
+template <class T>
+struct IsFuture<core::Future<T>> : std::true_type {};
+template <class T>
+struct IsReply : std::false_type {};
+template <class T>
+struct IsReply<Reply<T>> : std::true_type {};
+
+template <class T>
+using Bare = std::remove_cvref_t<T>;
+
+template <class T>
+struct Holder {  // storage for a converted argument
+  Bare<T> v{};
+};
+
+// Converts bound[i] into the i-th declared parameter; false with `why` on failure.
+template <class T>
+bool convert(Object o, Holder<T>& h, std::string& why) {
+  return decode(o, h.v, why);
+}
+
+template <class R, class Write>
+void deliver(Invocation& inv, Write&& call) {
+  if constexpr (std::is_void_v<R>) {
+    call();
+    inv.replyValue([](Packer& p) { p.nil(); });
+  } else if constexpr (IsFuture<R>::value) {
+    R fut = call();
+    if (fut.done()) {
+      if (fut.failed()) {
+        Responder r = inv.detach();
+        r.fail(fut.exception());
+        return;
+      }
+      if constexpr (std::is_void_v<typename R::value_type>) {
+        inv.replyValue([](Packer& p) { p.nil(); });
+      } else {
+        inv.replyValue([&](Packer& p) { p.pack(fut.get()); });
+      }
+      return;
+    }
+    fut.then([r = inv.detach()](R& f) mutable {
+      if (f.failed()) {
+        r.fail(f.exception());
+      } else if constexpr (std::is_void_v<typename R::value_type>) {
+        r.reply(nullptr);
+      } else {
+        r.reply(f.get());
+      }
+    });
+  } else {
+    auto&& v = call();
+    inv.replyValue([&](Packer& p) { p.pack(v); });
+  }
+}
+
+}  // namespace detail
+
+// Binds `inv.params` to `m`'s parameters (SPEC §2) and invokes it; every path answers through
+// `inv` exactly once. Exceptions thrown by the handler become ApplicationError (RpcError: its own).
+void dispatch(const MethodInfo& m, Invocation& inv);
+
+class Service {
+ public:
+  explicit Service(std::string name) : name_(std::move(name)) {}
+  const std::string& name() const noexcept { return name_; }
+
+  // Declares `name`. `fn`'s parameters: an optional first `Context`, then the declared
+  // parameters (one Arg each, converted by type), or a single `const Args&` for a variadic
+  // method; an optional last `Reply<T>` makes it continuation-style. It returns a value, void,
+  // or Task<T> (a coroutine).
+  template <class F, class... A>
+  Service& def(std::string name, F fn, A... specs);
+
+  const MethodInfo* find(std::string_view name) const;
+  const std::map<std::string, MethodInfo, std::less<>>& methods() const noexcept {
+    return methods_;
+  }
+
+ private:
+  std::string name_;
+  std::map<std::string, MethodInfo, std::less<>> methods_;  // sorted by bytes
+};
+
+template <class F, class... A>
+Service& Service::def(std::string name, F fn, A... specs) {
+  using S = detail::Sig<std::conditional_t<std::is_function_v<F>, F, F>>;
+  using Params = typename S::args;
+  using R = typename S::ret;
+  constexpr size_t n = std::tuple_size_v<Params>;
+  constexpr bool has_ctx = [] {
+    if constexpr (n > 0)
+      return std::is_same_v<detail::Bare<std::tuple_element_t<0, Params>>, Context>;
+    return false;
+  }();
+  constexpr bool has_reply = [] {
+    if constexpr (n > 0)
+      return detail::IsReply<detail::Bare<std::tuple_element_t<n - 1, Params>>>::value;
+    return false;
+  }();
+  constexpr size_t first = has_ctx ? 1 : 0;
+  constexpr size_t last = has_reply ? n - 1 : n;  // declared parameters are [first, last)
+  constexpr bool variadic =
+      last - first == 1 && std::is_same_v<detail::Bare<std::tuple_element_t<first, Params>>, Args>;
+  static_assert(last - first <= kMaxParams, "too many parameters");
+  static_assert(!has_reply || std::is_void_v<R>, "a Reply<T> handler returns void");
+
+  MethodInfo m;
+  m.name = name;
+  m.variadic = variadic;
+  std::vector<Arg> given{std::move(specs)...};
+  if constexpr (has_ctx) {
+    m.context_name = "ctx";
+    if (given.size() == last - first + 1) {
+      m.context_name = given.front().name;
+      given.erase(given.begin());
+    }
+  }
+  if (!variadic) {
+    if (given.size() != last - first)
+      throw std::logic_error("def(" + name + "): one arg() per declared parameter");
+    m.params = std::move(given);
+  }
+  m.invoke = [fn = std::move(fn)](Invocation& inv) mutable {
+    [&]<size_t... I>(std::index_sequence<I...>) {
+      std::tuple<detail::Holder<std::tuple_element_t<first + I, Params>>...> held;
+      if constexpr (!variadic) {
+        std::string why;
+        size_t bad = SIZE_MAX;
+        bool ok =
+            ((detail::convert(inv.bound[I], std::get<I>(held), why) || (bad = I, false)) && ...);
+        if (!ok) {
+          inv.replyError(Kind::kArgument,
+                         "argument '" + inv.method->params[bad].name + "': " + why);
+          return;
+        }
+      }
+      auto call = [&]() -> decltype(auto) {
+        auto tail = [&]() -> decltype(auto) {
+          if constexpr (variadic) {
+            Args a(inv.params);
+            if constexpr (has_reply) {
+              using RT = detail::Bare<std::tuple_element_t<n - 1, Params>>;
+              if constexpr (has_ctx)
+                return fn(*inv.context, a, RT(inv.detach()));
+              else
+                return fn(a, RT(inv.detach()));
+            } else if constexpr (has_ctx) {
+              return fn(*inv.context, a);
+            } else {
+              return fn(a);
+            }
+          } else if constexpr (has_reply) {
+            using RT = detail::Bare<std::tuple_element_t<n - 1, Params>>;
+            if constexpr (has_ctx)
+              return fn(*inv.context, std::move(std::get<I>(held).v)..., RT(inv.detach()));
+            else
+              return fn(std::move(std::get<I>(held).v)..., RT(inv.detach()));
+          } else if constexpr (has_ctx) {
+            return fn(*inv.context, std::move(std::get<I>(held).v)...);
+          } else {
+            return fn(std::move(std::get<I>(held).v)...);
+          }
+        };
+        return tail();
+      };
+      if constexpr (has_reply) {
+        call();
+      } else {
+        detail::deliver<R>(inv, call);
+      }
+    }
+    (std::make_index_sequence < variadic ? 0 : last - first > {});
+  };
+  methods_[name] = std::move(m);
+  return *this;
+}
+
+}  // namespace aiorpc::rpc
