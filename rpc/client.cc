@@ -344,9 +344,14 @@ Value SyncClient::wait(core::Future<Value> f) {
 }
 
 void SyncClient::flush() {
-  // Until the output has gone (or the connection failed).
-  for (int i = 0; i < 1000 && !client_->connected() && !client_->dead(); ++i) loop_->runOnce();
-  loop_->runOnce();
+  // A notification has no reply: a \0stats round trip proves it went out in order before it.
+  // Any reply will do (an older server answers NoMethodError); only a lost connection counts.
+  try {
+    wait(client_->call("\0stats"));
+  } catch (const RpcError& e) {
+    if (e.kind() == Kind::kConnection || e.kind() == Kind::kNotSent || e.kind() == Kind::kTimeout)
+      throw;
+  }
 }
 
 }  // namespace aiorpc::rpc

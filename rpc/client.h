@@ -73,6 +73,10 @@ class Client final : private core::ConnectionHandler {
   core::Future<Value> request(std::string_view method, const P& params);
   template <class... A>
   void notify(std::string_view method, const A&... args);
+  template <class P>
+  void notifyParams(std::string_view method, const P& params) {
+    sendNotify(method, [&](Packer& p) { p.pack(params); });
+  }
 
   // Low level: `params` packs the params value; `done` runs exactly once, never inside send().
   void send(std::string_view method, const std::function<void(Packer&)>& params, ResponseFn done,
@@ -202,9 +206,15 @@ class SyncClient {
   R request(std::string_view method, const P& params) {
     return as<R>(wait(client_->request(method, params)));
   }
+  // Sent once this returns, or throws RpcError(kConnection) when the server is unreachable.
   template <class... A>
   void notify(std::string_view method, const A&... args) {
     client_->notify(method, args...);
+    flush();
+  }
+  template <class P>
+  void notifyParams(std::string_view method, const P& params) {
+    client_->notifyParams(method, params);
     flush();
   }
   Client& client() noexcept { return *client_; }

@@ -108,3 +108,68 @@ def run(module_globals):
     name = os.path.basename(module_globals.get("__file__", "proc"))
     print(f"[proc] {name}: test cases: {passed + failed} | {passed} passed | {failed} failed")
     sys.exit(1 if failed else 0)
+
+
+class Raw:
+    """A raw msgpack-rpc peer over TCP (python3-msgpack: an independent implementation)."""
+
+    def __init__(self, proc_or_port, host="127.0.0.1", timeout=10):
+        import msgpack
+        self.msgpack = msgpack
+        self.sock = connect(proc_or_port, host, timeout)
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=2**31 - 1)
+        self.timeout = timeout
+
+    def send(self, *msgs):
+        self.sock.sendall(b"".join(self.msgpack.packb(m, use_bin_type=True) for m in msgs))
+
+    def send_bytes(self, data):
+        self.sock.sendall(data)
+
+    def recv(self, n=1, timeout=None):
+        out = list(self._drain())
+        deadline = time.time() + (timeout or self.timeout)
+        while len(out) < n:
+            left = deadline - time.time()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {n} messages, got {out!r}")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError(f"closed after {len(out)} of {n} messages: {out!r}")
+            self.unpacker.feed(chunk)
+            out.extend(self._drain())
+        assert len(out) == n, f"expected {n} messages, got {out!r}"
+        return out
+
+    def _drain(self):
+        return iter(self.unpacker)
+
+    def call(self, method, params=None, msgid=1):
+        self.send([0, msgid, method, params])
+        return self.recv(1)[0]
+
+    def expect_close(self, timeout=10):
+        """Reads until EOF; returns the messages that came before it."""
+        out = list(self._drain())
+        deadline = time.time() + timeout
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                raise AssertionError(f"connection not closed; got {out!r}")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except ConnectionResetError:
+                return out
+            if not chunk:
+                return out
+            self.unpacker.feed(chunk)
+            out.extend(self._drain())
+
+    def close(self):
+        self.sock.close()
+
+
+def daemon(*args):
+    return Proc([binary("aiorpcd"), *args])

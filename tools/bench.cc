@@ -1,0 +1,299 @@
+// aiorpc bench: -c connections × -d requests in flight each, -s payload bytes, verifies every
+// reply, prints calls/s and latency percentiles, and a machine-readable last line.
+#include "tools/bench.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/connection.h"
+#include "core/connector.h"
+#include "core/log.h"
+#include "rpc/codec.h"
+#include "rpc/decoder.h"
+
+namespace aiorpc::tools {
+namespace {
+
+struct Options {
+  std::string endpoint;
+  int conns = 1, depth = 1;
+  size_t size = 16;
+  double seconds = 5, warmup = 1;
+  std::string method = "echo", proxy;
+  bool bin = false, raw = false;
+};
+
+double nowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
+}
+
+// Latency histogram: 1 µs buckets to 1 ms, 10 µs to 10 ms, 100 µs to 100 ms, 1 ms to 10 s.
+class Histogram {
+ public:
+  void add(double ns) {
+    double us = ns / 1000;
+    size_t b = us < 1000 ? static_cast<size_t>(us)
+               : us < 10000 ? 1000 + static_cast<size_t>((us - 1000) / 10)
+               : us < 100000 ? 1900 + static_cast<size_t>((us - 10000) / 100)
+                             : 2800 + std::min<size_t>(static_cast<size_t>((us - 100000) / 1000), 9899);
+    ++b_[b];
+    ++n_;
+  }
+  double percentile(double p) const {
+    uint64_t want = static_cast<uint64_t>(std::ceil(p / 100 * static_cast<double>(n_)));
+    uint64_t seen = 0;
+    for (size_t i = 0; i < b_.size(); ++i) {
+      seen += b_[i];
+      if (seen >= want && b_[i]) return upper(i);
+    }
+    return 0;
+  }
+  uint64_t count() const { return n_; }
+
+ private:
+  static double upper(size_t b) {
+    if (b < 1000) return static_cast<double>(b + 1);
+    if (b < 1900) return 1000 + static_cast<double>(b - 1000 + 1) * 10;
+    if (b < 2800) return 10000 + static_cast<double>(b - 1900 + 1) * 100;
+    return 100000 + static_cast<double>(b - 2800 + 1) * 1000;
+  }
+  std::vector<uint64_t> b_ = std::vector<uint64_t>(12700);
+  uint64_t n_ = 0;
+};
+
+struct Shared {
+  Options opt;
+  core::Loop* loop;
+  std::string request;    // a request with msgid slot 0; msgid is a uint32 at id_offset
+  size_t id_offset = 0;
+  std::string expect;     // the reply's bytes after the msgid ("nil, [payload]")
+  bool measuring = false, stopping = false;
+  uint64_t calls = 0, errors = 0;
+  Histogram hist;
+  int open = 0;
+};
+
+class Conn final : public core::ConnectionHandler {
+ public:
+  Conn(Shared& sh, core::Fd fd) : sh_(sh), dec_(rpc::Limits{}), slots_(sh.opt.depth) {
+    conn_ = std::make_unique<core::Connection>(*sh.loop, std::move(fd), this);
+    conn_->setWaterMarks(SIZE_MAX, 0);
+    for (int i = 0; i < sh_.opt.depth; ++i) send(static_cast<uint32_t>(i));
+  }
+  std::span<char> readBuffer() override {
+    if (sh_.opt.raw) return raw_.reserve(64 * 1024);
+    return dec_.buffer(64 * 1024);
+  }
+  void onData(size_t n) override {
+    if (sh_.opt.raw) return onRaw(n);
+    dec_.feed(n);
+    rpc::Object m;
+    for (;;) {
+      auto st = dec_.next(m);
+      if (st == rpc::Decoder::Status::kNeedMore) break;
+      if (st == rpc::Decoder::Status::kError) return fatal(dec_.error());
+      auto id = m.isArray() && m.size() == 4 ? m[1].asUint() : std::nullopt;
+      if (!id) return fatal("malformed reply");
+      bool ok = m[0].asUint() == 1u && m[2].isNil();
+      if (ok) {  // the payload must come back intact
+        rpc::Object r = m[3];
+        ok = r.isArray() && r.size() == 1 && r[0].str() == payload();
+      }
+      complete(static_cast<uint32_t>(*id), ok);
+    }
+  }
+  void onClose(std::error_code why) override {
+    if (!sh_.stopping) std::fprintf(stderr, "bench: connection closed: %s\n", why.message().c_str());
+    --sh_.open;
+  }
+  void close() { conn_->close(); }
+
+ private:
+  std::string_view payload() const {
+    return std::string_view(sh_.request).substr(sh_.request.size() - sh_.opt.size);
+  }
+  void fatal(const std::string& why) {
+    std::fprintf(stderr, "bench: %s\n", why.c_str());
+    ++sh_.errors;
+    conn_->close();
+  }
+  void send(uint32_t slot) {
+    if (sh_.stopping) return;
+    uint32_t id = (seq_++ << 16) | slot;
+    slots_[slot] = {id, nowNs()};
+    auto& out = conn_->out();
+    out.append(sh_.request.data(), sh_.id_offset);
+    unsigned char be[4] = {static_cast<unsigned char>(id >> 24), static_cast<unsigned char>(id >> 16),
+                           static_cast<unsigned char>(id >> 8), static_cast<unsigned char>(id)};
+    out.append(be, 4);
+    out.append(sh_.request.data() + sh_.id_offset + 4, sh_.request.size() - sh_.id_offset - 4);
+    conn_->sent();
+  }
+  void complete(uint32_t id, bool ok) {
+    uint32_t slot = id & 0xffff;
+    if (slot >= slots_.size() || slots_[slot].id != id) return fatal("reply for a msgid not in flight");
+    if (sh_.measuring) {
+      ++sh_.calls;
+      sh_.hist.add(nowNs() - slots_[slot].at);
+      if (!ok) ++sh_.errors;
+    }
+    send(slot);
+  }
+  void onRaw(size_t n) {
+    raw_.commit(n);
+    // The bare echo server sends our bytes back: match whole requests in order.
+    size_t len = sh_.request.size();
+    while (raw_.size() >= len) {
+      auto r = raw_.readable();
+      uint32_t id = static_cast<uint32_t>(static_cast<unsigned char>(r[sh_.id_offset])) << 24 |
+                    static_cast<uint32_t>(static_cast<unsigned char>(r[sh_.id_offset + 1])) << 16 |
+                    static_cast<uint32_t>(static_cast<unsigned char>(r[sh_.id_offset + 2])) << 8 |
+                    static_cast<uint32_t>(static_cast<unsigned char>(r[sh_.id_offset + 3]));
+      bool ok = r.substr(len - sh_.opt.size, sh_.opt.size) == payload();
+      raw_.consume(len);
+      complete(id, ok);
+      if (conn_->closed()) return;
+    }
+  }
+
+  Shared& sh_;
+  rpc::Decoder dec_;
+  core::Buffer raw_;
+  struct Slot {
+    uint32_t id;
+    double at;
+  };
+  std::vector<Slot> slots_;
+  uint32_t seq_ = 0;
+  std::unique_ptr<core::Connection> conn_;
+};
+
+int usage() {
+  std::printf(
+      "usage: aiorpc bench HOST:PORT [-c CONNS] [-d DEPTH] [-s BYTES] [-t SECONDS] [-w WARMUP]\n"
+      "                    [-m METHOD] [--bin] [--proxy SERVICE] [-e]\n"
+      "  -c connections (1), -d requests in flight per connection (1), -s payload bytes (16),\n"
+      "  -t measured seconds (5) after -w warm-up seconds (1), -m method (echo),\n"
+      "  --bin payload as bin (default str), --proxy SERVICE sends invoke(SERVICE, METHOD, ...)\n"
+      "  through a proxy, -e raw mode: expects each request echoed back byte for byte.\n"
+      "The last line is machine-readable: RESULT calls_per_s=... p50_us=... ...\n");
+  return 0;
+}
+
+bool parse(int argc, char** argv, Options& o) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto val = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "-c") o.conns = std::atoi(val().c_str());
+    else if (a == "-d") o.depth = std::atoi(val().c_str());
+    else if (a == "-s") o.size = static_cast<size_t>(std::atoll(val().c_str()));
+    else if (a == "-t") o.seconds = std::atof(val().c_str());
+    else if (a == "-w") o.warmup = std::atof(val().c_str());
+    else if (a == "-m") o.method = val();
+    else if (a == "--proxy") o.proxy = val();
+    else if (a == "--bin") o.bin = true;
+    else if (a == "-e") o.raw = true;
+    else if (a[0] != '-' && o.endpoint.empty()) o.endpoint = a;
+    else return false;
+  }
+  return !o.endpoint.empty() && o.conns > 0 && o.depth > 0 && o.depth <= 65535 &&
+         o.seconds > 0 && o.warmup >= 0;
+}
+
+}  // namespace
+
+int benchMain(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) return usage();
+  if (!parse(argc, argv, o)) {
+    std::fprintf(stderr, "aiorpc bench: bad arguments (see aiorpc bench --help)\n");
+    return 2;
+  }
+  auto addr = core::Address::parse(o.endpoint);
+  if (!addr) {
+    std::fprintf(stderr, "aiorpc bench: bad address %s\n", o.endpoint.c_str());
+    return 2;
+  }
+  core::prepareProcess();
+  core::Loop loop;
+  Shared sh;
+  sh.opt = o;
+  sh.loop = &loop;
+  // [0, <uint32 msgid>, method, [payload]]  or through a proxy:
+  // [0, <uint32 msgid>, "invoke", [service, method, [payload]]]
+  std::string payload(o.size, 'x');
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>('a' + i % 26);
+  rpc::Packer p(sh.request);
+  p.array(4);
+  p.uinteger(0);
+  sh.id_offset = sh.request.size() + 1;
+  sh.request += '\xce';
+  sh.request.append(4, '\0');
+  if (!o.proxy.empty()) {
+    p.str("invoke");
+    p.array(3);
+    p.str(o.proxy);
+  }
+  p.str(o.method);
+  p.array(1);
+  if (o.bin) p.bin(payload); else p.str(payload);
+
+  std::vector<std::unique_ptr<Conn>> conns;
+  std::vector<std::unique_ptr<core::Connector>> connectors;
+  int failed = 0;
+  for (int i = 0; i < o.conns; ++i) {
+    connectors.push_back(std::make_unique<core::Connector>(loop));
+    connectors.back()->start(*addr, 5, [&](core::Result<core::Fd> r) {
+      if (!r) {
+        ++failed;
+        return;
+      }
+      ++sh.open;
+      conns.push_back(std::make_unique<Conn>(sh, std::move(r.value())));
+    });
+  }
+  while (static_cast<int>(conns.size()) + failed < o.conns) loop.runOnce();
+  if (failed) {
+    std::fprintf(stderr, "aiorpc bench: %d connections to %s failed\n", failed, o.endpoint.c_str());
+    return 2;
+  }
+  double t0 = 0, t1 = 0;
+  loop.after(o.warmup, [&] {
+    sh.measuring = true;
+    t0 = nowNs();
+  });
+  loop.after(o.warmup + o.seconds, [&] {
+    t1 = nowNs();
+    sh.measuring = false;
+    sh.stopping = true;
+    for (auto& c : conns) c->close();
+  });
+  while (!sh.stopping || sh.open > 0) loop.runOnce();
+  double secs = (t1 - t0) / 1e9;
+  double rate = static_cast<double>(sh.calls) / secs;
+  std::printf("%s %s: %d conns x %d in flight, %zu B payload, %.1f s\n", o.raw ? "raw" : o.method.c_str(),
+              o.endpoint.c_str(), o.conns, o.depth, o.size, secs);
+  std::printf("  %.0f calls/s, %llu calls, %llu errors\n", rate,
+              static_cast<unsigned long long>(sh.calls), static_cast<unsigned long long>(sh.errors));
+  std::printf("  latency us: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f\n", sh.hist.percentile(50),
+              sh.hist.percentile(90), sh.hist.percentile(99), sh.hist.percentile(99.9));
+  std::printf("RESULT calls_per_s=%.0f calls=%llu errors=%llu p50_us=%.0f p90_us=%.0f p99_us=%.0f "
+              "p999_us=%.0f conns=%d depth=%d size=%zu\n",
+              rate, static_cast<unsigned long long>(sh.calls),
+              static_cast<unsigned long long>(sh.errors), sh.hist.percentile(50),
+              sh.hist.percentile(90), sh.hist.percentile(99), sh.hist.percentile(99.9), o.conns,
+              o.depth, o.size);
+  return sh.errors || sh.calls == 0 ? 1 : 0;
+}
+
+}  // namespace aiorpc::tools
