@@ -5,6 +5,7 @@
 #include <coroutine>
 #include <exception>
 #include <optional>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -14,6 +15,12 @@
 namespace aiorpc::core {
 
 struct Unit {};
+
+// The error of a Future whose Promise was dropped without completing it (its operation was
+// abandoned, e.g. a timer cancelled at shutdown): waiters are resumed rather than leaked.
+struct BrokenPromise : std::runtime_error {
+  BrokenPromise() : std::runtime_error("operation abandoned (broken promise)") {}
+};
 
 namespace detail {
 
@@ -124,12 +131,15 @@ class Promise {
   Promise(Promise&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
   Promise& operator=(Promise&& o) noexcept {
     if (this != &o) {
-      detail::release(s_);
+      Promise dropped(std::move(*this));
       s_ = std::exchange(o.s_, nullptr);
     }
     return *this;
   }
-  ~Promise() { detail::release(s_); }
+  ~Promise() {
+    if (s_ && !s_->done() && s_->refs > 1) setException(std::make_exception_ptr(BrokenPromise()));
+    detail::release(s_);
+  }
 
   Future<T> future() {
     ++s_->refs;

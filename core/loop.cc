@@ -44,7 +44,10 @@ Loop::Loop()
 Loop::~Loop() {
   // Run what was posted (deferred deletes among it) so nothing leaks.
   for (int i = 0; i < 16 && !posted_.empty(); ++i) runPosted();
-  timers_.clear();
+  cancelAll();
+  cancelling_ = true;  // nothing new from here on
+  for (int i = 0; i < 16 && !posted_.empty(); ++i) runPosted();
+  posted_.clear();
   for (auto& s : signals_) {
     ev_ref(loop_);  // balance the ev_unref of onSignal before stopping
     s->w.stop();
@@ -94,6 +97,7 @@ void Loop::onPrepare(int) noexcept {
 }
 
 Loop::TimerId Loop::after(double sec, Callback<void()> cb) {
+  if (cancelling_) return 0;  // shutting down: `cb` is dropped
   TimerId id;
   if (!free_timer_ids_.empty()) {
     id = free_timer_ids_.back();
@@ -117,6 +121,16 @@ Future<void> Loop::sleep(double sec) {
   auto f = p.future();
   after(sec, [p = std::move(p)]() mutable { p.setValue(); });
   return f;
+}
+
+void Loop::cancelAll() noexcept {
+  // Repeat: a dropped callback may resume a coroutine that sets a new timer.
+  for (int round = 0; round < 16 && !timers_.empty(); ++round) {
+    auto timers = std::move(timers_);
+    timers_.clear();
+    free_timer_ids_.clear();
+    timers.clear();
+  }
 }
 
 void Loop::cancel(TimerId id) noexcept {

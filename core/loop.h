@@ -58,6 +58,9 @@ class Loop {
   using TimerId = unsigned long;
   TimerId after(double sec, Callback<void()> cb);
   void cancel(TimerId id) noexcept;
+  // Drops every one-shot timer without running it (sleeps then fail with BrokenPromise). The
+  // owner calls it at shutdown while what those callbacks touch is still alive; ~Loop does too.
+  void cancelAll() noexcept;
   // co_await loop.sleep(s): completes after `s` seconds without blocking the loop.
   Future<void> sleep(double sec);
 
@@ -80,6 +83,7 @@ class Loop {
   ListNode flush_list_;
   std::vector<std::unique_ptr<OneShot>> timers_;  // slot = id - 1; freed slots reused
   std::vector<TimerId> free_timer_ids_;
+  bool cancelling_ = false;
   std::vector<std::unique_ptr<Sig>> signals_;
 };
 

@@ -244,8 +244,11 @@ Service& Service::def(std::string name, F fn, A... specs) {
   }();
   constexpr size_t first = has_ctx ? 1 : 0;
   constexpr size_t last = has_reply ? n - 1 : n;  // declared parameters are [first, last)
-  constexpr bool variadic =
-      last - first == 1 && std::is_same_v<detail::Bare<std::tuple_element_t<first, Params>>, Args>;
+  constexpr bool variadic = [] {
+    if constexpr (last - first == 1)
+      return std::is_same_v<detail::Bare<std::tuple_element_t<first, Params>>, Args>;
+    return false;
+  }();
   static_assert(last - first <= kMaxParams, "too many parameters");
   static_assert(!has_reply || std::is_void_v<R>, "a Reply<T> handler returns void");
 

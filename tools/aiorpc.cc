@@ -57,10 +57,19 @@ int runCall(const std::string& cmd, const std::string& ep, const std::string& me
       return 0;
     }
     rpc::Value v = c->request(method, rpc::Raw{bytes});
-    std::printf("%s\n", tools::toJson(v.view()).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    std::printf(
+        "%s\n",
+        tools::toJson(v.view()).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
     return 0;
   } catch (const rpc::RpcError& e) {
-    std::fprintf(stderr, "%s: %s\n", std::string(rpc::kindName(e.kind())).c_str(), e.message().c_str());
+    // A foreign peer's error object ([kind, text] in its own words, e.g. Python's
+    // ["<class 'ValueError'>", "..."]) is shown as it came.
+    rpc::Value obj = e.object();
+    rpc::Object o = obj.view();
+    std::string kind(rpc::kindName(e.kind()));
+    if (e.kind() == rpc::Kind::kOther && o.isArray() && o.size() == 2 && o[0].isStrOrBin())
+      kind = rpc::validUtf8(o[0].str());
+    std::fprintf(stderr, "%s: %s\n", kind.c_str(), rpc::validUtf8(e.message()).c_str());
     return e.kind() == rpc::Kind::kConnection || e.kind() == rpc::Kind::kNotSent ? 2 : 1;
   }
 }

@@ -121,6 +121,7 @@ int main(int argc, char** argv) {
   loop.onSignal(SIGTERM, shutdown);
   instance->started(server, *bound);
   loop.run();
+  loop.cancelAll();  // while the role's state is still alive
   clog::info("aiorpcd stopped");
   if (!pid_file.empty()) ::unlink(pid_file.c_str());
   return 0;

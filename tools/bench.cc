@@ -41,10 +41,11 @@ class Histogram {
  public:
   void add(double ns) {
     double us = ns / 1000;
-    size_t b = us < 1000 ? static_cast<size_t>(us)
+    size_t b = us < 1000    ? static_cast<size_t>(us)
                : us < 10000 ? 1000 + static_cast<size_t>((us - 1000) / 10)
-               : us < 100000 ? 1900 + static_cast<size_t>((us - 10000) / 100)
-                             : 2800 + std::min<size_t>(static_cast<size_t>((us - 100000) / 1000), 9899);
+               : us < 100000
+                   ? 1900 + static_cast<size_t>((us - 10000) / 100)
+                   : 2800 + std::min<size_t>(static_cast<size_t>((us - 100000) / 1000), 9899);
     ++b_[b];
     ++n_;
   }
@@ -73,9 +74,9 @@ class Histogram {
 struct Shared {
   Options opt;
   core::Loop* loop;
-  std::string request;    // a request with msgid slot 0; msgid is a uint32 at id_offset
+  std::string request;  // a request with msgid slot 0; msgid is a uint32 at id_offset
   size_t id_offset = 0;
-  std::string expect;     // the reply's bytes after the msgid ("nil, [payload]")
+  std::string expect;  // the reply's bytes after the msgid ("nil, [payload]")
   bool measuring = false, stopping = false;
   uint64_t calls = 0, errors = 0;
   Histogram hist;
@@ -112,7 +113,8 @@ class Conn final : public core::ConnectionHandler {
     }
   }
   void onClose(std::error_code why) override {
-    if (!sh_.stopping) std::fprintf(stderr, "bench: connection closed: %s\n", why.message().c_str());
+    if (!sh_.stopping)
+      std::fprintf(stderr, "bench: connection closed: %s\n", why.message().c_str());
     --sh_.open;
   }
   void close() { conn_->close(); }
@@ -132,7 +134,8 @@ class Conn final : public core::ConnectionHandler {
     slots_[slot] = {id, nowNs()};
     auto& out = conn_->out();
     out.append(sh_.request.data(), sh_.id_offset);
-    unsigned char be[4] = {static_cast<unsigned char>(id >> 24), static_cast<unsigned char>(id >> 16),
+    unsigned char be[4] = {static_cast<unsigned char>(id >> 24),
+                           static_cast<unsigned char>(id >> 16),
                            static_cast<unsigned char>(id >> 8), static_cast<unsigned char>(id)};
     out.append(be, 4);
     out.append(sh_.request.data() + sh_.id_offset + 4, sh_.request.size() - sh_.id_offset - 4);
@@ -140,7 +143,8 @@ class Conn final : public core::ConnectionHandler {
   }
   void complete(uint32_t id, bool ok) {
     uint32_t slot = id & 0xffff;
-    if (slot >= slots_.size() || slots_[slot].id != id) return fatal("reply for a msgid not in flight");
+    if (slot >= slots_.size() || slots_[slot].id != id)
+      return fatal("reply for a msgid not in flight");
     if (sh_.measuring) {
       ++sh_.calls;
       sh_.hist.add(nowNs() - slots_[slot].at);
@@ -193,20 +197,31 @@ bool parse(int argc, char** argv, Options& o) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (a == "-c") o.conns = std::atoi(val().c_str());
-    else if (a == "-d") o.depth = std::atoi(val().c_str());
-    else if (a == "-s") o.size = static_cast<size_t>(std::atoll(val().c_str()));
-    else if (a == "-t") o.seconds = std::atof(val().c_str());
-    else if (a == "-w") o.warmup = std::atof(val().c_str());
-    else if (a == "-m") o.method = val();
-    else if (a == "--proxy") o.proxy = val();
-    else if (a == "--bin") o.bin = true;
-    else if (a == "-e") o.raw = true;
-    else if (a[0] != '-' && o.endpoint.empty()) o.endpoint = a;
-    else return false;
+    if (a == "-c")
+      o.conns = std::atoi(val().c_str());
+    else if (a == "-d")
+      o.depth = std::atoi(val().c_str());
+    else if (a == "-s")
+      o.size = static_cast<size_t>(std::atoll(val().c_str()));
+    else if (a == "-t")
+      o.seconds = std::atof(val().c_str());
+    else if (a == "-w")
+      o.warmup = std::atof(val().c_str());
+    else if (a == "-m")
+      o.method = val();
+    else if (a == "--proxy")
+      o.proxy = val();
+    else if (a == "--bin")
+      o.bin = true;
+    else if (a == "-e")
+      o.raw = true;
+    else if (a[0] != '-' && o.endpoint.empty())
+      o.endpoint = a;
+    else
+      return false;
   }
-  return !o.endpoint.empty() && o.conns > 0 && o.depth > 0 && o.depth <= 65535 &&
-         o.seconds > 0 && o.warmup >= 0;
+  return !o.endpoint.empty() && o.conns > 0 && o.depth > 0 && o.depth <= 65535 && o.seconds > 0 &&
+         o.warmup >= 0;
 }
 
 }  // namespace
@@ -246,7 +261,10 @@ int benchMain(int argc, char** argv) {
   }
   p.str(o.method);
   p.array(1);
-  if (o.bin) p.bin(payload); else p.str(payload);
+  if (o.bin)
+    p.bin(payload);
+  else
+    p.str(payload);
 
   std::vector<std::unique_ptr<Conn>> conns;
   std::vector<std::unique_ptr<core::Connector>> connectors;
@@ -281,18 +299,19 @@ int benchMain(int argc, char** argv) {
   while (!sh.stopping || sh.open > 0) loop.runOnce();
   double secs = (t1 - t0) / 1e9;
   double rate = static_cast<double>(sh.calls) / secs;
-  std::printf("%s %s: %d conns x %d in flight, %zu B payload, %.1f s\n", o.raw ? "raw" : o.method.c_str(),
-              o.endpoint.c_str(), o.conns, o.depth, o.size, secs);
+  std::printf("%s %s: %d conns x %d in flight, %zu B payload, %.1f s\n",
+              o.raw ? "raw" : o.method.c_str(), o.endpoint.c_str(), o.conns, o.depth, o.size, secs);
   std::printf("  %.0f calls/s, %llu calls, %llu errors\n", rate,
-              static_cast<unsigned long long>(sh.calls), static_cast<unsigned long long>(sh.errors));
+              static_cast<unsigned long long>(sh.calls),
+              static_cast<unsigned long long>(sh.errors));
   std::printf("  latency us: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f\n", sh.hist.percentile(50),
               sh.hist.percentile(90), sh.hist.percentile(99), sh.hist.percentile(99.9));
-  std::printf("RESULT calls_per_s=%.0f calls=%llu errors=%llu p50_us=%.0f p90_us=%.0f p99_us=%.0f "
-              "p999_us=%.0f conns=%d depth=%d size=%zu\n",
-              rate, static_cast<unsigned long long>(sh.calls),
-              static_cast<unsigned long long>(sh.errors), sh.hist.percentile(50),
-              sh.hist.percentile(90), sh.hist.percentile(99), sh.hist.percentile(99.9), o.conns,
-              o.depth, o.size);
+  std::printf(
+      "RESULT calls_per_s=%.0f calls=%llu errors=%llu p50_us=%.0f p90_us=%.0f p99_us=%.0f "
+      "p999_us=%.0f conns=%d depth=%d size=%zu\n",
+      rate, static_cast<unsigned long long>(sh.calls), static_cast<unsigned long long>(sh.errors),
+      sh.hist.percentile(50), sh.hist.percentile(90), sh.hist.percentile(99),
+      sh.hist.percentile(99.9), o.conns, o.depth, o.size);
   return sh.errors || sh.calls == 0 ? 1 : 0;
 }
 

@@ -48,14 +48,21 @@ std::optional<std::string> unbase64(std::string_view in) {
 nlohmann::json toJson(rpc::Object o) {
   using nlohmann::json;
   switch (o.type()) {
-    case MSGPACK_OBJECT_NIL: return nullptr;
-    case MSGPACK_OBJECT_BOOLEAN: return o.raw().via.boolean;
-    case MSGPACK_OBJECT_POSITIVE_INTEGER: return o.raw().via.u64;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return o.raw().via.i64;
+    case MSGPACK_OBJECT_NIL:
+      return nullptr;
+    case MSGPACK_OBJECT_BOOLEAN:
+      return o.raw().via.boolean;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+      return o.raw().via.u64;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+      return o.raw().via.i64;
     case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64: return o.raw().via.f64;
-    case MSGPACK_OBJECT_STR: return std::string(o.str());
-    case MSGPACK_OBJECT_BIN: return json{{"$base64", base64(o.str())}};
+    case MSGPACK_OBJECT_FLOAT64:
+      return o.raw().via.f64;
+    case MSGPACK_OBJECT_STR:
+      return std::string(o.str());
+    case MSGPACK_OBJECT_BIN:
+      return json{{"$base64", base64(o.str())}};
     case MSGPACK_OBJECT_EXT:
       return json{{"$ext", o.raw().via.ext.type},
                   {"$base64", base64({o.raw().via.ext.ptr, o.raw().via.ext.size})}};
@@ -68,8 +75,9 @@ nlohmann::json toJson(rpc::Object o) {
       json m = json::object();
       for (uint32_t i = 0; i < o.size(); ++i) {
         rpc::Object k = o.key(i);
-        std::string key = k.isStr() ? std::string(k.str())
-                                    : toJson(k).dump(-1, ' ', false, json::error_handler_t::replace);
+        std::string key = k.isStr()
+                              ? std::string(k.str())
+                              : toJson(k).dump(-1, ' ', false, json::error_handler_t::replace);
         m[key] = toJson(o.val(i));
       }
       return m;
@@ -80,12 +88,24 @@ nlohmann::json toJson(rpc::Object o) {
 
 void packJson(rpc::Packer& p, const nlohmann::json& j) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null: p.nil(); return;
-    case nlohmann::json::value_t::boolean: p.boolean(j.get<bool>()); return;
-    case nlohmann::json::value_t::number_unsigned: p.uinteger(j.get<uint64_t>()); return;
-    case nlohmann::json::value_t::number_integer: p.integer(j.get<int64_t>()); return;
-    case nlohmann::json::value_t::number_float: p.real(j.get<double>()); return;
-    case nlohmann::json::value_t::string: p.str(j.get_ref<const std::string&>()); return;
+    case nlohmann::json::value_t::null:
+      p.nil();
+      return;
+    case nlohmann::json::value_t::boolean:
+      p.boolean(j.get<bool>());
+      return;
+    case nlohmann::json::value_t::number_unsigned:
+      p.uinteger(j.get<uint64_t>());
+      return;
+    case nlohmann::json::value_t::number_integer:
+      p.integer(j.get<int64_t>());
+      return;
+    case nlohmann::json::value_t::number_float:
+      p.real(j.get<double>());
+      return;
+    case nlohmann::json::value_t::string:
+      p.str(j.get_ref<const std::string&>());
+      return;
     case nlohmann::json::value_t::array:
       p.array(static_cast<uint32_t>(j.size()));
       for (const auto& e : j) packJson(p, e);
@@ -100,7 +120,9 @@ void packJson(rpc::Packer& p, const nlohmann::json& j) {
         packJson(p, v);
       }
       return;
-    default: p.nil(); return;
+    default:
+      p.nil();
+      return;
   }
 }
 

@@ -70,7 +70,7 @@ def connect(proc_or_port, host="127.0.0.1", timeout=10):
 
 
 def binary(name):
-    for p in (os.path.join(BUILD, name), os.path.join(BUILD, "docs/examples", name)):
+    for p in (os.path.join(BUILD, name), os.path.join(BUILD, "docs/examples", name)):  # noqa
         if os.path.exists(p):
             return p
     raise AssertionError(f"binary {name} not found under {BUILD}")

@@ -1,0 +1,269 @@
+// Client: pipelining, timeouts, late replies, disconnect semantics, dead detection; Server and
+// Service through the client; coroutine handlers calling downstream services.
+#include "rpc/client.h"
+
+#include <doctest/doctest.h>
+
+#include <map>
+
+#include "core/listener.h"
+#include "rpc/server.h"
+#include "test/support/core_peer.h"
+#include "test/support/run_until.h"
+
+using namespace aiorpc;
+using namespace aiorpc::rpc;
+using aiorpc::test::Recorder;
+using aiorpc::test::runUntil;
+
+namespace {
+
+// A scripted peer: records what it receives, sends what the test says.
+struct RawPeer {
+  core::Loop& loop;
+  core::Listener listener;
+  std::vector<std::unique_ptr<Recorder>> conns;
+  core::Address addr;
+  explicit RawPeer(core::Loop& l)
+      : loop(l), listener(l, [this](core::Fd fd, const core::Address&) {
+          conns.push_back(std::make_unique<Recorder>(loop, std::move(fd)));
+        }) {
+    addr = *listener.listen(*core::Address::parse("127.0.0.1:0"));
+  }
+  // Messages received so far on connection i.
+  std::vector<Value> received(size_t i = 0) {
+    std::vector<Value> out;
+    if (i >= conns.size()) return out;
+    std::string_view d = conns[i]->data;
+    size_t off = 0;
+    while (off < d.size()) {
+      msgpack_zone* z = msgpack_zone_new(4096);
+      msgpack_object o;
+      size_t before = off;
+      if (msgpack_unpack(d.data(), d.size(), &off, z, &o) != MSGPACK_UNPACK_SUCCESS &&
+          off == before) {
+        msgpack_zone_free(z);
+        break;
+      }
+      out.push_back(Value::copyOf(o));
+      msgpack_zone_free(z);
+      if (off == before) break;
+    }
+    return out;
+  }
+};
+
+struct Outcome {
+  bool done = false;
+  Response::Status status{};
+  std::string text;
+};
+
+ResponseFn record(Outcome& o) {
+  return [&o](Response& r) {
+    o.done = true;
+    o.status = r.status;
+    o.text = r.status == Response::Status::kOk ? r.result.toText() : r.message + r.error.toText();
+  };
+}
+
+Service demoService(core::Loop& loop) {
+  Service s("t");
+  s.def("add", [](int a, int b) { return a + b; }, arg("a"), arg("b") = 10);
+  s.def("fail", []() -> int { throw std::runtime_error("it broke"); });
+  s.def("sleep", [&loop](double sec) -> core::Task<std::string> {
+    co_await loop.sleep(sec);
+    co_return "slept";
+  }, arg("sec"));
+  s.def("later", [&loop](int x, Reply<int> reply) {
+    loop.after(0.01, [x, reply = std::move(reply)]() mutable { reply(x * 2); });
+  }, arg("x"));
+  s.def("whoami", [](const Context& ctx) { return ctx("ident"); }, arg("ctx"));
+  s.def("types", [](std::string_view s, Bin b, std::optional<int> o, std::vector<double> v) {
+    return std::tuple{s, b, o, v};
+  }, arg("s"), arg("b"), arg("o"), arg("v"));
+  return s;
+}
+
+}  // namespace
+
+TEST_SUITE("client") {
+  TEST_CASE("calls through a real server: values, errors, async handlers, context") {
+    core::Loop loop;
+    Service svc = demoService(loop);
+    Server server(loop, svc);
+    auto bound = server.listen("127.0.0.1:0");
+    REQUIRE(bound.ok());
+    Client c(loop, *bound);
+    auto f1 = c.call("add", 1, 2);
+    auto f2 = c.call("add", kw("a", 5));
+    auto f3 = c.call("fail");
+    auto f4 = c.call("sleep", 0.02);
+    auto f5 = c.call("later", 21);
+    auto f6 = c.request("whoami", std::map<std::string, std::string>{{"__ident__", "me"}});
+    auto f7 = c.call("add", "x", 1);
+    auto f8 = c.call("types", "s", Bin{"b"}, nullptr, std::vector<int>{1, 2});
+    auto f9 = c.call("nope");
+    CHECK_FALSE(f1.done());  // never completes inside call()
+    REQUIRE(runUntil(loop, [&] { return f9.done() && f4.done() && f5.done(); }));
+    CHECK(f1.get().view().toText() == "3");
+    CHECK(f2.get().view().toText() == "15");
+    CHECK_THROWS_WITH_AS(f3.get(), "ApplicationError: it broke", RpcError);
+    CHECK(f4.get().view().toText() == "\"slept\"");
+    CHECK(f5.get().view().toText() == "42");
+    CHECK(f6.get().view().toText() == "\"me\"");
+    CHECK_THROWS_WITH_AS(f7.get(), "ArgumentError: argument 'a': expected int, got str", RpcError);
+    CHECK(f8.get().view().toText() == "[\"s\", b\"b\", nil, [1, 2]]");
+    CHECK_THROWS_WITH_AS(f9.get(), "NoMethodError: no method \"nope\"", RpcError);
+    CHECK(server.stats().requests == 9);
+  }
+
+  TEST_CASE("timeout fails the call, the connection stays, the late reply is dropped") {
+    core::Loop loop;
+    RawPeer peer(loop);
+    ClientOptions o;
+    o.timeout = 0.05;
+    Outcome a, b;
+    Client c(loop, peer.addr, o);
+    c.send("slow", [](Packer& p) { p.nil(); }, record(a));
+    REQUIRE(runUntil(loop, [&] { return a.done; }));
+    CHECK(a.status == Response::Status::kTimeout);
+    CHECK(c.connected());
+    // the peer answers late: dropped and counted; the next call still works
+    peer.conns[0]->conn->send(packToString(std::tuple{1, 0, nullptr, "late"}));
+    REQUIRE(runUntil(loop, [&] { return c.lateReplies() == 1; }));
+    c.send("next", [](Packer& p) { p.nil(); }, record(b));
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 2; }));
+    auto id = peer.received()[1].view()[1].asUint();
+    peer.conns[0]->conn->send(packToString(std::tuple{1, *id, nullptr, "ok"}));
+    REQUIRE(runUntil(loop, [&] { return b.done; }));
+    CHECK(b.status == Response::Status::kOk);
+    CHECK(b.text == "\"ok\"");
+  }
+
+  TEST_CASE("replies out of order are matched by msgid") {
+    core::Loop loop;
+    RawPeer peer(loop);
+    Outcome r[3];
+    Client c(loop, peer.addr);
+    for (auto& o : r) c.send("m", [](Packer& p) { p.nil(); }, record(o));
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 3; }));
+    for (uint64_t id : {2, 0, 1})
+      peer.conns[0]->conn->send(packToString(std::tuple{1, id, nullptr, id * 10}));
+    REQUIRE(runUntil(loop, [&] { return r[0].done && r[1].done && r[2].done; }));
+    CHECK(r[0].text == "0");
+    CHECK(r[1].text == "10");
+    CHECK(r[2].text == "20");
+  }
+
+  TEST_CASE("peer closes with calls in flight: every pending call fails once") {
+    core::Loop loop;
+    RawPeer peer(loop);
+    std::vector<Outcome> out(50);
+    Outcome again;  // outcomes outlive the client, which fails pending calls when destroyed
+    Client c(loop, peer.addr);
+    for (auto& o : out) c.send("m", [](Packer& p) { p.nil(); }, record(o));
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 50; }));
+    peer.conns[0]->conn->close();
+    REQUIRE(runUntil(loop, [&] {
+      for (auto& o : out)
+        if (!o.done) return false;
+      return true;
+    }));
+    for (auto& o : out) CHECK(o.status == Response::Status::kConnection);
+    CHECK(c.inFlight() == 0);
+    // the next call reconnects
+    c.send("m", [](Packer& p) { p.nil(); }, record(again));
+    REQUIRE(runUntil(loop, [&] { return peer.conns.size() == 2 && peer.received(1).size() == 1; }));
+  }
+
+  TEST_CASE("calls that never left are told apart: not sent") {
+    core::Loop loop;
+    core::Address nowhere;
+    {
+      RawPeer gone(loop);
+      nowhere = gone.addr;
+    }  // closed: connects are refused
+    Client c(loop, nowhere);
+    Outcome a, b;
+    c.send("m", [](Packer& p) { p.nil(); }, record(a));
+    c.send("m", [](Packer& p) { p.nil(); }, record(b));
+    REQUIRE(runUntil(loop, [&] { return a.done && b.done; }));
+    CHECK(a.status == Response::Status::kNotSent);
+    CHECK(b.status == Response::Status::kNotSent);
+  }
+
+  TEST_CASE("dead after more than 3 failed connects: fails fast, never inside send()") {
+    core::Loop loop;
+    core::Address nowhere;
+    {
+      RawPeer gone(loop);
+      nowhere = gone.addr;
+    }
+    ClientOptions o;
+    o.dead_for = 60;
+    Client c(loop, nowhere, o);
+    for (int i = 0; i < 4; ++i) {
+      Outcome x;
+      c.send("m", [](Packer& p) { p.nil(); }, record(x));
+      REQUIRE(runUntil(loop, [&] { return x.done; }));
+    }
+    CHECK(c.dead());
+    Outcome fast;
+    c.send("m", [](Packer& p) { p.nil(); }, record(fast));
+    CHECK_FALSE(fast.done);
+    REQUIRE(runUntil(loop, [&] { return fast.done; }, 1));
+    CHECK(fast.status == Response::Status::kNotSent);
+    CHECK(fast.text.find("dead") != std::string::npos);
+  }
+
+  TEST_CASE("a client answers requests with NoMethodError and ignores notifications") {
+    core::Loop loop;
+    RawPeer peer(loop);
+    Outcome a;
+    Client c(loop, peer.addr);
+    c.send("m", [](Packer& p) { p.nil(); }, record(a));
+    REQUIRE(runUntil(loop, [&] { return peer.conns.size() == 1; }));
+    peer.conns[0]->conn->send(packToString(std::tuple{2, "event", nullptr}) +
+                              packToString(std::tuple{0, 77, "ask", nullptr}));
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 2; }));
+    auto msgs = peer.received();
+    auto reply = msgs[1].view();
+    CHECK(reply.toText().find("[1, 77, [\"NoMethodError\"") == 0);
+    CHECK(c.connected());
+  }
+
+  TEST_CASE("msgids count from 0 and skip ids still in flight") {
+    core::Loop loop;
+    RawPeer peer(loop);
+    Outcome a, b;
+    Client c(loop, peer.addr);
+    c.send("m", [](Packer& p) { p.nil(); }, record(a));
+    c.send("m", [](Packer& p) { p.nil(); }, record(b));
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 2; }));
+    CHECK(peer.received()[0].view()[1].asUint() == 0u);
+    CHECK(peer.received()[1].view()[1].asUint() == 1u);
+  }
+}
+
+TEST_SUITE("pool") {
+  TEST_CASE("one client per endpoint; idle connections are closed") {
+    core::Loop loop;
+    Service svc("s");
+    svc.def("one", [] { return 1; });
+    Server server(loop, svc);
+    auto bound = server.listen("127.0.0.1:0");
+    ClientPool pool(loop, {}, 0.1);
+    Client& a = pool.get(*bound);
+    Client& b = pool.get(bound->toString());
+    CHECK(&a == &b);
+    CHECK(pool.size() == 1);
+    auto f = a.call("one");
+    REQUIRE(runUntil(loop, [&] { return f.done(); }));
+    CHECK(a.connected());
+    REQUIRE(runUntil(loop, [&] { return !a.connected(); }, 3));
+    auto g = a.call("one");  // reconnects
+    REQUIRE(runUntil(loop, [&] { return g.done(); }));
+    CHECK(g.get().view().toText() == "1");
+  }
+}
