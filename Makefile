@@ -47,7 +47,7 @@ fuzz:
 	@scripts/install-deps --dev
 	@[ -f $(FUZZ)/build.ninja ] || CXX=clang++ meson setup $(FUZZ) -Dfuzz=true \
 	  -Db_sanitize=address,undefined -Db_lundef=false
-	ninja -C $(FUZZ) rpc_fuzz
+	ninja -C $(FUZZ) test/rpc_fuzz
 	$(FUZZ)/test/rpc_fuzz -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 \
 	  $(FUZZ)/fuzz-corpus test/fuzz/corpus
 

@@ -1,11 +1,14 @@
 // The role table of aiorpcd. One line per role.
 #include "agents/demo/demo.h"
+#include "agents/keepalive/keepalive.h"
 #include "agents/role.h"
 
 namespace aiorpc::agents {
 
 namespace {
 const Role kRoles[] = {
+    {"keepalive", "service registry with heartbeats and expiry", "0.0.0.0:7999", keepalive::kFlags,
+     keepalive::create},
     {"demo", "the sample service sample.foo", "127.0.0.1:10010", demo::kFlags, demo::create},
 };
 }  // namespace

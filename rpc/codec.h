@@ -138,7 +138,7 @@ Packer& Packer::pack(const T& v) {
     }
   } else if constexpr (IsTuple<D>::value) {
     array(static_cast<uint32_t>(std::tuple_size_v<D>));
-    std::apply([this](const auto&... e) { (pack(e), ...); }, v);
+    std::apply([&](const auto&... e) { (pack(e), ...); }, v);
   } else {
     Encode<D>::pack(*this, v);
   }

@@ -41,6 +41,8 @@ class Server {
   core::Result<core::Address> listen(std::string_view spec);
   core::Result<core::Address> listen(const core::Address& addr);
   const std::vector<core::Address>& addresses() const noexcept { return bound_; }
+  // Serves an already connected socket (socketpair, inherited fd, tests and fuzzing).
+  void adopt(core::Fd fd) { accept(std::move(fd)); }
 
   // Graceful shutdown (SPEC §7): stop accepting and reading, close idle connections, finish and
   // write owed replies, then call `done` (after at most drain_timeout, closing what is left).

@@ -1,6 +1,7 @@
 // sample.foo: echo, add, default_params, set_cache/get_cache, sleep, notify, context_holder.
 #include "agents/demo/demo.h"
 
+#include "agents/heartbeat.h"
 #include "core/log.h"
 
 namespace aiorpc::agents::demo {
@@ -82,12 +83,25 @@ namespace {
 
 class DemoRole final : public RoleInstance {
  public:
-  explicit DemoRole(RoleEnv& env) : svc_(env.flags.str("service-name")), foo_(env.loop, svc_) {}
+  explicit DemoRole(RoleEnv& env)
+      : env_(env), svc_(env.flags.str("service-name")), foo_(env.loop, svc_) {}
   rpc::Service& service() override { return svc_; }
+  void started(rpc::Server&, const core::Address& bound) override {
+    if (!env_.flags.has("keepalive")) return;
+    heartbeat_ = std::make_unique<Heartbeat>(
+        env_.loop, HeartbeatOptions{*core::Address::parse(env_.flags.str("keepalive")), svc_.name(),
+                                    bound.port(), env_.flags.seconds("heartbeat-interval")});
+  }
+  void stop(core::Callback<void()> done) override {
+    if (!heartbeat_) return done();
+    heartbeat_->stop(std::move(done));
+  }
 
  private:
+  RoleEnv& env_;
   rpc::Service svc_;
   SampleFoo foo_;
+  std::unique_ptr<Heartbeat> heartbeat_;
 };
 
 }  // namespace

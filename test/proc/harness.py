@@ -149,6 +149,15 @@ class Raw:
         self.send([0, msgid, method, params])
         return self.recv(1)[0]
 
+    def expect_silence(self, seconds):
+        """Asserts that nothing arrives for `seconds`."""
+        self.sock.settimeout(seconds)
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except (TimeoutError, socket.timeout):
+            return
+        raise AssertionError(f"expected silence, got {chunk!r}")
+
     def expect_close(self, timeout=10):
         """Reads until EOF; returns the messages that came before it."""
         out = list(self._drain())

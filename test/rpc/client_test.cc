@@ -69,19 +69,30 @@ ResponseFn record(Outcome& o) {
 
 Service demoService(core::Loop& loop) {
   Service s("t");
-  s.def("add", [](int a, int b) { return a + b; }, arg("a"), arg("b") = 10);
+  s.def(
+      "add", [](int a, int b) { return a + b; }, arg("a"), arg("b") = 10);
   s.def("fail", []() -> int { throw std::runtime_error("it broke"); });
-  s.def("sleep", [&loop](double sec) -> core::Task<std::string> {
-    co_await loop.sleep(sec);
-    co_return "slept";
-  }, arg("sec"));
-  s.def("later", [&loop](int x, Reply<int> reply) {
-    loop.after(0.01, [x, reply = std::move(reply)]() mutable { reply(x * 2); });
-  }, arg("x"));
-  s.def("whoami", [](const Context& ctx) { return ctx("ident"); }, arg("ctx"));
-  s.def("types", [](std::string_view s, Bin b, std::optional<int> o, std::vector<double> v) {
-    return std::tuple{s, b, o, v};
-  }, arg("s"), arg("b"), arg("o"), arg("v"));
+  s.def(
+      "sleep",
+      [&loop](double sec) -> core::Task<std::string> {
+        co_await loop.sleep(sec);
+        co_return "slept";
+      },
+      arg("sec"));
+  s.def(
+      "later",
+      [&loop](int x, Reply<int> reply) {
+        loop.after(0.01, [x, reply = std::move(reply)]() mutable { reply(x * 2); });
+      },
+      arg("x"));
+  s.def(
+      "whoami", [](const Context& ctx) { return ctx("ident"); }, arg("ctx"));
+  s.def(
+      "types",
+      [](std::string_view s, Bin b, std::optional<int> o, std::vector<double> v) {
+        return std::tuple{s, b, o, v};
+      },
+      arg("s"), arg("b"), arg("o"), arg("v"));
   return s;
 }
 
@@ -125,14 +136,16 @@ TEST_SUITE("client") {
     o.timeout = 0.05;
     Outcome a, b;
     Client c(loop, peer.addr, o);
-    c.send("slow", [](Packer& p) { p.nil(); }, record(a));
+    c.send(
+        "slow", [](Packer& p) { p.nil(); }, record(a));
     REQUIRE(runUntil(loop, [&] { return a.done; }));
     CHECK(a.status == Response::Status::kTimeout);
     CHECK(c.connected());
     // the peer answers late: dropped and counted; the next call still works
     peer.conns[0]->conn->send(packToString(std::tuple{1, 0, nullptr, "late"}));
     REQUIRE(runUntil(loop, [&] { return c.lateReplies() == 1; }));
-    c.send("next", [](Packer& p) { p.nil(); }, record(b));
+    c.send(
+        "next", [](Packer& p) { p.nil(); }, record(b));
     REQUIRE(runUntil(loop, [&] { return peer.received().size() == 2; }));
     auto id = peer.received()[1].view()[1].asUint();
     peer.conns[0]->conn->send(packToString(std::tuple{1, *id, nullptr, "ok"}));
@@ -146,7 +159,9 @@ TEST_SUITE("client") {
     RawPeer peer(loop);
     Outcome r[3];
     Client c(loop, peer.addr);
-    for (auto& o : r) c.send("m", [](Packer& p) { p.nil(); }, record(o));
+    for (auto& o : r)
+      c.send(
+          "m", [](Packer& p) { p.nil(); }, record(o));
     REQUIRE(runUntil(loop, [&] { return peer.received().size() == 3; }));
     for (uint64_t id : {2, 0, 1})
       peer.conns[0]->conn->send(packToString(std::tuple{1, id, nullptr, id * 10}));
@@ -162,7 +177,9 @@ TEST_SUITE("client") {
     std::vector<Outcome> out(50);
     Outcome again;  // outcomes outlive the client, which fails pending calls when destroyed
     Client c(loop, peer.addr);
-    for (auto& o : out) c.send("m", [](Packer& p) { p.nil(); }, record(o));
+    for (auto& o : out)
+      c.send(
+          "m", [](Packer& p) { p.nil(); }, record(o));
     REQUIRE(runUntil(loop, [&] { return peer.received().size() == 50; }));
     peer.conns[0]->conn->close();
     REQUIRE(runUntil(loop, [&] {
@@ -173,7 +190,8 @@ TEST_SUITE("client") {
     for (auto& o : out) CHECK(o.status == Response::Status::kConnection);
     CHECK(c.inFlight() == 0);
     // the next call reconnects
-    c.send("m", [](Packer& p) { p.nil(); }, record(again));
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(again));
     REQUIRE(runUntil(loop, [&] { return peer.conns.size() == 2 && peer.received(1).size() == 1; }));
   }
 
@@ -186,8 +204,10 @@ TEST_SUITE("client") {
     }  // closed: connects are refused
     Client c(loop, nowhere);
     Outcome a, b;
-    c.send("m", [](Packer& p) { p.nil(); }, record(a));
-    c.send("m", [](Packer& p) { p.nil(); }, record(b));
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(a));
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(b));
     REQUIRE(runUntil(loop, [&] { return a.done && b.done; }));
     CHECK(a.status == Response::Status::kNotSent);
     CHECK(b.status == Response::Status::kNotSent);
@@ -205,14 +225,17 @@ TEST_SUITE("client") {
     Client c(loop, nowhere, o);
     for (int i = 0; i < 4; ++i) {
       Outcome x;
-      c.send("m", [](Packer& p) { p.nil(); }, record(x));
+      c.send(
+          "m", [](Packer& p) { p.nil(); }, record(x));
       REQUIRE(runUntil(loop, [&] { return x.done; }));
     }
     CHECK(c.dead());
     Outcome fast;
-    c.send("m", [](Packer& p) { p.nil(); }, record(fast));
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(fast));
     CHECK_FALSE(fast.done);
-    REQUIRE(runUntil(loop, [&] { return fast.done; }, 1));
+    REQUIRE(runUntil(
+        loop, [&] { return fast.done; }, 1));
     CHECK(fast.status == Response::Status::kNotSent);
     CHECK(fast.text.find("dead") != std::string::npos);
   }
@@ -222,7 +245,8 @@ TEST_SUITE("client") {
     RawPeer peer(loop);
     Outcome a;
     Client c(loop, peer.addr);
-    c.send("m", [](Packer& p) { p.nil(); }, record(a));
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(a));
     REQUIRE(runUntil(loop, [&] { return peer.conns.size() == 1; }));
     peer.conns[0]->conn->send(packToString(std::tuple{2, "event", nullptr}) +
                               packToString(std::tuple{0, 77, "ask", nullptr}));
@@ -238,8 +262,10 @@ TEST_SUITE("client") {
     RawPeer peer(loop);
     Outcome a, b;
     Client c(loop, peer.addr);
-    c.send("m", [](Packer& p) { p.nil(); }, record(a));
-    c.send("m", [](Packer& p) { p.nil(); }, record(b));
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(a));
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(b));
     REQUIRE(runUntil(loop, [&] { return peer.received().size() == 2; }));
     CHECK(peer.received()[0].view()[1].asUint() == 0u);
     CHECK(peer.received()[1].view()[1].asUint() == 1u);
@@ -261,7 +287,8 @@ TEST_SUITE("pool") {
     auto f = a.call("one");
     REQUIRE(runUntil(loop, [&] { return f.done(); }));
     CHECK(a.connected());
-    REQUIRE(runUntil(loop, [&] { return !a.connected(); }, 3));
+    REQUIRE(runUntil(
+        loop, [&] { return !a.connected(); }, 3));
     auto g = a.call("one");  // reconnects
     REQUIRE(runUntil(loop, [&] { return g.done(); }));
     CHECK(g.get().view().toText() == "1");

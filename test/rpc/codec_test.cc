@@ -37,7 +37,9 @@ TEST_SUITE("codec") {
     CHECK(packToString(int64_t{65536}) == std::string("\xce\x00\x01\x00\x00", 5));
     CHECK(packToString(std::string(31, 'a'))[0] == '\xbf');
     CHECK(packToString(std::string(32, 'a'))[0] == '\xd9');
-    CHECK(packToString(Bin{"ab"}) == "\xc4\x02" "ab");
+    CHECK(packToString(Bin{"ab"}) ==
+          "\xc4\x02"
+          "ab");
   }
 
   TEST_CASE("integer conversion checks range and sign") {
@@ -103,7 +105,8 @@ TEST_SUITE("codec") {
     std::tuple<int, std::string> t;
     CHECK(dec(v(std::tuple{7, "s"}), t));
     CHECK(t == std::tuple{7, std::string("s")});
-    CHECK(why<std::tuple<int, int>>(v(std::vector<int>{1})) == "expected array of 2, got array of 1");
+    CHECK(why<std::tuple<int, int>>(v(std::vector<int>{1})) ==
+          "expected array of 2, got array of 1");
     std::nullptr_t n;
     CHECK(why<std::nullptr_t>(v(0)) == "expected nil, got int");
     CHECK(dec(v(nullptr), n));

@@ -94,7 +94,9 @@ TEST_SUITE("decoder") {
   }
 
   TEST_CASE("invalid type byte is an error, after the good messages before it") {
-    std::string bytes = sample() + B("\x94\x00\x01\xa4" "echo" "\xc1");
+    std::string bytes = sample() + B("\x94\x00\x01\xa4"
+                                     "echo"
+                                     "\xc1");
     auto r = feed(bytes, {7});
     CHECK(r.error);
     CHECK(r.texts.size() == 4);
@@ -106,12 +108,18 @@ TEST_SUITE("decoder") {
     CHECK(r.error);
     CHECK(r.why.find("cannot fit the size limit") != std::string::npos);
     // a map header of 2^31 entries inside a valid request
-    r = feed(B("\x94\x00\x01\xa4" "echo" "\xdf\x7f\xff\xff\xff"), {3});
+    r = feed(B("\x94\x00\x01\xa4"
+               "echo"
+               "\xdf\x7f\xff\xff\xff"),
+             {3});
     CHECK(r.error);
     // millions of elements within the size limit but over max_elements
     Limits l;
     l.max_elements = 1000;
-    std::string big = B("\x94\x00\x01\xa4" "echo" "\xdc\x03\xe9");
+    std::string big =
+        B("\x94\x00\x01\xa4"
+          "echo"
+          "\xdc\x03\xe9");
     r = feed(big, {big.size()}, l);
     CHECK(r.error);
     CHECK(r.why.find("more than 1000 elements") != std::string::npos);

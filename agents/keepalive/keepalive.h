@@ -1,0 +1,14 @@
+// The keepalive role: register-and-discovery server (SPEC §5).
+#pragma once
+
+#include <memory>
+
+#include "agents/keepalive/registry.h"
+#include "agents/role.h"
+
+namespace aiorpc::agents::keepalive {
+
+extern const FlagSpec kFlags[2];
+std::unique_ptr<RoleInstance> create(RoleEnv& env);
+
+}  // namespace aiorpc::agents::keepalive

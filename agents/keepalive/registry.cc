@@ -1,0 +1,79 @@
+// Registry: heartbeat, unregister, expiry, the get_services() shape.
+#include "agents/keepalive/registry.h"
+
+#include <cmath>
+
+namespace aiorpc::agents::keepalive {
+
+Registry::Registry(Clock now, double ttl)
+    : now_(std::move(now)), ttl_(ttl), version_(static_cast<uint64_t>(std::llround(now_() * 1000))) {
+  if (version_ == 0) version_ = 1;
+}
+
+bool Registry::heartbeat(const std::string& name, const std::string& host, int port,
+                         rpc::Object ident) {
+  std::string packed = rpc::packToString(ident);
+  auto svc = services_.try_emplace(name).first;
+  auto [ep, added] = svc->second.try_emplace({host, port});
+  Record& r = ep->second;
+  bool changed = added || r.ident != packed;
+  if (added) {
+    r.svc = svc;
+    r.self = ep;
+    ++count_;
+  }
+  r.ident = std::move(packed);
+  r.seen = now_();
+  lru_.pushBack(&r);  // to the tail: refreshed last
+  if (changed) ++version_;
+  return changed;
+}
+
+void Registry::erase(Record& r) {
+  r.unlink();
+  auto svc = r.svc;
+  svc->second.erase(r.self);
+  if (svc->second.empty()) services_.erase(svc);
+  --count_;
+  ++version_;
+}
+
+bool Registry::unregister(const std::string& name, const std::string& host, int port) {
+  auto svc = services_.find(name);
+  if (svc == services_.end()) return false;
+  auto ep = svc->second.find({host, port});
+  if (ep == svc->second.end()) return false;
+  erase(ep->second);
+  return true;
+}
+
+size_t Registry::expire() {
+  double limit = now_() - ttl_;
+  size_t n = 0;
+  while (!lru_.empty()) {
+    auto* r = static_cast<Record*>(lru_.front());
+    if (r->seen > limit) break;  // everything after it was refreshed later still
+    erase(*r);
+    ++n;
+  }
+  return n;
+}
+
+void Registry::packServices(rpc::Packer& p) const {
+  p.map(static_cast<uint32_t>(services_.size()));
+  for (const auto& [name, eps] : services_) {
+    p.str(name);
+    p.array(static_cast<uint32_t>(eps.size()));
+    for (const auto& [key, r] : eps) {
+      p.map(2);
+      p.str("ident");
+      p.raw(r.ident);
+      p.str("endpoint");
+      p.array(2);
+      p.str(key.first);
+      p.integer(key.second);
+    }
+  }
+}
+
+}  // namespace aiorpc::agents::keepalive

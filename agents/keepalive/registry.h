@@ -1,0 +1,61 @@
+// The keepalive service table: records keyed by (name, host, port), expired after a fixed TTL.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "core/list.h"
+#include "rpc/codec.h"
+
+namespace aiorpc::agents::keepalive {
+
+// Not tied to the loop: time comes from `now` (tests pass a manual clock).
+//
+// Expiry is O(expired): with one TTL for every record, the records in refresh order are also in
+// expiry order, so an intrusive list (a refresh moves its record to the tail) makes expire() pop
+// from the head until it meets a live record. libev's "Be smart about timeouts", strategy 4.
+class Registry {
+ public:
+  using Clock = std::function<double()>;
+  Registry(Clock now, double ttl);
+
+  // Adds or refreshes. Returns true when get_services() output changed (new record or ident).
+  bool heartbeat(const std::string& name, const std::string& host, int port, rpc::Object ident);
+  // True if a record was removed.
+  bool unregister(const std::string& name, const std::string& host, int port);
+  // Removes records not refreshed for the TTL; returns how many.
+  size_t expire();
+
+  // {name: [{"ident": ident, "endpoint": [host, port]}, ...]}, lists sorted by (host, port).
+  void packServices(rpc::Packer& p) const;
+  uint64_t version() const noexcept { return version_; }
+  size_t size() const noexcept { return count_; }
+  double ttl() const noexcept { return ttl_; }
+
+ private:
+  struct Record;
+  using Endpoints = std::map<std::pair<std::string, int>, Record>;  // sorted: host bytes, port
+  using Services = std::map<std::string, Endpoints>;
+  // Map nodes are stable, so a record keeps iterators to itself for O(1) removal from the
+  // list head. The ident is kept packed (a few bytes), not as a zone (8 KiB each).
+  struct Record : core::ListNode {
+    std::string ident;
+    double seen = 0;
+    Services::iterator svc;
+    Endpoints::iterator self;
+  };
+
+  Clock now_;
+  double ttl_;
+  Services services_;
+  core::ListNode lru_;  // least recently refreshed first
+  size_t count_ = 0;
+  uint64_t version_;
+
+  void erase(Record& r);
+};
+
+}  // namespace aiorpc::agents::keepalive
