@@ -48,6 +48,7 @@ fuzz:
 	@[ -f $(FUZZ)/build.ninja ] || CXX=clang++ meson setup $(FUZZ) -Dfuzz=true \
 	  -Db_sanitize=address,undefined -Db_lundef=false
 	ninja -C $(FUZZ) test/rpc_fuzz
+	mkdir -p $(FUZZ)/fuzz-corpus
 	$(FUZZ)/test/rpc_fuzz -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 \
 	  $(FUZZ)/fuzz-corpus test/fuzz/corpus
 

@@ -16,7 +16,9 @@ rpc::ClientOptions clientOptions(double interval) {
 }  // namespace
 
 Heartbeat::Heartbeat(core::Loop& loop, HeartbeatOptions opts)
-    : loop_(loop), opts_(std::move(opts)), client_(loop, opts_.keepalive, clientOptions(opts_.interval)) {
+    : loop_(loop),
+      opts_(std::move(opts)),
+      client_(loop, opts_.keepalive, clientOptions(opts_.interval)) {
   beat();
 }
 
@@ -31,7 +33,9 @@ void Heartbeat::beat() {
   std::weak_ptr<bool> alive = alive_;
   client_.send(
       "heartbeat",
-      [this](rpc::Packer& p) { p.pack(std::tuple{opts_.service, nullptr, opts_.port}); },
+      [this](rpc::Packer& p) {
+        p.pack(std::tuple{opts_.service, nullptr, opts_.port});
+      },
       [this, alive](rpc::Response& r) {
         if (alive.expired()) return;
         ++sent_;
@@ -54,7 +58,9 @@ void Heartbeat::stop(core::Callback<void()> done) {
   auto shared = std::make_shared<core::Callback<void()>>(std::move(done));
   client_.send(
       "unregister",
-      [this](rpc::Packer& p) { p.pack(std::tuple{opts_.service, nullptr, opts_.port}); },
+      [this](rpc::Packer& p) {
+        p.pack(std::tuple{opts_.service, nullptr, opts_.port});
+      },
       [shared](rpc::Response&) {
         if (*shared) {
           auto d = std::move(*shared);

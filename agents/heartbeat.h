@@ -12,8 +12,8 @@ namespace aiorpc::agents {
 struct HeartbeatOptions {
   core::Address keepalive;
   std::string service;
-  int port = 0;            // the port this service listens on
-  double interval = 3;     // seconds between the end of one heartbeat and the next
+  int port = 0;         // the port this service listens on
+  double interval = 3;  // seconds between the end of one heartbeat and the next
 };
 
 // Sends heartbeat(name, nil, port) at once, then `interval` after each one completes. The

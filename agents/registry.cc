@@ -1,6 +1,7 @@
 // The role table of aiorpcd. One line per role.
 #include "agents/demo/demo.h"
 #include "agents/keepalive/keepalive.h"
+#include "agents/proxy/proxy.h"
 #include "agents/role.h"
 
 namespace aiorpc::agents {
@@ -9,6 +10,8 @@ namespace {
 const Role kRoles[] = {
     {"keepalive", "service registry with heartbeats and expiry", "0.0.0.0:7999", keepalive::kFlags,
      keepalive::create},
+    {"proxy", "routes invoke/batch_invoke by service name (needs --keepalive)", "127.0.0.1:9999",
+     proxy::kFlags, proxy::create},
     {"demo", "the sample service sample.foo", "127.0.0.1:10010", demo::kFlags, demo::create},
 };
 }  // namespace

@@ -72,6 +72,8 @@ class Reply {
   explicit Reply(Responder r) : r_(std::move(r)) {}
   void operator()(const T& v) { r_.reply(v); }
   void error(Kind k, std::string_view msg) { r_.error(k, msg); }
+  // The untyped responder (e.g. to pass a peer's error object on intact).
+  Responder& raw() noexcept { return r_; }
 
  private:
   Responder r_;

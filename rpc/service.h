@@ -40,6 +40,10 @@ class Context {
   Value operator()(std::string_view key) const;
   Value operator[](std::string_view key) const { return (*this)(key); }
   Value peername() const { return (*this)("peername"); }
+  // The value sent under a dunder key, as a view (no copy); valid while the request is.
+  std::optional<Object> find(std::string_view dunder_key) const noexcept {
+    return params_.find(dunder_key);
+  }
   const core::Address* peer() const noexcept { return peer_; }
 
  private:

@@ -152,7 +152,8 @@ const FlagSpec kFlags[2] = {
 };
 
 std::unique_ptr<RoleInstance> create(RoleEnv& env) {
-  if (env.flags.seconds("check-interval") <= 0) throw std::invalid_argument("--check-interval must be > 0");
+  if (env.flags.seconds("check-interval") <= 0)
+    throw std::invalid_argument("--check-interval must be > 0");
   return std::make_unique<KeepaliveRole>(env);
 }
 

@@ -6,7 +6,9 @@
 namespace aiorpc::agents::keepalive {
 
 Registry::Registry(Clock now, double ttl)
-    : now_(std::move(now)), ttl_(ttl), version_(static_cast<uint64_t>(std::llround(now_() * 1000))) {
+    : now_(std::move(now)),
+      ttl_(ttl),
+      version_(static_cast<uint64_t>(std::llround(now_() * 1000))) {
   if (version_ == 0) version_ = 1;
 }
 

@@ -1,0 +1,13 @@
+// The proxy role: routes invoke/batch_invoke by service name to live instances (SPEC §6).
+#pragma once
+
+#include <memory>
+
+#include "agents/role.h"
+
+namespace aiorpc::agents::proxy {
+
+extern const FlagSpec kFlags[5];
+std::unique_ptr<RoleInstance> create(RoleEnv& env);
+
+}  // namespace aiorpc::agents::proxy

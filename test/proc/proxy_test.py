@@ -1,0 +1,170 @@
+"""aiorpcd --role=proxy in front of real demo services registered with a real keepalive (SPEC §6)."""
+import selectors
+import signal
+import time
+
+from harness import Raw, daemon, run, wait_until
+
+
+def cluster(n=3, proxy_args=()):
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--ttl", "1.5", "--check-interval", "0.2")
+    svcs = [daemon("--role=demo", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                   "--heartbeat-interval", "0.2") for _ in range(n)]
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2", *proxy_args)
+    r = Raw(px)
+    assert wait_until(lambda: invoke(r, "echo", [1])[2] is None and
+                      len(Raw(ka).call("get_services", [])[3].get("sample.foo", [])) == n)
+    # the proxy learns through watch: wait until it has the full list too
+    assert wait_until(lambda: len(backends(r)) >= n)
+    order = sorted(svcs, key=lambda s: ("127.0.0.1", s.port))  # keepalive's sort
+    return ka, order, px
+
+
+def invoke(r, method, params, hint=None, msgid=1, service="sample.foo"):
+    p = {"service": service, "method": method, "params": params}
+    if hint is not None:
+        p["__hint__"] = hint
+    return r.call("invoke", p, msgid)
+
+
+def backends(r):
+    return r.call("\0stats", None)[3].get("backends", {})
+
+
+def label(r, n):
+    """Gives instance i the running total 1000*(i+1) (through hints), so add(0) names it."""
+    for i in range(n):  # hint 0 means round robin: n + i picks index i
+        assert invoke(r, "add", [1000 * (i + 1)], hint=n + i)[3] == 1000 * (i + 1)
+
+
+def test_round_robin_and_hints():
+    ka, svcs, px = cluster()
+    r = Raw(px)
+    label(r, 3)
+    seen = [invoke(r, "add", [0])[3] for _ in range(6)]
+    assert sorted(seen[:3]) == [1000, 2000, 3000] and seen[3:] == seen[:3]
+    assert invoke(r, "add", [0], hint=100)[3] == 2000  # 100 mod 3 = 1
+    assert invoke(r, "add", [0], hint=-1)[3] == 3000   # floor modulo: the last
+    assert invoke(r, "add", [0], hint=0)[3] in (1000, 2000, 3000)  # 0 = round robin
+    bad = invoke(r, "add", [0], hint="x")
+    assert bad[2][0] == "ArgumentError" and "__hint__" in bad[2][1]
+    # array-form invoke has no hint
+    assert r.call("invoke", ["sample.foo", "echo", [5]])[3] == [5]
+    st = backends(r)
+    assert len(st) == 3 and all(set(v) == {"requests", "errors", "in_flight", "ejected"}
+                                for v in st.values())
+
+
+def test_batch_invoke():
+    ka, svcs, px = cluster()
+    r = Raw(px)
+    items = [["sample.foo", "echo", [i]] for i in range(10)]
+    assert r.call("batch_invoke", [items])[3] == [[i] for i in range(10)]
+    # items routed to one instance arrive in item order
+    got = r.call("batch_invoke", [[["sample.foo", "add", [200], 2], ["sample.foo", "add", [20], 2]]])
+    assert got[3] == [200, 220]
+    # a bad item: nothing is sent
+    before = invoke(r, "add", [0], hint=2)[3]
+    got = r.call("batch_invoke", [[["sample.foo", "add", [1], 2], ["nope", "echo", []]]])
+    assert got[2] == ["ServiceNotFound", "item 1: no service 'nope'"]
+    got = r.call("batch_invoke", [[["sample.foo", "add", [1], 2], ["sample.foo", "echo"]]])
+    assert got[2][0] == "ArgumentError" and got[2][1].startswith("item 1: ")
+    got = r.call("batch_invoke", [[["sample.foo", "add", [1], 2.5]]])
+    assert got[2][0] == "ArgumentError"
+    assert invoke(r, "add", [0], hint=2)[3] == before
+    # a failing item: all run, the lowest failed index is reported
+    got = r.call("batch_invoke", [[["sample.foo", "echo", [1]], ["sample.foo", "nope", []],
+                                   ["sample.foo", "add", ["x"]]]])
+    assert got[2][0] == "NoMethodError" and got[2][1].startswith("item 1: ")
+
+
+def test_errors_pass_through():
+    ka, svcs, px = cluster(1)
+    r = Raw(px)
+    assert invoke(r, "echo", [1], service="nope")[2] == ["ServiceNotFound", "no service 'nope'"]
+    assert invoke(r, "nope", [])[2] == ["NoMethodError", 'no method "nope"']
+    assert invoke(r, "add", ["x"])[2][0] == "ArgumentError"
+    # params forwarded unchanged: named params reach the backend as a map
+    assert invoke(r, "default_params", {"a": 1, "b": 2})[3] == [1, 2, None, 1]
+    # a notification is forwarded as a notification
+    r.send([2, "invoke", ["sample.foo", "add", [7]]])
+    assert wait_until(lambda: invoke(r, "add", [0])[3] == 7)
+
+
+def test_backend_timeout():
+    ka, svcs, px = cluster(1, ("--backend-timeout", "0.3"))
+    r = Raw(px)
+    got = invoke(r, "sleep", [2])
+    assert got[2][0] == "TimeoutError"
+    assert invoke(r, "echo", ["still fine"])[3] == ["still fine"]
+
+
+def test_killed_backend_every_call_answered():
+    ka, svcs, px = cluster(3, ("--eject-after", "1"))
+    r = Raw(px)
+    survivors = {svcs[0].port, svcs[2].port}
+    victim = svcs[1]
+    results = []
+    n = 300
+    for i in range(n):
+        r.send([0, i, "invoke", ["sample.foo", "echo", [i]]])
+        if i == 100:
+            victim.kill()
+        if i % 20 == 19:
+            results.extend(r.recv(20, timeout=30))
+    assert sorted(m[1] for m in results) == list(range(n))  # every call answered once
+    failed = [m for m in results if m[2] is not None]
+    assert all(m[2][0] in ("ConnectionError", "ServiceUnavailable") for m in failed), failed
+    assert len(failed) <= 25, failed
+    # later calls all succeed on the survivors
+    for i in range(30):
+        assert invoke(r, "echo", [i], msgid=1000 + i)[3] == [i]
+
+
+def test_50_clients_200_pipelined_each():
+    ka, svcs, px = cluster()
+    clients = [Raw(px) for _ in range(50)]
+    for k, c in enumerate(clients):
+        c.send(*[[0, i, "invoke", ["sample.foo", "echo", [k, i]]] for i in range(200)])
+    for k, c in enumerate(clients):
+        got = c.recv(200, timeout=60)
+        assert sorted(m[1] for m in got) == list(range(200))
+        assert all(m[2] is None and m[3] == [k, m[1]] for m in got)
+
+
+def test_client_vanishing_with_calls_in_flight():
+    ka, svcs, px = cluster(1)
+    gone = Raw(px)
+    gone.send(*[[0, i, "invoke", ["sample.foo", "sleep", [0.3]]] for i in range(20)])
+    time.sleep(0.1)
+    gone.close()
+    r = Raw(px)
+    assert invoke(r, "echo", ["alive"])[3] == ["alive"]
+    time.sleep(0.5)
+    assert invoke(r, "echo", ["still"])[3] == ["still"]
+    assert wait_until(lambda: all(v["in_flight"] == 0 for v in backends(r).values()))
+
+
+def test_keeps_last_table_when_keepalive_dies():
+    ka, svcs, px = cluster(2)
+    r = Raw(px)
+    ka.kill()
+    time.sleep(0.6)
+    assert invoke(r, "echo", [1])[3] == [1]
+    assert invoke(r, "echo", [2])[3] == [2]
+
+
+def test_unreachable_instance_retried_on_next():
+    ka, svcs, px = cluster(2, ("--eject-after", "3"))
+    r = Raw(px)
+    svcs[0].kill()  # still listed until the TTL: its connects are refused
+    for i in range(10):
+        got = invoke(r, "echo", [i], msgid=i)
+        assert got[3] == [i] or got[2][0] == "ConnectionError", got
+    # a hinted call stays on its instance
+    got = invoke(r, "echo", [1], hint=len(svcs) * 10)  # index 0: the dead one
+    assert got[2] is not None and got[2][0] in ("ServiceUnavailable", "ConnectionError"), got
+
+
+run(globals())
