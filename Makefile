@@ -41,12 +41,12 @@ tidy: build
 	clang-tidy -p $(BUILD) --quiet $(filter %.cc,$(SOURCES))
 
 bench: build
-	@tools/bench/run.sh $(BUILD)
+	@bench/run.sh
 
 fuzz:
 	@scripts/install-deps --dev
 	@[ -f $(FUZZ)/build.ninja ] || CXX=clang++ meson setup $(FUZZ) -Dfuzz=true \
-	  -Db_sanitize=address,undefined -Db_lundef=false
+	  -Db_sanitize=address,undefined -Db_lundef=false -Dcpp_args=-fsanitize=fuzzer-no-link
 	ninja -C $(FUZZ) test/rpc_fuzz
 	mkdir -p $(FUZZ)/fuzz-corpus
 	$(FUZZ)/test/rpc_fuzz -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 \

@@ -3,6 +3,7 @@
 #include "tools/bench.h"
 
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -27,8 +28,26 @@ struct Options {
   size_t size = 16;
   double seconds = 5, warmup = 1;
   std::string method = "echo", proxy;
+  std::vector<int> cpu_pids;  // servers whose CPU time per call to report
   bool bin = false, raw = false;
 };
+
+// utime + stime of a process, in seconds (from /proc/PID/stat).
+double cpuSeconds(int pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return 0;
+  char buf[1024];
+  size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces
+  unsigned long long ut = 0, st = 0;
+  if (!p ||
+      std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    return 0;
+  return static_cast<double>(ut + st) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
 
 double nowNs() {
   timespec ts;
@@ -188,7 +207,8 @@ int usage() {
       "  -c connections (1), -d requests in flight per connection (1), -s payload bytes (16),\n"
       "  -t measured seconds (5) after -w warm-up seconds (1), -m method (echo),\n"
       "  --bin payload as bin (default str), --proxy SERVICE sends invoke(SERVICE, METHOD, ...)\n"
-      "  through a proxy, -e raw mode: expects each request echoed back byte for byte.\n"
+      "  through a proxy, -e raw mode: expects each request echoed back byte for byte,\n"
+      "  --cpu-pid PID (repeatable): report that process's CPU time per call.\n"
       "The last line is machine-readable: RESULT calls_per_s=... p50_us=... ...\n");
   return 0;
 }
@@ -215,6 +235,8 @@ bool parse(int argc, char** argv, Options& o) {
       o.bin = true;
     else if (a == "-e")
       o.raw = true;
+    else if (a == "--cpu-pid")
+      o.cpu_pids.push_back(std::atoi(val().c_str()));
     else if (a[0] != '-' && o.endpoint.empty())
       o.endpoint = a;
     else
@@ -286,11 +308,14 @@ int benchMain(int argc, char** argv) {
     return 2;
   }
   double t0 = 0, t1 = 0;
+  std::vector<double> cpu0(o.cpu_pids.size()), cpu1(o.cpu_pids.size());
   loop.after(o.warmup, [&] {
     sh.measuring = true;
+    for (size_t i = 0; i < o.cpu_pids.size(); ++i) cpu0[i] = cpuSeconds(o.cpu_pids[i]);
     t0 = nowNs();
   });
   loop.after(o.warmup + o.seconds, [&] {
+    for (size_t i = 0; i < o.cpu_pids.size(); ++i) cpu1[i] = cpuSeconds(o.cpu_pids[i]);
     t1 = nowNs();
     sh.measuring = false;
     sh.stopping = true;

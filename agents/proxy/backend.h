@@ -9,8 +9,8 @@
 namespace aiorpc::agents::proxy {
 
 struct EjectPolicy {
-  int after = 3;        // consecutive connect failures before ejection
-  double base = 5;      // first ejection, seconds; doubles while it keeps failing
+  int after = 3;    // consecutive connect failures before ejection
+  double base = 5;  // first ejection, seconds; doubles while it keeps failing
   double max = 60;
 };
 

@@ -35,7 +35,7 @@ struct Call {
 
 struct Outcome {
   bool ok = false;
-  rpc::Value value;      // result, or the backend's error object
+  rpc::Value value;             // result, or the backend's error object
   Kind kind = Kind::kInternal;  // ours, when !ok and value is nil
   std::string message;
 };
@@ -111,7 +111,8 @@ ProxyRole::ProxyRole(RoleEnv& env)
         }
         auto it = table_.find(std::string(service));
         if (it == table_.end() || it->second.list.empty())
-          return c->reply.error(Kind::kServiceNotFound, "no service '" + std::string(service) + "'");
+          return c->reply.error(Kind::kServiceNotFound,
+                                "no service '" + std::string(service) + "'");
         Instances& in = it->second;
         c->hinted = hint != 0;
         c->start = c->hinted ? floorMod(hint, in.list.size()) : in.rr++ % in.list.size();
@@ -129,7 +130,8 @@ ProxyRole::ProxyRole(RoleEnv& env)
           Object it = batches[i];
           std::string where = "item " + std::to_string(i) + ": ";
           if (!it.isArray() || (it.size() != 3 && it.size() != 4))
-            return reply.error(Kind::kArgument, where + "expected [service, method, params, hint?]");
+            return reply.error(Kind::kArgument,
+                               where + "expected [service, method, params, hint?]");
           if (!it[0].isStrOrBin() || !it[1].isStrOrBin())
             return reply.error(Kind::kArgument, where + "service and method must be strings");
           int64_t hint = 0;
@@ -173,7 +175,8 @@ std::optional<std::string> ProxyRole::hintOf(Object h, int64_t& out) {
 void ProxyRole::route(std::unique_ptr<Call> c) {
   auto it = table_.find(std::string(c->service));
   if (it == table_.end() || it->second.list.empty())
-    return fail(std::move(c), Kind::kServiceUnavailable, "no live instance of '" + std::string(c->service) + "'");
+    return fail(std::move(c), Kind::kServiceUnavailable,
+                "no live instance of '" + std::string(c->service) + "'");
   auto& list = it->second.list;
   size_t n = list.size();
   double now = loop_.now();
@@ -229,10 +232,14 @@ void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
     return deliver(c->batch, c->item, std::move(o));
   }
   switch (r.status) {
-    case S::kOk: return c->reply.reply(r.result);           // packed straight from the backend's zone
-    case S::kError: return c->reply.errorObject(r.error);   // the backend's error, intact
-    case S::kTimeout: return c->reply.error(Kind::kTimeout, "backend " + r.message);
-    default: return c->reply.error(Kind::kConnection, r.message);
+    case S::kOk:
+      return c->reply.reply(r.result);  // packed straight from the backend's zone
+    case S::kError:
+      return c->reply.errorObject(r.error);  // the backend's error, intact
+    case S::kTimeout:
+      return c->reply.error(Kind::kTimeout, "backend " + r.message);
+    default:
+      return c->reply.error(Kind::kConnection, r.message);
   }
 }
 
@@ -314,7 +321,10 @@ void ProxyRole::refresh() {
   if (use_watch_) {
     double wait_ms = 30000;
     keepalive_.send(
-        "watch", [&](rpc::Packer& p) { p.pack(std::tuple{version_, wait_ms}); },
+        "watch",
+        [&](rpc::Packer& p) {
+          p.pack(std::tuple{version_, wait_ms});
+        },
         [this, again](rpc::Response& r) {
           if (r.status == rpc::Response::Status::kOk) {
             auto v = r.result.find("version");
@@ -359,13 +369,16 @@ void ProxyRole::started(rpc::Server& server, const core::Address&) {
 const FlagSpec kFlags[5] = {
     {"refresh-interval", FlagType::kSeconds, "3", "seconds between table refreshes (polling)"},
     {"backend-timeout", FlagType::kSeconds, "9", "seconds to wait for a backend's reply"},
-    {"max-backend-queue", FlagType::kCount, "65536", "requests per instance unwritten or in flight"},
-    {"eject-after", FlagType::kCount, "3", "failed connects in a row before an instance is skipped"},
+    {"max-backend-queue", FlagType::kCount, "65536",
+     "requests per instance unwritten or in flight"},
+    {"eject-after", FlagType::kCount, "3",
+     "failed connects in a row before an instance is skipped"},
     {"eject-for", FlagType::kSeconds, "5", "seconds an instance is skipped (doubles, at most 60)"},
 };
 
 std::unique_ptr<RoleInstance> create(RoleEnv& env) {
-  if (!env.flags.has("keepalive")) throw std::invalid_argument("--keepalive HOST:PORT is required for the proxy");
+  if (!env.flags.has("keepalive"))
+    throw std::invalid_argument("--keepalive HOST:PORT is required for the proxy");
   return std::make_unique<ProxyRole>(env);
 }
 

@@ -3,8 +3,8 @@
 
 #include "agents/proxy/backend.h"
 
-using aiorpc::agents::proxy::EjectPolicy;
 using aiorpc::agents::proxy::Ejection;
+using aiorpc::agents::proxy::EjectPolicy;
 
 TEST_SUITE("proxy ejection") {
   TEST_CASE("ejected after N failures in a row, backoff doubles to 60, success resets") {

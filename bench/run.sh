@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# make bench: aiorpcd, aiorpcd through the proxy, a bare epoll echo server and redis-server
+# under the same closed-loop loads, pinned (server core 0, load core 1), side by side in one run.
+# Writes bench/results/results.md (a table stamped with the commit) and bench/results/calls.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps
+missing=()
+for p in redis-server redis-tools gnuplot-nox; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+B=build-release
+[ -f $B/build.ninja ] || meson setup $B -Dbuildtype=release >/dev/null
+ninja -C $B aiorpcd aiorpc epoll_echo >/dev/null
+T=${BENCH_SECONDS:-3}
+W=${BENCH_WARMUP:-1}
+S=0  # server core
+L=1  # load core
+out=bench/results
+mkdir -p $out
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+start() {  # core name cmd... → sets PORT and PID
+  local core=$1 name=$2
+  shift 2
+  taskset -c "$core" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  PID=$!
+  pids+=("$PID")
+  for _ in $(seq 100); do grep -q "listening on" "$tmp/$name.out" 2>/dev/null && break; sleep 0.05; done
+  PORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$tmp/$name.out" | head -1)
+}
+
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+rows=()
+row() {  # label conns depth size result-line
+  local r=$5
+  rows+=("| $1 | $2×$3 | $4 B | $(field calls_per_s "$r") | $(field p50_us "$r") | $(field p99_us "$r") | $(field cpu_ns_per_call_0 "$r") |")
+  echo "$1 $2x$3 $4B: $(field calls_per_s "$r") calls/s, p50 $(field p50_us "$r") us, $(field cpu_ns_per_call_0 "$r") ns CPU/call" >&2
+  echo "$1 $2x$3_$4B $(field calls_per_s "$r")" >>"$tmp/plot.dat"
+}
+bench() { taskset -c $L $B/aiorpc bench "127.0.0.1:$1" -t "$T" -w "$W" "${@:2}" | grep '^RESULT'; }
+loads=("1 1" "1 64" "8 64" "50 1")
+
+start $S demo $B/aiorpcd --role=demo --bind 127.0.0.1:0 --log-level error
+DEMO_PORT=$PORT DEMO_PID=$PID
+start $S echo $B/epoll_echo 0
+ECHO_PORT=$PORT ECHO_PID=$PID
+for size in 16 4096; do
+  for l in "${loads[@]}"; do
+    set -- $l
+    row aiorpcd "$1" "$2" $size "$(bench $DEMO_PORT -c "$1" -d "$2" -s $size --cpu-pid $DEMO_PID)"
+    row epoll-echo "$1" "$2" $size "$(bench $ECHO_PORT -e -c "$1" -d "$2" -s $size --cpu-pid $ECHO_PID)"
+  done
+done
+
+# Redis PING at the same connections and pipelining (redis-benchmark drives it).
+start $S redis redis-server --port 0 --save "" --appendonly no --daemonize no
+REDIS_PORT=$(( 20000 + RANDOM % 20000 ))
+kill "$PID"; wait "$PID" 2>/dev/null || true
+taskset -c $S redis-server --port $REDIS_PORT --save "" --appendonly no --daemonize no >/dev/null &
+REDIS_PID=$!; pids+=("$REDIS_PID"); sleep 0.5
+for l in "${loads[@]}"; do
+  set -- $l
+  n=$(( $1 * $2 >= 64 ? 3000000 : 300000 ))
+  t0=$(awk '{print $14+$15}' /proc/$REDIS_PID/stat)
+  rps=$(taskset -c $L redis-benchmark -p $REDIS_PORT -c "$1" -P "$2" -n $n -t ping_mbulk -q --csv | tail -1 | cut -d, -f2 | tr -d '"')
+  t1=$(awk '{print $14+$15}' /proc/$REDIS_PID/stat)
+  ns=$(awk -v a=$t0 -v b=$t1 -v n=$n -v hz=$(getconf CLK_TCK) 'BEGIN{printf "%.0f", (b-a)/hz*1e9/n}')
+  row redis-PING "$1" "$2" 0 "RESULT calls_per_s=${rps%.*} p50_us=- p99_us=- cpu_ns_per_call_0=$ns"
+done
+
+# Through the proxy: demo and load share core 1, the proxy has core 0.
+start $L ka $B/aiorpcd --role=keepalive --bind 127.0.0.1:0 --log-level error
+KA=127.0.0.1:$PORT
+for i in 1 2 3; do start $L d$i $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keepalive $KA --heartbeat-interval 0.5 --log-level error; done
+D3_PID=$PID
+start $S proxy $B/aiorpcd --role=proxy --bind 127.0.0.1:0 --keepalive $KA --log-level error
+PROXY_PORT=$PORT PROXY_PID=$PID
+sleep 1.5
+start $L solo $B/aiorpcd --role=demo --bind 127.0.0.1:0 --log-level error
+SOLO_PORT=$PORT SOLO_PID=$PID
+row "direct (demo on core 1)" 8 64 16 "$(bench $SOLO_PORT -c 8 -d 64 -s 16 --cpu-pid $SOLO_PID)"
+row "proxy → 3 demos" 8 64 16 "$(bench $PROXY_PORT -c 8 -d 64 -s 16 --proxy sample.foo --cpu-pid $PROXY_PID)"
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+{
+  echo "# Benchmark results"
+  echo
+  echo "commit \`$commit\`, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, ${T}s per run after ${W}s warm-up;"
+  echo "server pinned to core $S, load to core $L (proxy rows: proxy on core $S, demos and load on core $L)."
+  echo
+  echo "| server | conns×depth | payload | calls/s | p50 µs | p99 µs | server CPU ns/call |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  printf '%s\n' "${rows[@]}"
+} >$out/results.md
+gnuplot <<GP 2>/dev/null || echo "gnuplot failed; table only" >&2
+set terminal png size 1200,600
+set output "$out/calls.png"
+set style data histograms
+set style fill solid
+set ylabel "calls/s"
+set xtics rotate by -30
+set title "aiorpc bench, commit $commit"
+plot "$tmp/plot.dat" using 3:xtic(stringcolumn(1)." ".stringcolumn(2)) notitle
+GP
+cat $out/results.md
