@@ -61,9 +61,7 @@ for size in 16 4096; do
 done
 
 # Redis PING at the same connections and pipelining (redis-benchmark drives it).
-start $S redis redis-server --port 0 --save "" --appendonly no --daemonize no
 REDIS_PORT=$(( 20000 + RANDOM % 20000 ))
-kill "$PID"; wait "$PID" 2>/dev/null || true
 taskset -c $S redis-server --port $REDIS_PORT --save "" --appendonly no --daemonize no >/dev/null &
 REDIS_PID=$!; pids+=("$REDIS_PID"); sleep 0.5
 for l in "${loads[@]}"; do

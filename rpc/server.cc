@@ -32,8 +32,16 @@ class Server::Session final : public core::ConnectionHandler {
   }
   ~Session() { srv_.loop_.cancel(drain_timer_); }
 
-  std::span<char> readBuffer() override { return dec_.buffer(); }
+  std::span<char> readBuffer() override {
+    auto span = dec_.buffer(read_size_);
+    offered_ = span.size();
+    return span;
+  }
   void onData(size_t n) override {
+    // Adapt the read size: a read that filled the buffer means more is waiting (fewer, larger
+    // reads under load); small reads shrink it back (idle connections stay small).
+    if (n == offered_ && read_size_ < kMaxRead) read_size_ *= 2;
+    else if (n < read_size_ / 4 && read_size_ > kMinRead) read_size_ /= 2;
     srv_.stats_.bytes_in += n;
     dec_.feed(n);
     process();
@@ -82,6 +90,8 @@ class Server::Session final : public core::ConnectionHandler {
   uint64_t id_;
   Decoder dec_;
   core::Connection conn_;
+  static constexpr size_t kMinRead = 16 * 1024, kMaxRead = 256 * 1024;
+  size_t read_size_ = kMinRead, offered_ = 0;
   size_t in_flight_ = 0;
   bool stopping_ = false, throttled_ = false, scheduled_ = false;
   core::Loop::TimerId drain_timer_ = 0;

@@ -16,6 +16,7 @@
 #include "core/connection.h"
 #include "core/connector.h"
 #include "core/log.h"
+#include <fmt/format.h>
 #include "rpc/codec.h"
 #include "rpc/decoder.h"
 
@@ -331,12 +332,18 @@ int benchMain(int argc, char** argv) {
               static_cast<unsigned long long>(sh.errors));
   std::printf("  latency us: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f\n", sh.hist.percentile(50),
               sh.hist.percentile(90), sh.hist.percentile(99), sh.hist.percentile(99.9));
+  std::string cpu;
+  for (size_t i = 0; i < o.cpu_pids.size(); ++i) {
+    double ns = sh.calls ? (cpu1[i] - cpu0[i]) * 1e9 / static_cast<double>(sh.calls) : 0;
+    std::printf("  server pid %d: %.0f ns CPU per call\n", o.cpu_pids[i], ns);
+    cpu += fmt::format(" cpu_ns_per_call_{}={:.0f}", i, ns);
+  }
   std::printf(
       "RESULT calls_per_s=%.0f calls=%llu errors=%llu p50_us=%.0f p90_us=%.0f p99_us=%.0f "
-      "p999_us=%.0f conns=%d depth=%d size=%zu\n",
+      "p999_us=%.0f conns=%d depth=%d size=%zu%s\n",
       rate, static_cast<unsigned long long>(sh.calls), static_cast<unsigned long long>(sh.errors),
       sh.hist.percentile(50), sh.hist.percentile(90), sh.hist.percentile(99),
-      sh.hist.percentile(99.9), o.conns, o.depth, o.size);
+      sh.hist.percentile(99.9), o.conns, o.depth, o.size, cpu.c_str());
   return sh.errors || sh.calls == 0 ? 1 : 0;
 }
 
