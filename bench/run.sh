@@ -43,7 +43,8 @@ row() {  # label conns depth size result-line
   local r=$5
   rows+=("| $1 | $2×$3 | $4 B | $(field calls_per_s "$r") | $(field p50_us "$r") | $(field p99_us "$r") | $(field cpu_ns_per_call_0 "$r") |")
   echo "$1 $2x$3 $4B: $(field calls_per_s "$r") calls/s, p50 $(field p50_us "$r") us, $(field cpu_ns_per_call_0 "$r") ns CPU/call" >&2
-  echo "$1 $2x$3_$4B $(field calls_per_s "$r")" >>"$tmp/plot.dat"
+  local name=${1// /-}
+  echo "${name//→/to} $2x$3-$4B $(field calls_per_s "$r")" >>"$tmp/plot.dat"
 }
 bench() { taskset -c $L $B/aiorpc bench "127.0.0.1:$1" -t "$T" -w "$W" "${@:2}" | grep '^RESULT'; }
 loads=("1 1" "1 64" "8 64" "50 1")
@@ -99,7 +100,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   printf '%s\n' "${rows[@]}"
 } >$out/results.md
 gnuplot <<GP 2>/dev/null || echo "gnuplot failed; table only" >&2
-set terminal png size 1200,600
+set terminal png size 1200,600 noenhanced
 set output "$out/calls.png"
 set style data histograms
 set style fill solid
