@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(static_cast<uint16_t>(argc > 1 ? std::atoi(argv[1]) : 0));
-  if (bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) || listen(ls, 1024)) return perror("bind"), 2;
+  if (bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) || listen(ls, 1024))
+    return perror("bind"), 2;
   socklen_t len = sizeof a;
   getsockname(ls, reinterpret_cast<sockaddr*>(&a), &len);
   std::printf("listening on 127.0.0.1:%d\n", ntohs(a.sin_port));

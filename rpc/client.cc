@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "core/log.h"
+#include "rpc/zone_pool.h"
 
 namespace aiorpc::rpc {
 

@@ -5,6 +5,8 @@
 
 #include <cstring>
 
+#include "rpc/zone_pool.h"
+
 namespace aiorpc::rpc {
 namespace {
 
@@ -14,8 +16,8 @@ uint64_t be(const unsigned char* p, int n) {
   return v;
 }
 
-// Bytes of header that follow the type byte.
-int extraHeader(unsigned char t) {
+// Bytes of header that follow the type byte (a table: this runs once per msgpack item).
+constexpr int extraHeaderOf(unsigned t) {
   switch (t) {
     case 0xc4:
     case 0xd9:
@@ -57,8 +59,19 @@ int extraHeader(unsigned char t) {
       return 0;
   }
 }
+struct ExtraTable {
+  unsigned char v[256];
+  constexpr ExtraTable() : v() {
+    for (unsigned t = 0; t < 256; ++t) v[t] = static_cast<unsigned char>(extraHeaderOf(t));
+  }
+};
+constexpr ExtraTable kExtra;
 
 }  // namespace
+
+bool Scanner::failTooBig() {
+  return fail(fmt::format("message over the size limit of {} bytes", limits_.max_message_size));
+}
 
 bool Scanner::fail(std::string why) {
   error_ = std::move(why);
@@ -169,8 +182,7 @@ size_t Scanner::feed(const char* data, size_t n) {
   size_t i = 0;
   size_t accepted = 0;  // bytes before the message now being scanned
   while (i < n) {
-    if (atBoundary()) accepted = i;
-    if (skip_ > 0) {
+    if (skip_ > 0) {  // a str/bin/ext payload: skipped in O(1)
       size_t k = static_cast<size_t>(std::min<uint64_t>(skip_, n - i));
       skip_ -= k;
       i += k;
@@ -179,19 +191,34 @@ size_t Scanner::feed(const char* data, size_t n) {
       continue;
     }
     if (hdr_have_ == 0) {
-      hdr_need_ = 1 + extraHeader(p[i]);
-      if (depth_ == 0 && msg_bytes_ == 0 && (p[i] & 0xf0) != 0x90 && p[i] != 0xdc && p[i] != 0xdd) {
-        fail("message is not an array");
-        break;
+      if (depth_ == 0 && msg_bytes_ == 0) {  // a message starts here
+        accepted = i;
+        if ((p[i] & 0xf0) != 0x90 && p[i] != 0xdc && p[i] != 0xdd) {
+          fail("message is not an array");
+          break;
+        }
       }
+      size_t need = 1 + kExtra.v[p[i]];
+      if (n - i >= need) {  // the common case: the whole header is here, parse it in place
+        i += need;
+        msg_bytes_ += need;
+        if (msg_bytes_ > limits_.max_message_size) {
+          failTooBig();
+          break;
+        }
+        if (!header(p + i - need)) break;
+        continue;
+      }
+      hdr_need_ = static_cast<int>(need);
     }
-    int k = static_cast<int>(std::min<size_t>(hdr_need_ - hdr_have_, n - i));
+    // A header split across reads: gather it.
+    int k = static_cast<int>(std::min<size_t>(static_cast<size_t>(hdr_need_ - hdr_have_), n - i));
     std::memcpy(hdr_ + hdr_have_, p + i, static_cast<size_t>(k));
     hdr_have_ += k;
     i += static_cast<size_t>(k);
     msg_bytes_ += static_cast<size_t>(k);
     if (msg_bytes_ > limits_.max_message_size) {
-      fail(fmt::format("message over the size limit of {} bytes", limits_.max_message_size));
+      failTooBig();
       break;
     }
     if (hdr_have_ < hdr_need_) break;
@@ -246,8 +273,12 @@ Decoder::Status Decoder::next(Object& out) {
 
 msgpack_zone* Decoder::releaseZone() {
   have_message_ = false;
-  msgpack_zone* z = msgpack_unpacker_release_zone(&unp_);
-  if (!z) throw std::bad_alloc();
+  // What msgpack_unpacker_release_zone does, minus its allocation: pin the buffer (flush_zone
+  // adds the reference as a finalizer of the zone), then swap the zone's contents with an empty
+  // pooled zone. The unpacker keeps its zone object; the message's memory moves to the pooled one.
+  if (!msgpack_unpacker_flush_zone(&unp_)) throw std::bad_alloc();
+  msgpack_zone* z = takeZone();
+  msgpack_zone_swap(unp_.z, z);
   return z;
 }
 

@@ -37,6 +37,7 @@ class Scanner {
   bool header(const unsigned char* h);  // a complete header; false on a violation
   void itemDone();
   bool fail(std::string why);
+  bool failTooBig();
 
   Limits limits_;
   std::string error_;

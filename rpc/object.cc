@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "rpc/codec.h"
+#include "rpc/zone_pool.h"
 
 namespace aiorpc::rpc {
 
@@ -137,7 +138,7 @@ bool operator==(const Object& a, const Object& b) noexcept {
 
 Value Value::adopt(msgpack_zone* zone, Object o) {
   Value v;
-  v.zone_ = std::shared_ptr<msgpack_zone>(zone, [](msgpack_zone* z) { msgpack_zone_free(z); });
+  v.zone_ = std::shared_ptr<msgpack_zone>(zone, [](msgpack_zone* z) { giveZone(z); });
   v.obj_ = o;
   return v;
 }

@@ -3,6 +3,8 @@
 
 #include <utility>
 
+#include "rpc/zone_pool.h"
+
 namespace aiorpc::rpc {
 
 Responder& Responder::operator=(Responder&& o) noexcept {
@@ -24,7 +26,7 @@ Responder::~Responder() {
 }
 
 void Responder::release() noexcept {
-  if (zone_) msgpack_zone_free(zone_);
+  giveZone(zone_);
   zone_ = nullptr;
 }
 

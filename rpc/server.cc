@@ -40,8 +40,10 @@ class Server::Session final : public core::ConnectionHandler {
   void onData(size_t n) override {
     // Adapt the read size: a read that filled the buffer means more is waiting (fewer, larger
     // reads under load); small reads shrink it back (idle connections stay small).
-    if (n == offered_ && read_size_ < kMaxRead) read_size_ *= 2;
-    else if (n < read_size_ / 4 && read_size_ > kMinRead) read_size_ /= 2;
+    if (n == offered_ && read_size_ < kMaxRead)
+      read_size_ *= 2;
+    else if (n < read_size_ / 4 && read_size_ > kMinRead)
+      read_size_ /= 2;
     srv_.stats_.bytes_in += n;
     dec_.feed(n);
     process();

@@ -2,6 +2,7 @@
 // reply, prints calls/s and latency percentiles, and a machine-readable last line.
 #include "tools/bench.h"
 
+#include <fmt/format.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,7 +17,6 @@
 #include "core/connection.h"
 #include "core/connector.h"
 #include "core/log.h"
-#include <fmt/format.h>
 #include "rpc/codec.h"
 #include "rpc/decoder.h"
 
