@@ -12,6 +12,14 @@ import sys
 import time
 import traceback
 
+# Tests open thousands of sockets: raise the soft fd limit to the hard one (as servers do).
+try:
+    import resource
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+except (ImportError, ValueError, OSError):
+    pass
+
 BUILD = os.environ.get("AIORPC_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 _procs = []
 
