@@ -41,8 +41,8 @@ class Buffer {
 // sends up to 64 blocks in one writev. An empty queue holds no memory.
 class OutQueue {
  public:
-  static constexpr size_t kBlock = 16 * 1024;
-  static constexpr size_t kLarge = 64 * 1024;
+  static constexpr size_t kBlock = size_t{16} * 1024;
+  static constexpr size_t kLarge = size_t{64} * 1024;
 
   OutQueue() = default;
   OutQueue(const OutQueue&) = delete;

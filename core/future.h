@@ -76,9 +76,9 @@ class [[nodiscard]] Future {
     f.s_->value.emplace(std::move(v));
     return f;
   }
-  static Future failed(std::exception_ptr e) {
+  static Future failed(const std::exception_ptr& e) {
     Future f(new detail::State<V>());
-    f.s_->error = std::move(e);
+    f.s_->error = e;
     return f;
   }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test run: the normal build and an ASan+UBSan build, each with every test suite.
+# The whole test run: the normal build (g++), an ASan+UBSan build (g++) and a clang build, each
+# with every test suite.
 # Prints each suite's summary line and ends with one line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ run_build() {  # dir, extra meson args...
   if [ ! -f "$dir/build.ninja" ]; then
     meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
   fi
+  echo "== $dir: building and testing" >&2
   ninja -C "$dir" >"$dir.ninja.log" 2>&1 || { tail -50 "$dir.ninja.log"; return 1; }
   meson test -C "$dir" --num-processes "$jobs" --print-errorlogs --no-rebuild || status=1
   while IFS= read -r line; do summaries+=("$dir: $line"); done < <(
@@ -23,6 +25,7 @@ run_build() {  # dir, extra meson args...
 run_build build || status=1
 run_build build-asan -Db_sanitize=address,undefined -Db_lundef=false \
   -Dcpp_args=-fno-sanitize-recover=all || status=1
+CXX=clang++ run_build build-clang || status=1
 
 passed=0 failed=0
 for s in "${summaries[@]}"; do

@@ -68,8 +68,8 @@ class KeepaliveRole final : public RoleInstance {
         reg_([&loop = env.loop] { return loop.now(); }, env.flags.seconds("ttl")) {
     svc_.def(
         "heartbeat",
-        [this](const rpc::Context& ctx, std::string name, std::optional<std::string> host,
-               int64_t port, rpc::Object ident) {
+        [this](const rpc::Context& ctx, const std::string& name,
+               const std::optional<std::string>& host, int64_t port, rpc::Object ident) {
           checkBounds(name, host, port);
           if (rpc::packToString(ident).size() > 1024)
             throw RpcError(Kind::kArgument, "argument 'ident': over 1 KiB encoded");
@@ -80,8 +80,8 @@ class KeepaliveRole final : public RoleInstance {
     svc_.def("get_services", [this] { return Snapshot{&reg_}; });
     svc_.def(
         "unregister",
-        [this](const rpc::Context& ctx, std::string name, std::optional<std::string> host,
-               int64_t port) {
+        [this](const rpc::Context& ctx, const std::string& name,
+               const std::optional<std::string>& host, int64_t port) {
           checkBounds(name, host, port);
           bool removed = reg_.unregister(name, hostOf(ctx, host), static_cast<int>(port));
           if (removed) changed();

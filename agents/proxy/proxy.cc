@@ -174,9 +174,11 @@ std::optional<std::string> ProxyRole::hintOf(Object h, int64_t& out) {
 
 void ProxyRole::route(std::unique_ptr<Call> c) {
   auto it = table_.find(std::string(c->service));
-  if (it == table_.end() || it->second.list.empty())
-    return fail(std::move(c), Kind::kServiceUnavailable,
-                "no live instance of '" + std::string(c->service) + "'");
+  if (it == table_.end() || it->second.list.empty()) {
+    // The message first: argument evaluation order is unspecified, and `c` moves.
+    std::string msg = "no live instance of '" + std::string(c->service) + "'";
+    return fail(std::move(c), Kind::kServiceUnavailable, std::move(msg));
+  }
   auto& list = it->second.list;
   size_t n = list.size();
   double now = loop_.now();
@@ -209,11 +211,10 @@ void ProxyRole::route(std::unique_ptr<Call> c) {
         backend_timeout_);
     return;
   }
-  if (saw_full)
-    return fail(std::move(c), Kind::kOverloaded,
-                "every instance of '" + std::string(c->service) + "' has a full queue");
-  fail(std::move(c), Kind::kServiceUnavailable,
-       "no live instance of '" + std::string(c->service) + "' could take the call");
+  std::string msg =
+      saw_full ? "every instance of '" + std::string(c->service) + "' has a full queue"
+               : "no live instance of '" + std::string(c->service) + "' could take the call";
+  fail(std::move(c), saw_full ? Kind::kOverloaded : Kind::kServiceUnavailable, std::move(msg));
 }
 
 void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
