@@ -68,6 +68,8 @@ class Server {
   void maybeDrained();
   void packStats(Packer& p) const;
   void packReflection(Packer& p) const;
+  void onSweep(int) noexcept;
+  static constexpr double kSweepEvery = 2.0;
 
   core::Loop& loop_;
   Service& service_;
@@ -82,6 +84,7 @@ class Server {
   core::Callback<void()> drained_;
   core::Loop::TimerId drain_timer_ = 0;
   std::vector<std::function<void()>> drain_hooks_;
+  core::TimerWatcher sweep_;
 };
 
 }  // namespace aiorpc::rpc

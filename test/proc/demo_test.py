@@ -283,6 +283,19 @@ def test_slow_reader_is_throttled_not_buffered():
     assert [m[1] for m in got] == list(range(n)), (len(got), sent, len(data))
 
 
+def test_quiet_connections_give_back_their_input_buffers():
+    srv = demo()
+    conns = [Raw(srv) for _ in range(50)]
+    for i, c in enumerate(conns):
+        assert c.call("echo", [i])[3] == [i]
+    stats = Raw(srv)
+    assert stats.call("\0stats", None)[3]["input_buffers"] >= 50
+    # after a quiet sweep interval (2 s) only the connection asking holds one
+    assert wait_until(lambda: stats.call("\0stats", None)[3]["input_buffers"] <= 1, timeout=10)
+    for i, c in enumerate(conns):  # and every quiet connection still works
+        assert c.call("echo", [i, "again"])[3] == [i, "again"]
+
+
 def test_other_connections_unaffected_by_a_bad_one():
     srv = demo()
     good = Raw(srv)
