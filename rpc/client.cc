@@ -93,7 +93,6 @@ void Client::send(std::string_view method, const std::function<void(Packer&)>& p
   last_used_ = loop_.now();
   if (dead()) {
     // Fail fast, but from the loop: callbacks never run inside send().
-    std::weak_ptr<bool> alive = alive_;
     std::string why = fmt::format("{} is dead after {} failed connects; retrying after {} s",
                                   addr_.toString(), failures_, opts_.dead_for);
     loop_.post([done = std::move(done), why = std::move(why)]() mutable {
@@ -108,25 +107,14 @@ void Client::send(std::string_view method, const std::function<void(Packer&)>& p
   Pending& pc = pending_[id];
   pc.done = std::move(done);
   pc.seq = ++seq_;
-  auto write = [&](Packer& p) {
+  pc.queued = connected();  // else it waits in unsent_ for the connect
+  pc.end = queue([&](Packer& p) {
     p.array(4);
     p.uinteger(0);
     p.uinteger(id);
     p.str(method);
     params(p);
-  };
-  if (connected()) {
-    Packer p(conn_->out());
-    write(p);
-    pc.end = conn_->out().appended();
-    pc.queued = true;
-    conn_->sent();
-  } else {
-    Packer p(unsent_);
-    write(p);
-    pc.end = unsent_.size();
-    connect();
-  }
+  });
   if (timeout < 0) timeout = opts_.timeout;
   Deadline d{loop_.now() + timeout, id, pc.seq};
   if (deadlines_.empty() || deadlines_.back().at <= d.at) {
@@ -142,21 +130,26 @@ void Client::send(std::string_view method, const std::function<void(Packer&)>& p
 void Client::sendNotify(std::string_view method, const std::function<void(Packer&)>& params) {
   last_used_ = loop_.now();
   if (dead()) return;
-  auto write = [&](Packer& p) {
+  queue([&](Packer& p) {
     p.array(3);
     p.uinteger(2);
     p.str(method);
     params(p);
-  };
+  });
+}
+
+uint64_t Client::queue(const std::function<void(Packer&)>& write) {
+  // Straight into the connection's output when it is up; else kept until the connect completes.
   if (connected()) {
     Packer p(conn_->out());
     write(p);
     conn_->sent();
-  } else {
-    Packer p(unsent_);
-    write(p);
-    connect();
+    return conn_->out().appended();
   }
+  Packer p(unsent_);
+  write(p);
+  connect();
+  return unsent_.size();
 }
 
 void Client::connect() {

@@ -110,6 +110,8 @@ class Client final : private core::ConnectionHandler {
   static core::Future<Value> futureFor(std::string method, Client& c,
                                        const std::function<void(Packer&)>& params);
   uint32_t nextId();
+  // Packs one message where it belongs; returns its end position in that stream.
+  uint64_t queue(const std::function<void(Packer&)>& write);
   void connect();
   void connected(core::Fd fd);
   void failAll(const std::string& why);

@@ -7,6 +7,12 @@
 
 namespace aiorpc::rpc {
 
+void packError(Packer& p, Kind kind, std::string_view message) {
+  p.array(2);
+  p.str(kindName(kind));
+  p.str(validUtf8(message));
+}
+
 Responder& Responder::operator=(Responder&& o) noexcept {
   if (this != &o) {
     if (!done_) error(Kind::kInternal, "handler dropped the reply");
@@ -48,9 +54,7 @@ void Responder::end(bool error) {
 void Responder::error(Kind kind, std::string_view message) {
   if (auto* out = begin()) {
     Packer p(*out);
-    p.array(2);
-    p.str(kindName(kind));
-    p.str(validUtf8(message));
+    packError(p, kind, message);
     p.nil();
     if (auto hub = hub_.lock()) hub->countError(kind);
     end(true);

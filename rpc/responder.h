@@ -10,6 +10,9 @@
 
 namespace aiorpc::rpc {
 
+// Writes an error object of ours: [kind, message] (the message made valid UTF-8).
+void packError(Packer& p, Kind kind, std::string_view message);
+
 // Where replies go. Implemented by the server; looked up by session id at reply time, so a
 // reply for a connection that has gone is dropped (and counted) instead of touching freed memory.
 class ReplyHub {

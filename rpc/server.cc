@@ -117,12 +117,6 @@ void replyHead(Packer& p, Object msgid) {
   p.object(msgid);
 }
 
-void packError(Packer& p, Kind k, std::string_view msg) {
-  p.array(2);
-  p.str(kindName(k));
-  p.str(validUtf8(msg));
-}
-
 }  // namespace
 
 class Server::SessionInvocation final : public Invocation {

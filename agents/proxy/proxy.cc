@@ -52,6 +52,13 @@ size_t floorMod(int64_t h, size_t n) {
   return static_cast<size_t>(m < 0 ? m + static_cast<int64_t>(n) : m);
 }
 
+// The first candidate: the hinted instance, or the next round-robin position (one step per
+// routed call; retries continue from here without advancing it).
+void start(Call& c, Instances& in, int64_t hint) {
+  c.hinted = hint != 0;
+  c.start = c.hinted ? floorMod(hint, in.list.size()) : in.rr++ % in.list.size();
+}
+
 }  // namespace
 
 class ProxyRole final : public RoleInstance {
@@ -113,9 +120,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
         if (it == table_.end() || it->second.list.empty())
           return c->reply.error(Kind::kServiceNotFound,
                                 "no service '" + std::string(service) + "'");
-        Instances& in = it->second;
-        c->hinted = hint != 0;
-        c->start = c->hinted ? floorMod(hint, in.list.size()) : in.rr++ % in.list.size();
+        start(*c, it->second, hint);
         route(std::move(c));
       },
       rpc::arg("ctx"), rpc::arg("service"), rpc::arg("method"), rpc::arg("params"));
@@ -154,9 +159,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
           c->params = batches[i][2];
           c->batch = b;
           c->item = i;
-          auto [in, hint] = plan[i];
-          c->hinted = hint != 0;
-          c->start = c->hinted ? floorMod(hint, in->list.size()) : in->rr++ % in->list.size();
+          start(*c, *plan[i].first, plan[i].second);
           route(std::move(c));
         }
         deliver(b, SIZE_MAX, {});
