@@ -73,7 +73,7 @@ OutQueue::Block& OutQueue::tailWithRoom() {
   return blocks_.back();
 }
 
-void OutQueue::append(const void* p, size_t n) {
+void OutQueue::appendSlow(const void* p, size_t n) {
   auto* src = static_cast<const char*>(p);
   bytes_ += n;
   if (n >= kLarge) {

@@ -55,7 +55,19 @@ class OutQueue {
   // most written() has wholly left for the kernel.
   uint64_t appended() const noexcept { return written_ + bytes_; }
   uint64_t written() const noexcept { return written_; }
-  void append(const void* p, size_t n);
+  // Inline fast path: the tail block has room (msgpack packs replies in small pieces).
+  void append(const void* p, size_t n) {
+    if (head_ < blocks_.size()) {
+      Block& b = blocks_.back();
+      if (b.cap - b.end >= n) {
+        std::memcpy(b.data + b.end, p, n);
+        b.end += n;
+        bytes_ += n;
+        return;
+      }
+    }
+    appendSlow(p, n);
+  }
   void append(std::string_view s) { append(s.data(), s.size()); }
   // Writes as much as the socket takes (sendmsg, MSG_NOSIGNAL). Returns bytes written, or -1 with
   // errno set (EAGAIN included).
@@ -68,6 +80,7 @@ class OutQueue {
     size_t cap, begin, end;
   };
   Block& tailWithRoom();
+  void appendSlow(const void* p, size_t n);
   static char* takeBlock(size_t cap);
   static void giveBlock(char* p, size_t cap) noexcept;
   void popFront() noexcept;

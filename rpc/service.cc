@@ -147,8 +147,8 @@ void dispatch(const MethodInfo& m, Invocation& inv) {
 }
 
 const MethodInfo* Service::find(std::string_view name) const {
-  auto it = methods_.find(name);
-  return it == methods_.end() ? nullptr : &it->second;
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second;
 }
 
 }  // namespace aiorpc::rpc

@@ -8,6 +8,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "core/address.h"
@@ -227,7 +228,8 @@ class Service {
 
  private:
   std::string name_;
-  std::map<std::string, MethodInfo, std::less<>> methods_;  // sorted by bytes
+  std::map<std::string, MethodInfo, std::less<>> methods_;         // sorted by bytes (reflection)
+  std::unordered_map<std::string_view, const MethodInfo*> index_;  // the per-request lookup
 };
 
 template <class F, class... A>
@@ -323,7 +325,9 @@ Service& Service::def(std::string name, F fn, A... specs) {
     }
     (std::make_index_sequence < variadic ? 0 : last - first > {});
   };
-  methods_[name] = std::move(m);
+  auto& slot = methods_[name];
+  slot = std::move(m);
+  index_[methods_.find(name)->first] = &slot;  // map keys and values are stable
   return *this;
 }
 
