@@ -5,11 +5,11 @@
 
 namespace aiorpc::rpc {
 
-bool isDunder(Object key) noexcept {
-  if (!key.isStrOrBin()) return false;
-  auto s = key.str();
+bool isDunder(std::string_view s) noexcept {
   return s.size() >= 4 && s.substr(0, 2) == "__" && s.substr(s.size() - 2) == "__";
 }
+
+bool isDunder(Object key) noexcept { return key.isStrOrBin() && isDunder(key.str()); }
 
 Value Context::operator()(std::string_view key) const {
   if (key == "peername" || key == "sockname") {
@@ -18,8 +18,7 @@ Value Context::operator()(std::string_view key) const {
     return toValue(std::tuple<std::string, int>(a->host(), a->port()));
   }
   if (!params_.isMap()) return Value();
-  bool dunder = key.size() >= 4 && key.substr(0, 2) == "__" && key.substr(key.size() - 2) == "__";
-  std::string k = dunder ? std::string(key) : "__" + std::string(key) + "__";
+  std::string k = isDunder(key) ? std::string(key) : "__" + std::string(key) + "__";
   if (auto v = params_.find(k)) return Value::copyOf(*v);
   return Value();
 }
@@ -41,8 +40,7 @@ uint32_t Args::namedCount() const noexcept {
 }
 
 std::optional<Object> Args::named(std::string_view key) const noexcept {
-  if (key.size() >= 4 && key.substr(0, 2) == "__" && key.substr(key.size() - 2) == "__")
-    return std::nullopt;
+  if (isDunder(key)) return std::nullopt;
   return params_.find(key);
 }
 

@@ -55,6 +55,7 @@ class Context {
 
 // Map keys that start and end with "__" are context, never arguments.
 bool isDunder(Object key) noexcept;
+bool isDunder(std::string_view name) noexcept;
 
 // What a variadic method gets: the positional and named arguments as they came (named without
 // dunder keys). Encodable: positionalOrNamed() is the demo echo's answer.
