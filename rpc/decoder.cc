@@ -67,6 +67,79 @@ struct ExtraTable {
 };
 constexpr ExtraTable kExtra;
 
+// How scanWhole reads one item from its type byte.
+enum Shape : unsigned char {
+  kFixed,     // size bytes in all: ints, floats, nil, bools, fixext (type and data included)
+  kFixStr,    // 1 + (t & 0x1f)
+  kVar,       // size length bytes follow, then `extra` bytes (ext type), then the payload
+  kFixArray,  // t & 0x0f elements
+  kFixMap,    // 2 * (t & 0x0f) elements
+  kArray,     // size length bytes of element count
+  kMap,       // size length bytes of entry count
+  kInvalid,
+};
+struct ItemShape {
+  Shape shape;
+  unsigned char size;
+  unsigned char extra;
+};
+constexpr ItemShape shapeOf(unsigned t) {
+  if (t <= 0x7f || t >= 0xe0) return {kFixed, 1, 0};
+  if (t <= 0x8f) return {kFixMap, 0, 0};
+  if (t <= 0x9f) return {kFixArray, 0, 0};
+  if (t <= 0xbf) return {kFixStr, 0, 0};
+  switch (t) {
+    case 0xc0:
+    case 0xc2:
+    case 0xc3:
+      return {kFixed, 1, 0};
+    case 0xc4:
+    case 0xd9:
+      return {kVar, 1, 0};
+    case 0xc5:
+    case 0xda:
+      return {kVar, 2, 0};
+    case 0xc6:
+    case 0xdb:
+      return {kVar, 4, 0};
+    case 0xc7:
+      return {kVar, 1, 1};
+    case 0xc8:
+      return {kVar, 2, 1};
+    case 0xc9:
+      return {kVar, 4, 1};
+    case 0xdc:
+      return {kArray, 2, 0};
+    case 0xdd:
+      return {kArray, 4, 0};
+    case 0xde:
+      return {kMap, 2, 0};
+    case 0xdf:
+      return {kMap, 4, 0};
+    case 0xd4:
+      return {kFixed, 3, 0};
+    case 0xd5:
+      return {kFixed, 4, 0};
+    case 0xd6:
+      return {kFixed, 6, 0};
+    case 0xd7:
+      return {kFixed, 10, 0};
+    case 0xd8:
+      return {kFixed, 18, 0};
+    case 0xc1:
+      return {kInvalid, 0, 0};
+    default:  // 0xca..0xd3: floats and sized ints
+      return {kFixed, static_cast<unsigned char>(1 + extraHeaderOf(t)), 0};
+  }
+}
+struct ShapeTable {
+  ItemShape v[256];
+  constexpr ShapeTable() : v() {
+    for (unsigned t = 0; t < 256; ++t) v[t] = shapeOf(t);
+  }
+};
+constexpr ShapeTable kShape;
+
 }  // namespace
 
 bool Scanner::failTooBig() {
@@ -176,6 +249,65 @@ bool Scanner::header(const unsigned char* h) {
   return true;
 }
 
+size_t Scanner::scanWhole(const unsigned char* p, size_t n) const noexcept {
+  if ((p[0] & 0xf0) != 0x90 && p[0] != 0xdc && p[0] != 0xdd) return 0;
+  const size_t end = std::min(n, limits_.max_message_size);
+  size_t i = 0;
+  uint32_t left[34];
+  int depth = 0;
+  size_t elements = 0;
+  for (;;) {
+    if (i >= end) return 0;
+    unsigned t = p[i];
+    ItemShape s = kShape.v[t];
+    uint64_t count;
+    switch (s.shape) {
+      case kFixed:
+        i += s.size;
+        goto item;
+      case kFixStr:
+        i += 1 + (t & 0x1f);
+        goto item;
+      case kVar: {
+        size_t head = 1u + s.size + s.extra;
+        if (end - i < head) return 0;
+        uint64_t len = be(p + i + 1, s.size);
+        if (len > end - i - head) return 0;
+        i += head + len;
+        goto item;
+      }
+      case kFixArray:
+        count = t & 0x0f;
+        ++i;
+        break;
+      case kFixMap:
+        count = 2u * (t & 0x0f);
+        ++i;
+        break;
+      case kArray:
+      case kMap:
+        if (end - i < 1u + s.size) return 0;
+        count = be(p + i + 1, s.size) * (s.shape == kMap ? 2 : 1);
+        i += 1u + s.size;
+        break;
+      default:
+        return 0;
+    }
+    // A container header (an empty one counts for depth too, as in header()).
+    if (depth + 1 > limits_.max_depth) return 0;
+    if (count == 0) goto item;
+    elements += count;
+    if (elements > limits_.max_elements) return 0;
+    if (count > end - i) return 0;  // every element needs a byte
+    left[++depth] = static_cast<uint32_t>(count);
+    continue;
+  item:
+    if (i > end) return 0;
+    while (depth > 0 && --left[depth] == 0) --depth;
+    if (depth == 0) return i;
+  }
+}
+
 size_t Scanner::feed(const char* data, size_t n) {
   if (failed()) return 0;
   auto* p = reinterpret_cast<const unsigned char*>(data);
@@ -193,6 +325,10 @@ size_t Scanner::feed(const char* data, size_t n) {
     if (hdr_have_ == 0) {
       if (depth_ == 0 && msg_bytes_ == 0) {  // a message starts here
         accepted = i;
+        if (size_t m = scanWhole(p + i, n - i)) {
+          i += m;
+          continue;
+        }
         if ((p[i] & 0xf0) != 0x90 && p[i] != 0xdc && p[i] != 0xdd) {
           fail("message is not an array");
           break;

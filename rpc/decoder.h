@@ -4,6 +4,7 @@
 
 #include <msgpack.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -24,7 +25,9 @@ struct Limits {
 // anything for it (it allocates 32 bytes per declared element when it reads a header).
 class Scanner {
  public:
-  explicit Scanner(const Limits& l) : limits_(l) {}
+  explicit Scanner(const Limits& l) : limits_(l) {
+    limits_.max_depth = std::clamp(limits_.max_depth, 1, 32);  // msgpack-c's own stack is 32
+  }
   // Scans `n` more bytes. Returns how many of them may be handed to the unpacker: all of them,
   // or, after a violation, those before the offending message began. Once failed, stays failed.
   size_t feed(const char* p, size_t n);
@@ -34,6 +37,10 @@ class Scanner {
   bool atBoundary() const noexcept { return depth_ == 0 && hdr_have_ == 0 && skip_ == 0; }
 
  private:
+  // The fast path, at a message boundary: the length of the message at p if it lies whole in
+  // [p, p + n) within the limits, else 0 (incomplete, or a violation: the incremental path
+  // below then takes the message over and reports precisely).
+  size_t scanWhole(const unsigned char* p, size_t n) const noexcept;
   bool header(const unsigned char* h);  // a complete header; false on a violation
   void itemDone();
   bool fail(std::string why);

@@ -2,8 +2,10 @@
 #include "rpc/decoder.h"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -61,9 +63,121 @@ std::string sample() {
   return s;
 }
 
+// A random msgpack item: every type family, nested to `depth`, sized to cross the fixed,
+// 8-, 16- and (for strings) 32-bit header forms.
+void randomItem(std::mt19937& g, std::string& out, int depth) {
+  auto pick = [&](uint32_t n) { return static_cast<uint32_t>(g() % n); };
+  auto be = [&](uint64_t v, int bytes) {
+    for (int i = bytes - 1; i >= 0; --i) out += static_cast<char>(v >> (8 * i));
+  };
+  switch (depth > 0 ? pick(8) : pick(5)) {
+    case 0: {  // any scalar type byte with its fixed-size body
+      static const unsigned char kTypes[] = {0x00, 0x7f, 0xe0, 0xc0, 0xc2, 0xc3, 0xca,
+                                             0xcb, 0xcc, 0xcd, 0xce, 0xcf, 0xd0, 0xd1,
+                                             0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8};
+      static const int kBody[] = {0, 0, 0, 0, 0, 0, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 2, 3, 5, 9, 17};
+      size_t k = pick(sizeof kTypes);
+      out += static_cast<char>(kTypes[k]);
+      out.append(static_cast<size_t>(kBody[k]), 'x');
+      break;
+    }
+    case 1:
+    case 2: {  // str or bin of a length that picks the header form
+      static const uint32_t kLens[] = {0, 5, 31, 32, 255, 256, 70000};
+      uint32_t len = kLens[pick(out.size() > 100000 ? 3 : 7)];  // bounded stream size
+      bool bin = pick(2);
+      if (!bin && len < 32) {
+        out += static_cast<char>(0xa0 | len);
+      } else {
+        int w = len < 256 ? 1 : len < 65536 ? 2 : 4;
+        out += static_cast<char>((bin ? 0xc4 : 0xd9) + (w == 1 ? 0 : w == 2 ? 1 : 2));
+        be(len, w);
+      }
+      out.append(len, 's');
+      break;
+    }
+    case 3: {  // ext8/16
+      uint32_t len = pick(2) ? 3 : 300;
+      out += static_cast<char>(len < 256 ? 0xc7 : 0xc8);
+      be(len, len < 256 ? 1 : 2);
+      out += '\x05';
+      out.append(len, 'e');
+      break;
+    }
+    case 4:
+      out += static_cast<char>(pick(128));
+      break;
+    default: {  // array or map, fix or 16-bit header
+      uint32_t n = pick(4) || out.size() > 100000 ? pick(4) : 16 + pick(3);
+      bool map = pick(2);
+      if (n < 16)
+        out += static_cast<char>((map ? 0x80 : 0x90) | n);
+      else {
+        out += static_cast<char>(map ? 0xde : 0xdc);
+        be(n, 2);
+      }
+      for (uint32_t i = 0; i < (map ? 2 * n : n); ++i) randomItem(g, out, depth - 1);
+    }
+  }
+}
+
+struct Scanned {
+  bool failed = false;
+  bool boundary = false;
+  std::string error;
+  bool operator==(const Scanned&) const = default;
+};
+[[maybe_unused]] doctest::String toString(const Scanned& s) {
+  return fmt::format("failed {} at boundary {} '{}'", s.failed, s.boundary, s.error).c_str();
+}
+
+Scanned scanInChunks(const std::string& bytes, size_t chunk, const Limits& l) {
+  Scanner s(l);
+  Scanned r;
+  for (size_t pos = 0; pos < bytes.size() && !s.failed(); pos += chunk)
+    s.feed(bytes.data() + pos, std::min(chunk, bytes.size() - pos));
+  r.failed = s.failed();
+  r.boundary = s.atBoundary();
+  r.error = s.error();
+  return r;
+}
+
 }  // namespace
 
 TEST_SUITE("decoder") {
+  TEST_CASE("scanner: whole-message fast path agrees with the byte-by-byte path") {
+    // Random streams of messages, valid and corrupted, under tight and default limits: the
+    // result of one feed (fast path for each whole message) must equal feeding one byte at a
+    // time (the incremental path only) and feeding odd-sized chunks (both, mixed).
+    std::mt19937 g(20261126);
+    Limits tight;
+    tight.max_message_size = 2000;
+    tight.max_elements = 40;
+    tight.max_depth = 4;
+    int failures = 0;
+    for (int round = 0; round < 600; ++round) {
+      std::string bytes;
+      int messages = 1 + static_cast<int>(g() % 4);
+      for (int m = 0; m < messages; ++m) {
+        size_t n = g() % 5;
+        bytes += static_cast<char>(0x90 | n);
+        for (size_t i = 0; i < n; ++i) randomItem(g, bytes, 5);
+      }
+      if (round % 3 == 0)  // corrupt a byte: invalid types, lengths past the end, wrong sizes
+        bytes[g() % bytes.size()] = static_cast<char>(g() % 256);
+      if (round % 7 == 0) bytes.resize(g() % bytes.size());  // cut mid-message
+      if (bytes.empty()) continue;
+      for (const Limits& l : {Limits{}, tight}) {
+        CAPTURE(round);
+        auto whole = scanInChunks(bytes, bytes.size(), l);
+        CHECK(scanInChunks(bytes, 1, l) == whole);
+        CHECK(scanInChunks(bytes, 13, l) == whole);
+        failures += whole.failed;
+      }
+    }
+    CHECK(failures > 100);  // the corruptions and tight limits did reach the error paths
+  }
+
   TEST_CASE("every split point of a stream gives the same messages") {
     std::string bytes = sample();
     auto whole = feed(bytes, {bytes.size()});
