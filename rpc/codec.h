@@ -3,6 +3,8 @@
 
 #include <msgpack.h>
 
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <optional>
@@ -34,45 +36,87 @@ struct Raw {
 template <class T, class = void>
 struct Encode;  // specialise for your own types: static void pack(Packer&, const T&)
 
-// Writes msgpack with the smallest header forms (msgpack-c does; unsigned forms for values
-// >= 0) straight into a string or a connection's output queue.
+// Writes msgpack with the smallest header forms (as msgpack-c does: unsigned forms for values
+// >= 0, str8 for short strings) straight into a string or a connection's output queue. Headers
+// go into the queue's tail block as fixed-size stores (no call per byte); bodies are one append.
 class Packer {
  public:
-  explicit Packer(std::string& out) noexcept {
-    msgpack_packer_init(&pk_, &out, [](void* d, const char* b, size_t n) {
-      static_cast<std::string*>(d)->append(b, n);
-      return 0;
-    });
+  explicit Packer(std::string& out) noexcept : s_(&out) {}
+  explicit Packer(core::OutQueue& out) noexcept : q_(&out) {}
+
+  void nil() { byte(0xc0); }
+  void boolean(bool b) { byte(b ? 0xc3 : 0xc2); }
+  void integer(int64_t v) {
+    if (v >= 0) return uinteger(static_cast<uint64_t>(v));
+    if (v >= -32) return byte(static_cast<unsigned char>(v));
+    if (v >= INT8_MIN) return put(0xd0, static_cast<uint8_t>(v));
+    if (v >= INT16_MIN) return put(0xd1, static_cast<uint16_t>(v));
+    if (v >= INT32_MIN) return put(0xd2, static_cast<uint32_t>(v));
+    put(0xd3, static_cast<uint64_t>(v));
   }
-  explicit Packer(core::OutQueue& out) noexcept {
-    msgpack_packer_init(&pk_, &out, [](void* d, const char* b, size_t n) {
-      static_cast<core::OutQueue*>(d)->append(b, n);
-      return 0;
-    });
+  void uinteger(uint64_t v) {
+    if (v < 128) return byte(static_cast<unsigned char>(v));
+    if (v <= UINT8_MAX) return put(0xcc, static_cast<uint8_t>(v));
+    if (v <= UINT16_MAX) return put(0xcd, static_cast<uint16_t>(v));
+    if (v <= UINT32_MAX) return put(0xce, static_cast<uint32_t>(v));
+    put(0xcf, v);
   }
-  void nil() { msgpack_pack_nil(&pk_); }
-  void boolean(bool b) { b ? msgpack_pack_true(&pk_) : msgpack_pack_false(&pk_); }
-  void integer(int64_t v) { msgpack_pack_int64(&pk_, v); }
-  void uinteger(uint64_t v) { msgpack_pack_uint64(&pk_, v); }
-  void real(double v) { msgpack_pack_double(&pk_, v); }
+  void real(double v);
+  void real32(float v);
   void str(std::string_view s) {
-    msgpack_pack_str(&pk_, s.size());
-    msgpack_pack_str_body(&pk_, s.data(), s.size());
+    sized(s.size(), 0xa0, 32, 0xd9);
+    write(s.data(), s.size());
   }
   void bin(std::string_view s) {
-    msgpack_pack_bin(&pk_, s.size());
-    msgpack_pack_bin_body(&pk_, s.data(), s.size());
+    sized(s.size(), 0, 0, 0xc4);
+    write(s.data(), s.size());
   }
-  void array(uint32_t n) { msgpack_pack_array(&pk_, n); }
-  void map(uint32_t n) { msgpack_pack_map(&pk_, n); }
-  void object(Object o) { msgpack_pack_object(&pk_, o.raw()); }
-  void raw(std::string_view bytes) { pk_.callback(pk_.data, bytes.data(), bytes.size()); }
+  void ext(int8_t type, std::string_view data);
+  void array(uint32_t n) { counted(n, 0x90, 0xdc); }
+  void map(uint32_t n) { counted(n, 0x80, 0xde); }
+  void object(Object o);
+  void raw(std::string_view bytes) { write(bytes.data(), bytes.size()); }
 
   template <class T>
   Packer& pack(const T& v);
 
  private:
-  msgpack_packer pk_;
+  // A type byte and v big-endian: a fixed-size store into the queue's tail block.
+  template <class U>
+  void put(unsigned char type, U v) {
+    unsigned char b[1 + sizeof(U)];
+    b[0] = type;
+    if constexpr (sizeof(U) == 1) {
+      b[1] = v;
+    } else {
+      U be;
+      if constexpr (sizeof(U) == 2) be = __builtin_bswap16(v);
+      if constexpr (sizeof(U) == 4) be = __builtin_bswap32(v);
+      if constexpr (sizeof(U) == 8) be = __builtin_bswap64(v);
+      std::memcpy(b + 1, &be, sizeof(U));
+    }
+    write(b, sizeof b);
+  }
+  // str/bin/ext lengths: a fix form below `fix_limit` (if any), then the 8-, 16-, 32-bit forms.
+  void sized(size_t n, unsigned char fix, size_t fix_limit, unsigned char t8) {
+    if (n < fix_limit) return byte(static_cast<unsigned char>(fix | n));
+    if (n <= UINT8_MAX) return put(t8, static_cast<uint8_t>(n));
+    if (n <= UINT16_MAX) return put(static_cast<unsigned char>(t8 + 1), static_cast<uint16_t>(n));
+    put(static_cast<unsigned char>(t8 + 2), static_cast<uint32_t>(n));
+  }
+  void counted(uint32_t n, unsigned char fix, unsigned char t16) {
+    if (n < 16) return byte(static_cast<unsigned char>(fix | n));
+    if (n <= UINT16_MAX) return put(t16, static_cast<uint16_t>(n));
+    put(static_cast<unsigned char>(t16 + 1), n);
+  }
+  void byte(unsigned char c) { write(&c, 1); }
+  void write(const void* p, size_t n) {
+    if (q_) return q_->append(p, n);
+    s_->append(static_cast<const char*>(p), n);
+  }
+
+  std::string* s_ = nullptr;
+  core::OutQueue* q_ = nullptr;
 };
 
 template <class T>

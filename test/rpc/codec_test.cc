@@ -2,9 +2,15 @@
 #include "rpc/codec.h"
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <limits>
+
+#include "rpc/service.h"
 
 using namespace aiorpc::rpc;
 
@@ -25,9 +31,107 @@ std::string why(Object o) {
   CHECK_FALSE(decode(o, out, w));
   return w;
 }
+// The same values packed by msgpack-c's own packer: the reference for our header forms.
+struct Reference {
+  std::string bytes;
+  msgpack_packer pk;
+  Reference() {
+    msgpack_packer_init(&pk, &bytes, [](void* d, const char* b, size_t n) {
+      static_cast<std::string*>(d)->append(b, n);
+      return 0;
+    });
+  }
+};
+
+// What an output queue holds, as a string (drained through a socket pair).
+std::string drain(aiorpc::core::OutQueue& q) {
+  int fds[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+  REQUIRE(fcntl(fds[1], F_SETFL, O_NONBLOCK) == 0);
+  std::string out;
+  while (!q.empty()) {
+    REQUIRE((q.writeTo(fds[1]) > 0 || errno == EAGAIN));
+    char buf[65536];
+    ssize_t n;
+    while ((n = recv(fds[0], buf, sizeof buf, MSG_DONTWAIT)) > 0)
+      out.append(buf, static_cast<size_t>(n));
+  }
+  close(fds[0]);
+  close(fds[1]);
+  return out;
+}
 }  // namespace
 
 TEST_SUITE("codec") {
+  TEST_CASE("Packer writes the bytes msgpack-c's packer writes, into strings and queues") {
+    Reference ref;
+    std::string mine;
+    aiorpc::core::OutQueue q;
+    Packer a(mine), b(q);
+    auto both = [&](auto f) {
+      f(a);
+      f(b);
+    };
+    for (int64_t v : std::initializer_list<int64_t>{
+             0,         1,      127,    128,        255,
+             256,       65535,  65536,  4294967295, 4294967296,
+             INT64_MAX, -1,     -32,    -33,        -128,
+             -129,      -32768, -32769, INT32_MIN,  int64_t{INT32_MIN} - 1,
+             INT64_MIN}) {
+      msgpack_pack_int64(&ref.pk, v);
+      both([&](Packer& p) { p.integer(v); });
+    }
+    for (uint64_t v : {uint64_t{0}, uint64_t{200}, uint64_t{UINT64_MAX}}) {
+      msgpack_pack_uint64(&ref.pk, v);
+      both([&](Packer& p) { p.uinteger(v); });
+    }
+    for (double d : {0.0, -1.5, 1e300}) {
+      msgpack_pack_double(&ref.pk, d);
+      both([&](Packer& p) { p.real(d); });
+    }
+    msgpack_pack_float(&ref.pk, 2.5f);
+    both([&](Packer& p) { p.real32(2.5f); });
+    msgpack_pack_nil(&ref.pk);
+    msgpack_pack_true(&ref.pk);
+    msgpack_pack_false(&ref.pk);
+    both([&](Packer& p) { p.nil(), p.boolean(true), p.boolean(false); });
+    for (size_t n : {0, 1, 31, 32, 255, 256, 65535, 65536, 70000}) {
+      std::string s(n, 'z');
+      msgpack_pack_str_with_body(&ref.pk, s.data(), n);
+      msgpack_pack_bin_with_body(&ref.pk, s.data(), n);
+      msgpack_pack_ext_with_body(&ref.pk, s.data(), n, 7);
+      both([&](Packer& p) { p.str(s), p.bin(s), p.ext(7, s); });
+    }
+    for (size_t n : {2, 4, 8, 16, 17}) {  // the fixext sizes and one beside them
+      std::string s(n, 'e');
+      msgpack_pack_ext_with_body(&ref.pk, s.data(), n, -3);
+      both([&](Packer& p) { p.ext(-3, s); });
+    }
+    for (uint32_t n : {0u, 15u, 16u, 65535u, 65536u}) {
+      msgpack_pack_array(&ref.pk, n);
+      msgpack_pack_map(&ref.pk, n);
+      both([&](Packer& p) { p.array(n), p.map(n); });
+    }
+    CHECK(mine == ref.bytes);
+    CHECK(drain(q) == ref.bytes);  // headers cross block boundaries here (over 16 KiB)
+  }
+
+  TEST_CASE("Packer::object re-encodes every msgpack type as msgpack-c does") {
+    Reference ref;
+    ref.bytes =
+        std::string("\x9c\xc0\xc3\x05\xd0\x80\xca\x40\x20\x00\x00\xcb\x3f\xf8\0\0\0\0\0\0", 20) +
+        "\xa2hi\xc4\x01\xff\xd4\x05\x01\x81\xa1k\x91\x90\xc7\x03\x02"
+        "abc\x80";
+    auto value = Value::fromBytes(ref.bytes);
+    REQUIRE(value);
+    std::string mine;
+    Packer(mine).object(value->view());
+    CHECK(mine == ref.bytes);
+    Reference again;
+    msgpack_pack_object(&again.pk, value->view().raw());
+    CHECK(again.bytes == ref.bytes);
+  }
+
   TEST_CASE("integers use the smallest form; non-negative ones the unsigned forms") {
     CHECK(packToString(0) == std::string("\x00", 1));
     CHECK(packToString(127) == "\x7f");
@@ -123,5 +227,25 @@ TEST_SUITE("codec") {
 
   TEST_CASE("toText escapes bytes so the text is printable") {
     CHECK(v(std::string("a\xff\"b", 4)).view().toText() == "\"a\\xff\\x22b\"");
+  }
+}
+
+TEST_SUITE("service") {
+  TEST_CASE("method lookup: hundreds of names, misses, redefinition") {
+    Service s("t");
+    for (int i = 0; i < 300; ++i) s.def("m" + std::to_string(i), [i] { return i; });
+    for (int i = 0; i < 300; ++i) {
+      const MethodInfo* m = s.find("m" + std::to_string(i));
+      REQUIRE(m);
+      CHECK(m == &s.methods().find("m" + std::to_string(i))->second);
+    }
+    CHECK(s.find("m300") == nullptr);
+    CHECK(s.find("") == nullptr);
+    CHECK(s.find(std::string_view("m1\0", 3)) == nullptr);
+    const MethodInfo* before = s.find("m7");
+    s.def("m7", [] { return -1; });
+    CHECK(s.find("m7") == before);  // the map slot is reused; the lookup still finds it
+    CHECK(s.methods().size() == 300);
+    CHECK(Service("empty").find("x") == nullptr);
   }
 }
