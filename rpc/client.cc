@@ -75,7 +75,7 @@ uint32_t Client::nextId() {
 }
 
 core::Future<Value> Client::futureFor(std::string method, Client& c,
-                                      const std::function<void(Packer&)>& params) {
+                                      core::FunctionRef<void(Packer&)> params) {
   core::Promise<Value> p;
   auto f = p.future();
   c.send(method, params, [p = std::move(p)](Response& r) mutable {
@@ -88,8 +88,8 @@ core::Future<Value> Client::futureFor(std::string method, Client& c,
   return f;
 }
 
-void Client::send(std::string_view method, const std::function<void(Packer&)>& params,
-                  ResponseFn done, double timeout) {
+void Client::send(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
+                  double timeout) {
   last_used_ = loop_.now();
   if (dead()) {
     // Fail fast, but from the loop: callbacks never run inside send().
@@ -127,7 +127,7 @@ void Client::send(std::string_view method, const std::function<void(Packer&)>& p
   if (deadlines_.size() == 1 || deadlines_.front().id == id) armTimer();
 }
 
-void Client::sendNotify(std::string_view method, const std::function<void(Packer&)>& params) {
+void Client::sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params) {
   last_used_ = loop_.now();
   if (dead()) return;
   queue([&](Packer& p) {
@@ -138,7 +138,7 @@ void Client::sendNotify(std::string_view method, const std::function<void(Packer
   });
 }
 
-uint64_t Client::queue(const std::function<void(Packer&)>& write) {
+uint64_t Client::queue(core::FunctionRef<void(Packer&)> write) {
   // Straight into the connection's output when it is up; else kept until the connect completes.
   if (connected()) {
     Packer p(conn_->out());

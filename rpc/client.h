@@ -7,6 +7,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/callback.h"
 #include "core/connection.h"
 #include "core/connector.h"
 #include "core/future.h"
@@ -79,9 +80,9 @@ class Client final : private core::ConnectionHandler {
   }
 
   // Low level: `params` packs the params value; `done` runs exactly once, never inside send().
-  void send(std::string_view method, const std::function<void(Packer&)>& params, ResponseFn done,
+  void send(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
             double timeout = -1);
-  void sendNotify(std::string_view method, const std::function<void(Packer&)>& params);
+  void sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params);
 
   const core::Address& address() const noexcept { return addr_; }
   size_t inFlight() const noexcept { return pending_.size(); }
@@ -108,10 +109,10 @@ class Client final : private core::ConnectionHandler {
   template <class... A>
   static void packArgs(Packer& p, const A&... args);
   static core::Future<Value> futureFor(std::string method, Client& c,
-                                       const std::function<void(Packer&)>& params);
+                                       core::FunctionRef<void(Packer&)> params);
   uint32_t nextId();
   // Packs one message where it belongs; returns its end position in that stream.
-  uint64_t queue(const std::function<void(Packer&)>& write);
+  uint64_t queue(core::FunctionRef<void(Packer&)> write);
   void connect();
   void connected(core::Fd fd);
   void failAll(const std::string& why);

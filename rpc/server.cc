@@ -114,17 +114,21 @@ namespace {
 void replyHead(Packer& p, Object msgid) {
   p.array(4);
   p.uinteger(1);
-  p.object(msgid);
+  if (msgid.type() == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+    p.uinteger(msgid.raw().via.u64);  // the usual msgid, without the generic walk
+  } else {
+    p.object(msgid);
+  }
 }
 
 }  // namespace
 
 class Server::SessionInvocation final : public Invocation {
  public:
-  SessionInvocation(Server::Session& s, std::weak_ptr<ReplyHub> hub, Object msgid, bool notify)
-      : s_(s), hub_(std::move(hub)), msgid_(msgid), notify_(notify) {}
+  SessionInvocation(Server::Session& s, Object msgid, bool notify)
+      : s_(s), msgid_(msgid), notify_(notify) {}
 
-  void replyValue(const std::function<void(Packer&)>& write) override {
+  void replyValue(core::FunctionRef<void(Packer&)> write) override {
     if (answered_ || notify_) return void(answered_ = true);
     answered_ = true;
     Packer p(s_.conn_.out());
@@ -140,7 +144,6 @@ class Server::SessionInvocation final : public Invocation {
 
  private:
   Server::Session& s_;
-  std::weak_ptr<ReplyHub> hub_;
   Object msgid_;
   bool notify_, answered_ = false;
 };
@@ -198,7 +201,7 @@ Responder Server::SessionInvocation::detach() {
   if (notify_) return Responder({}, 0, msgid_, zone, false);
   ++s_.in_flight_;
   ++s_.srv_.stats_.in_flight;
-  return Responder(hub_, s_.id_, msgid_, zone);
+  return Responder(s_.srv_.hub_, s_.id_, msgid_, zone);
 }
 
 void Server::Session::process() {
@@ -248,7 +251,7 @@ void Server::Session::handle(Object msg) {
 }
 
 void Server::Session::request(Object msgid, Object method, Object params, bool notify) {
-  SessionInvocation inv(*this, srv_.hub_, msgid, notify);
+  SessionInvocation inv(*this, msgid, notify);
   if (!method.isStrOrBin()) {
     inv.replyError(Kind::kNoMethod,
                    std::string("method name must be a string, got ") + method.typeName());
@@ -275,7 +278,7 @@ void Server::Session::request(Object msgid, Object method, Object params, bool n
 }
 
 void Server::Session::control(std::string_view cmd, Object msgid, Object params) {
-  SessionInvocation inv(*this, srv_.hub_, msgid, false);
+  SessionInvocation inv(*this, msgid, false);
   bool empty = params.isNil() || ((params.isArray() || params.isMap()) && params.size() == 0);
   if (cmd == "reflection" || cmd == "stats") {
     if (!empty) return inv.replyError(Kind::kArgument, std::string(cmd) + " takes no arguments");

@@ -144,9 +144,45 @@ void dispatch(const MethodInfo& m, Invocation& inv) {
   }
 }
 
+uint64_t Service::hashOf(std::string_view s) noexcept {
+  uint64_t h = 14695981039346656037ull;
+  for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return h;
+}
+
+void Service::index(std::string_view name, const MethodInfo* m) {
+  if (2 * (indexed_ + 1) > index_.size()) {  // grow, keeping it at most half full
+    std::vector<IndexSlot> old(std::max<size_t>(16, 2 * index_.size()));
+    old.swap(index_);
+    indexed_ = 0;
+    for (const IndexSlot& s : old)
+      if (s.method) index(s.name, s.method);
+  }
+  uint64_t h = hashOf(name);
+  size_t mask = index_.size() - 1;
+  for (size_t i = h & mask;; i = (i + 1) & mask) {
+    IndexSlot& s = index_[i];
+    if (!s.method) {
+      s = {h, name, m};
+      ++indexed_;
+      return;
+    }
+    if (s.hash == h && s.name == name) {  // redefined
+      s.method = m;
+      return;
+    }
+  }
+}
+
 const MethodInfo* Service::find(std::string_view name) const {
-  auto it = index_.find(name);
-  return it == index_.end() ? nullptr : it->second;
+  if (index_.empty()) return nullptr;
+  uint64_t h = hashOf(name);
+  size_t mask = index_.size() - 1;
+  for (size_t i = h & mask;; i = (i + 1) & mask) {
+    const IndexSlot& s = index_[i];
+    if (!s.method) return nullptr;
+    if (s.hash == h && s.name == name) return s.method;
+  }
 }
 
 }  // namespace aiorpc::rpc

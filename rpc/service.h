@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/address.h"
+#include "core/callback.h"
 #include "core/future.h"
 #include "rpc/codec.h"
 #include "rpc/errors.h"
@@ -109,7 +110,7 @@ class Invocation {
   const struct MethodInfo* method = nullptr;
 
   // Synchronous answer, written in place.
-  virtual void replyValue(const std::function<void(Packer&)>& write) = 0;
+  virtual void replyValue(core::FunctionRef<void(Packer&)> write) = 0;
   virtual void replyError(Kind k, std::string_view message) = 0;
   virtual void replyErrorObject(Object error) = 0;  // a peer's error object, passed on intact
   // The right to answer later (takes the request's zone).
@@ -229,8 +230,17 @@ class Service {
 
  private:
   std::string name_;
-  std::map<std::string, MethodInfo, std::less<>> methods_;         // sorted by bytes (reflection)
-  std::unordered_map<std::string_view, const MethodInfo*> index_;  // the per-request lookup
+  std::map<std::string, MethodInfo, std::less<>> methods_;  // sorted by bytes (reflection)
+  // The per-request lookup: open addressing (FNV-1a, linear probing, at most half full).
+  struct IndexSlot {
+    uint64_t hash = 0;
+    std::string_view name;
+    const MethodInfo* method = nullptr;
+  };
+  static uint64_t hashOf(std::string_view s) noexcept;
+  void index(std::string_view name, const MethodInfo* m);
+  std::vector<IndexSlot> index_;
+  size_t indexed_ = 0;
 };
 
 template <class F, class... A>
@@ -328,7 +338,7 @@ Service& Service::def(std::string name, F fn, A... specs) {
   };
   auto& slot = methods_[name];
   slot = std::move(m);
-  index_[methods_.find(name)->first] = &slot;  // map keys and values are stable
+  index(methods_.find(name)->first, &slot);  // map keys and values are stable
   return *this;
 }
 
