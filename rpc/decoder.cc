@@ -69,8 +69,7 @@ constexpr ExtraTable kExtra;
 
 // How scanWhole reads one item from its type byte.
 enum Shape : unsigned char {
-  kFixed,     // size bytes in all: ints, floats, nil, bools, fixext (type and data included)
-  kFixStr,    // 1 + (t & 0x1f)
+  kLeaf,      // size + (t & mask) bytes in all: ints, floats, nil, bools, fixstr, fixext
   kVar,       // size length bytes follow, then `extra` bytes (ext type), then the payload
   kFixArray,  // t & 0x0f elements
   kFixMap,    // 2 * (t & 0x0f) elements
@@ -82,54 +81,55 @@ struct ItemShape {
   Shape shape;
   unsigned char size;
   unsigned char extra;
+  unsigned char mask;
 };
 constexpr ItemShape shapeOf(unsigned t) {
-  if (t <= 0x7f || t >= 0xe0) return {kFixed, 1, 0};
-  if (t <= 0x8f) return {kFixMap, 0, 0};
-  if (t <= 0x9f) return {kFixArray, 0, 0};
-  if (t <= 0xbf) return {kFixStr, 0, 0};
+  if (t <= 0x7f || t >= 0xe0) return {kLeaf, 1, 0, 0};
+  if (t <= 0x8f) return {kFixMap, 0, 0, 0};
+  if (t <= 0x9f) return {kFixArray, 0, 0, 0};
+  if (t <= 0xbf) return {kLeaf, 1, 0, 0x1f};  // fixstr
   switch (t) {
     case 0xc0:
     case 0xc2:
     case 0xc3:
-      return {kFixed, 1, 0};
+      return {kLeaf, 1, 0, 0};
     case 0xc4:
     case 0xd9:
-      return {kVar, 1, 0};
+      return {kVar, 1, 0, 0};
     case 0xc5:
     case 0xda:
-      return {kVar, 2, 0};
+      return {kVar, 2, 0, 0};
     case 0xc6:
     case 0xdb:
-      return {kVar, 4, 0};
+      return {kVar, 4, 0, 0};
     case 0xc7:
-      return {kVar, 1, 1};
+      return {kVar, 1, 1, 0};
     case 0xc8:
-      return {kVar, 2, 1};
+      return {kVar, 2, 1, 0};
     case 0xc9:
-      return {kVar, 4, 1};
+      return {kVar, 4, 1, 0};
     case 0xdc:
-      return {kArray, 2, 0};
+      return {kArray, 2, 0, 0};
     case 0xdd:
-      return {kArray, 4, 0};
+      return {kArray, 4, 0, 0};
     case 0xde:
-      return {kMap, 2, 0};
+      return {kMap, 2, 0, 0};
     case 0xdf:
-      return {kMap, 4, 0};
+      return {kMap, 4, 0, 0};
     case 0xd4:
-      return {kFixed, 3, 0};
+      return {kLeaf, 3, 0, 0};
     case 0xd5:
-      return {kFixed, 4, 0};
+      return {kLeaf, 4, 0, 0};
     case 0xd6:
-      return {kFixed, 6, 0};
+      return {kLeaf, 6, 0, 0};
     case 0xd7:
-      return {kFixed, 10, 0};
+      return {kLeaf, 10, 0, 0};
     case 0xd8:
-      return {kFixed, 18, 0};
+      return {kLeaf, 18, 0, 0};
     case 0xc1:
-      return {kInvalid, 0, 0};
+      return {kInvalid, 0, 0, 0};
     default:  // 0xca..0xd3: floats and sized ints
-      return {kFixed, static_cast<unsigned char>(1 + extraHeaderOf(t)), 0};
+      return {kLeaf, static_cast<unsigned char>(1 + extraHeaderOf(t)), 0, 0};
   }
 }
 struct ShapeTable {
@@ -252,59 +252,61 @@ bool Scanner::header(const unsigned char* h) {
 size_t Scanner::scanWhole(const unsigned char* p, size_t n) const noexcept {
   if ((p[0] & 0xf0) != 0x90 && p[0] != 0xdc && p[0] != 0xdd) return 0;
   const size_t end = std::min(n, limits_.max_message_size);
-  size_t i = 0;
-  uint32_t left[34];
-  int depth = 0;
-  size_t elements = 0;
+  size_t i = 0, elements = 0;
+  uint32_t left[34];  // items left in each enclosing container
+  uint32_t cur = 1;   // items left in the innermost open container (first: the message itself)
+  int depth = 0;      // open containers
   for (;;) {
     if (i >= end) return 0;
     unsigned t = p[i];
     ItemShape s = kShape.v[t];
-    uint64_t count;
-    switch (s.shape) {
-      case kFixed:
-        i += s.size;
-        goto item;
-      case kFixStr:
-        i += 1 + (t & 0x1f);
-        goto item;
-      case kVar: {
-        size_t head = 1u + s.size + s.extra;
-        if (end - i < head) return 0;
-        uint64_t len = be(p + i + 1, s.size);
-        if (len > end - i - head) return 0;
-        i += head + len;
-        goto item;
+    if (s.shape == kLeaf) {
+      i += s.size + (t & s.mask);
+    } else {
+      uint64_t count;
+      switch (s.shape) {
+        case kVar: {
+          size_t head = 1u + s.size + s.extra;
+          if (end - i < head) return 0;
+          uint64_t len = be(p + i + 1, s.size);
+          if (len > end - i - head) return 0;
+          i += head + len;
+          goto item;
+        }
+        case kFixArray:
+          count = t & 0x0f;
+          ++i;
+          break;
+        case kFixMap:
+          count = 2u * (t & 0x0f);
+          ++i;
+          break;
+        case kArray:
+        case kMap:
+          if (end - i < 1u + s.size) return 0;
+          count = be(p + i + 1, s.size) * (s.shape == kMap ? 2 : 1);
+          i += 1u + s.size;
+          break;
+        default:
+          return 0;
       }
-      case kFixArray:
-        count = t & 0x0f;
-        ++i;
-        break;
-      case kFixMap:
-        count = 2u * (t & 0x0f);
-        ++i;
-        break;
-      case kArray:
-      case kMap:
-        if (end - i < 1u + s.size) return 0;
-        count = be(p + i + 1, s.size) * (s.shape == kMap ? 2 : 1);
-        i += 1u + s.size;
-        break;
-      default:
-        return 0;
+      // A container header (an empty one counts for depth too, as in header()).
+      if (depth + 1 > limits_.max_depth) return 0;
+      if (count > 0) {
+        elements += count;
+        if (elements > limits_.max_elements) return 0;
+        if (count > end - i) return 0;  // every element needs a byte
+        left[depth++] = cur;
+        cur = static_cast<uint32_t>(count);
+        continue;
+      }
     }
-    // A container header (an empty one counts for depth too, as in header()).
-    if (depth + 1 > limits_.max_depth) return 0;
-    if (count == 0) goto item;
-    elements += count;
-    if (elements > limits_.max_elements) return 0;
-    if (count > end - i) return 0;  // every element needs a byte
-    left[++depth] = static_cast<uint32_t>(count);
-    continue;
   item:
     if (i > end) return 0;
-    while (depth > 0 && --left[depth] == 0) --depth;
-    if (depth == 0) return i;
+    while (--cur == 0) {
+      if (depth == 0) return i;
+      cur = left[--depth];
+    }
   }
 }
 
