@@ -68,10 +68,38 @@ bool Client::dead() const noexcept {
   return failures_ > opts_.dead_after && loop_.now() - last_failure_ < opts_.dead_for;
 }
 
-uint32_t Client::nextId() {
-  // Counts up from 0, wraps at 2^32, skips ids still in flight.
-  while (pending_.count(next_id_)) ++next_id_;
-  return next_id_++;
+Client::Pending* Client::findPending(uint32_t id) noexcept {
+  uint32_t s = id & ((1u << kSlotBits) - 1);
+  if (s >= slots_.size() || !slots_[s].used || slots_[s].id != id) return nullptr;
+  return &slots_[s].p;
+}
+
+bool Client::addPending(uint32_t& id) {
+  uint32_t s;
+  if (!free_slots_.empty()) {
+    s = free_slots_.back();
+    free_slots_.pop_back();
+  } else if (slots_.size() < (size_t{1} << kSlotBits)) {
+    s = static_cast<uint32_t>(slots_.size());
+    slots_.emplace_back();
+    slots_[s].id = s - (1u << kSlotBits);  // so that the first use has generation 0
+  } else {
+    return false;
+  }
+  Slot& slot = slots_[s];
+  slot.id += 1u << kSlotBits;  // next generation (wraps)
+  slot.used = true;
+  ++in_flight_;
+  id = slot.id;
+  return true;
+}
+
+void Client::erasePending(uint32_t id) noexcept {
+  uint32_t s = id & ((1u << kSlotBits) - 1);
+  slots_[s].used = false;
+  slots_[s].p = Pending();
+  free_slots_.push_back(s);
+  --in_flight_;
 }
 
 core::Future<Value> Client::futureFor(std::string method, Client& c,
@@ -103,8 +131,17 @@ void Client::send(std::string_view method, core::FunctionRef<void(Packer&)> para
     });
     return;
   }
-  uint32_t id = nextId();
-  Pending& pc = pending_[id];
+  uint32_t id;
+  if (!addPending(id)) {
+    loop_.post([done = std::move(done)]() mutable {
+      Response r;
+      r.status = Response::Status::kNotSent;
+      r.message = "over 1,048,576 calls in flight on one client";
+      done(r);
+    });
+    return;
+  }
+  Pending& pc = slots_[id & ((1u << kSlotBits) - 1)].p;
   pc.done = std::move(done);
   pc.seq = ++seq_;
   pc.queued = connected();  // else it waits in unsent_ for the connect
@@ -174,10 +211,10 @@ void Client::connected(core::Fd fd) {
   uint64_t base = conn_->out().appended();
   conn_->out().append(unsent_);
   std::string().swap(unsent_);
-  for (auto& [id, pc] : pending_) {
-    if (pc.queued) continue;
-    pc.end += base;
-    pc.queued = true;
+  for (Slot& s : slots_) {
+    if (!s.used || s.p.queued) continue;
+    s.p.end += base;
+    s.p.queued = true;
   }
   conn_->sent();
 }
@@ -199,12 +236,16 @@ void Client::failAll(const std::string& why) {
   // Calls whose bytes wholly left may have run: ConnectionError. The rest never reached the
   // peer: not-sent (safe to retry elsewhere).
   uint64_t written = conn_ ? conn_->out().written() : 0;
-  auto pending = std::move(pending_);
-  pending_.clear();
+  auto pending = std::move(slots_);
+  slots_.clear();
+  free_slots_.clear();
+  in_flight_ = 0;
   std::string().swap(unsent_);
   deadlines_.clear();
   timer_.stop();
-  for (auto& [id, pc] : pending) {
+  for (Slot& s : pending) {
+    if (!s.used) continue;
+    Pending& pc = s.p;
     Response r;
     bool sent = pc.queued && pc.end <= written;
     r.status = sent ? Response::Status::kConnection : Response::Status::kNotSent;
@@ -214,13 +255,13 @@ void Client::failAll(const std::string& why) {
 }
 
 void Client::finish(uint32_t id, Response& r) {
-  auto it = pending_.find(id);
-  if (it == pending_.end()) {
+  Pending* pc = findPending(id);
+  if (!pc) {
     ++late_replies_;  // timed out already, or an id we never used
     return;
   }
-  ResponseFn done = std::move(it->second.done);
-  pending_.erase(it);
+  ResponseFn done = std::move(pc->done);
+  erasePending(id);
   done(r);
 }
 
@@ -284,10 +325,10 @@ void Client::onTimer(int) noexcept {
   while (!deadlines_.empty() && deadlines_.front().at <= now + 1e-6) {
     Deadline d = deadlines_.front();
     deadlines_.pop_front();
-    auto it = pending_.find(d.id);
-    if (it == pending_.end() || it->second.seq != d.seq) continue;  // answered already
-    ResponseFn done = std::move(it->second.done);
-    pending_.erase(it);
+    Pending* pc = findPending(d.id);
+    if (!pc || pc->seq != d.seq) continue;  // answered already
+    ResponseFn done = std::move(pc->done);
+    erasePending(d.id);
     Response r;
     r.status = Response::Status::kTimeout;
     r.message = fmt::format("no reply from {} in time", addr_.toString());

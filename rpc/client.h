@@ -85,7 +85,7 @@ class Client final : private core::ConnectionHandler {
   void sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params);
 
   const core::Address& address() const noexcept { return addr_; }
-  size_t inFlight() const noexcept { return pending_.size(); }
+  size_t inFlight() const noexcept { return in_flight_; }
   bool connected() const noexcept { return conn_ && !conn_->closed() && !connecting_; }
   bool dead() const noexcept;
   uint64_t lateReplies() const noexcept { return late_replies_; }
@@ -110,7 +110,19 @@ class Client final : private core::ConnectionHandler {
   static void packArgs(Packer& p, const A&... args);
   static core::Future<Value> futureFor(std::string method, Client& c,
                                        core::FunctionRef<void(Packer&)> params);
-  uint32_t nextId();
+  // The slab of calls in flight: a msgid's low kSlotBits index slots_, its high bits are the
+  // slot's generation (so a late reply to a reused slot matches nothing). No hashing, and no
+  // allocation once the slab has grown to the peak number in flight.
+  static constexpr uint32_t kSlotBits = 20;
+  struct Slot {
+    Pending p;
+    uint32_t id = 0;
+    bool used = false;
+  };
+  Pending* findPending(uint32_t id) noexcept;
+  // A free slot, marked used; false when 2^kSlotBits calls are in flight.
+  bool addPending(uint32_t& id);
+  void erasePending(uint32_t id) noexcept;
   // Packs one message where it belongs; returns its end position in that stream.
   uint64_t queue(core::FunctionRef<void(Packer&)> write);
   void connect();
@@ -132,10 +144,11 @@ class Client final : private core::ConnectionHandler {
   std::unique_ptr<Decoder> dec_;
   bool connecting_ = false;
   std::string unsent_;  // requests made before the connection is up
-  std::unordered_map<uint32_t, Pending> pending_;
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_slots_;
+  size_t in_flight_ = 0;
   std::deque<Deadline> deadlines_;  // sorted by `at`
   core::TimerWatcher timer_;
-  uint32_t next_id_ = 0;
   uint64_t seq_ = 0;
   int failures_ = 0;
   double last_failure_ = 0;

@@ -257,18 +257,42 @@ TEST_SUITE("client") {
     CHECK(c.connected());
   }
 
-  TEST_CASE("msgids count from 0 and skip ids still in flight") {
+  TEST_CASE("msgids are distinct in flight; a reused slot's late reply matches nothing") {
     core::Loop loop;
     RawPeer peer(loop);
-    Outcome a, b;
-    Client c(loop, peer.addr);
+    ClientOptions o;
+    o.timeout = 0.05;
+    Outcome a, b, c1;
+    Client c(loop, peer.addr, o);
     c.send(
         "m", [](Packer& p) { p.nil(); }, record(a));
     c.send(
-        "m", [](Packer& p) { p.nil(); }, record(b));
+        "m", [](Packer& p) { p.nil(); }, record(b), 10);
     REQUIRE(runUntil(loop, [&] { return peer.received().size() == 2; }));
-    CHECK(peer.received()[0].view()[1].asUint() == 0u);
-    CHECK(peer.received()[1].view()[1].asUint() == 1u);
+    auto ida = peer.received()[0].view()[1].asUint();
+    auto idb = peer.received()[1].view()[1].asUint();
+    CHECK(ida == 0u);
+    CHECK(idb == 1u);
+    REQUIRE(runUntil(loop, [&] { return a.done; }));  // a times out; its slot is free again
+    CHECK(a.status == Response::Status::kTimeout);
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(c1), 10);
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 3; }));
+    auto idc = peer.received()[2].view()[1].asUint();
+    REQUIRE(idc);
+    CHECK(*idc != *ida);
+    CHECK(*idc != *idb);
+    CHECK(c.inFlight() == 2);
+    // the late reply to a's id must not complete c1, which took a's slot
+    peer.conns[0]->conn->send(packToString(std::tuple{1, *ida, nullptr, "late"}));
+    REQUIRE(runUntil(loop, [&] { return c.lateReplies() == 1; }));
+    CHECK_FALSE(c1.done);
+    peer.conns[0]->conn->send(packToString(std::tuple{1, *idc, nullptr, "c"}));
+    peer.conns[0]->conn->send(packToString(std::tuple{1, *idb, nullptr, "b"}));
+    REQUIRE(runUntil(loop, [&] { return b.done && c1.done; }));
+    CHECK(c1.text == "\"c\"");
+    CHECK(b.text == "\"b\"");
+    CHECK(c.inFlight() == 0);
   }
 }
 
