@@ -82,11 +82,19 @@ for i in 1 2 3; do start $L d$i $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keep
 D3_PID=$PID
 start $S proxy $B/aiorpcd --role=proxy --bind 127.0.0.1:0 --keepalive $KA --log-level error
 PROXY_PORT=$PORT PROXY_PID=$PID
+# A second keepalive and proxy with a single demo behind them.
+start $L ka1 $B/aiorpcd --role=keepalive --bind 127.0.0.1:0 --log-level error
+KA1=127.0.0.1:$PORT
+start $L d4 $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keepalive $KA1 --heartbeat-interval 0.5 --log-level error
+start $S proxy1 $B/aiorpcd --role=proxy --bind 127.0.0.1:0 --keepalive $KA1 --log-level error
+PROXY1_PORT=$PORT PROXY1_PID=$PID
 sleep 1.5
 start $L solo $B/aiorpcd --role=demo --bind 127.0.0.1:0 --log-level error
 SOLO_PORT=$PORT SOLO_PID=$PID
 row "direct (demo on core 1)" 8 64 16 "$(bench $SOLO_PORT -c 8 -d 64 -s 16 --cpu-pid $SOLO_PID)"
+row "proxy → 1 demo" 8 64 16 "$(bench $PROXY1_PORT -c 8 -d 64 -s 16 --proxy sample.foo --cpu-pid $PROXY1_PID)"
 row "proxy → 3 demos" 8 64 16 "$(bench $PROXY_PORT -c 8 -d 64 -s 16 --proxy sample.foo --cpu-pid $PROXY_PID)"
+copies=$(bench/copy_count.sh 4194304 5)
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 {
@@ -98,6 +106,8 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "| server | conns×depth | payload | calls/s | p50 µs | p99 µs | server CPU ns/call |"
   echo "| --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
+  echo
+  echo "Payload copies inside aiorpcd (bench/copy_count.sh): $copies."
 } >$out/results.md
 gnuplot <<GP 2>/dev/null || echo "gnuplot failed; table only" >&2
 set terminal png size 1200,600 noenhanced

@@ -373,6 +373,8 @@ Decoder::Decoder(const Limits& l, size_t initial_buffer) : scanner_(l) {
 Decoder::~Decoder() { msgpack_unpacker_destroy(&unp_); }
 
 std::span<char> Decoder::buffer(size_t want) {
+  if (uint64_t rest = scanner_.payloadLeft(); rest > want)
+    want = static_cast<size_t>(std::min<uint64_t>(rest, kEagerReserve));
   if (!msgpack_unpacker_reserve_buffer(&unp_, want)) throw std::bad_alloc();
   return {msgpack_unpacker_buffer(&unp_), msgpack_unpacker_buffer_capacity(&unp_)};
 }

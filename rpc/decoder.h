@@ -33,6 +33,8 @@ class Scanner {
   size_t feed(const char* p, size_t n);
   bool failed() const noexcept { return !error_.empty(); }
   const std::string& error() const noexcept { return error_; }
+  // Bytes of a str/bin/ext payload still to arrive (0 between items).
+  uint64_t payloadLeft() const noexcept { return skip_; }
   // True when no message is partly scanned.
   bool atBoundary() const noexcept { return depth_ == 0 && hdr_have_ == 0 && skip_ == 0; }
 
@@ -66,6 +68,10 @@ class Decoder {
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
 
+  // Room to read into: at least `want` bytes, or, while a large str/bin/ext payload is
+  // arriving, room for the rest of it (up to kEagerReserve) so that the buffer grows once
+  // instead of doubling (each doubling copies what is buffered).
+  static constexpr size_t kEagerReserve = size_t{16} << 20;
   std::span<char> buffer(size_t want = 16 * 1024);
   void feed(size_t n);
 

@@ -277,6 +277,35 @@ TEST_SUITE("decoder") {
     CHECK(r.error);
   }
 
+  TEST_CASE("a large payload on its way gets its whole room at once (no doubling copies)") {
+    std::string s;
+    Packer p(s);
+    p.pack(std::tuple{0, 1, "echo", std::tuple{Bin{std::string(3u << 20, 'q')}}});
+    Decoder d(Limits{}, 4096);
+    size_t pos = 0;
+    auto give = [&](size_t n) {
+      auto buf = d.buffer(n);
+      REQUIRE(buf.size() >= n);
+      std::memcpy(buf.data(), s.data() + pos, n);
+      d.feed(n);
+      pos += n;
+    };
+    give(100);  // the header and the first bytes of the payload
+    Object o;
+    CHECK(d.next(o) == Decoder::Status::kNeedMore);
+    size_t rest = s.size() - pos;
+    auto room = d.buffer(16 * 1024);
+    CHECK(room.size() >= rest);  // one growth, to the declared size
+    const char* at = room.data();
+    while (pos < s.size()) {
+      size_t n = std::min<size_t>(64 * 1024, s.size() - pos);
+      CHECK(d.buffer(n).data() == at + (pos - 100));  // never moved again
+      give(n);
+    }
+    REQUIRE(d.next(o) == Decoder::Status::kMessage);
+    CHECK(o[3][0].str().size() == 3u << 20);
+  }
+
   TEST_CASE("zone reuse: in-place handling does not grow memory") {
     std::string one = sample();
     Decoder d(Limits{}, 4096);
