@@ -36,28 +36,29 @@ void Responder::release() noexcept {
   zone_ = nullptr;
 }
 
-core::OutQueue* Responder::begin() {
-  if (done_) return nullptr;
+Responder::Open Responder::begin() {
+  Open o;
+  if (done_) return o;
   done_ = true;
-  auto hub = hub_.lock();
-  if (!hub) return nullptr;
-  core::OutQueue* out = hub->beginReply(session_, msgid_);
-  if (!out) hub->dropped(session_);
-  return out;
+  o.hub = hub_.lock();
+  if (!o.hub) return o;
+  o.out = o.hub->beginReply(session_, msgid_, o.token);
+  if (!o.out) o.hub->dropped(session_);
+  return o;
 }
 
-void Responder::end(bool error) {
-  if (auto hub = hub_.lock()) hub->endReply(session_, error);
+void Responder::end(Open& o, bool error) {
+  o.hub->endReply(o.token, error);
   release();
 }
 
 void Responder::error(Kind kind, std::string_view message) {
-  if (auto* out = begin()) {
-    Packer p(*out);
+  if (Open o = begin()) {
+    Packer p(*o.out);
     packError(p, kind, message);
     p.nil();
-    if (auto hub = hub_.lock()) hub->countError(kind);
-    end(true);
+    o.hub->countError(kind);
+    end(o, true);
   }
 }
 
@@ -67,12 +68,12 @@ void Responder::error(const RpcError& e) {
 }
 
 void Responder::errorObject(Object err) {
-  if (auto* out = begin()) {
-    Packer p(*out);
+  if (Open o = begin()) {
+    Packer p(*o.out);
     p.object(err);
     p.nil();
-    if (auto hub = hub_.lock()) hub->countError(Kind::kOther);
-    end(true);
+    o.hub->countError(Kind::kOther);
+    end(o, true);
   }
 }
 

@@ -19,9 +19,10 @@ class ReplyHub {
  public:
   virtual ~ReplyHub() = default;
   // An output queue positioned after "[1, msgid, " (error and result still to write), or null
-  // when the session has gone.
-  virtual core::OutQueue* beginReply(uint64_t session, Object msgid) = 0;
-  virtual void endReply(uint64_t session, bool error) = 0;
+  // when the session has gone. `token` names the session for endReply, which must follow
+  // before control returns to the loop (one lookup per reply).
+  virtual core::OutQueue* beginReply(uint64_t session, Object msgid, void*& token) = 0;
+  virtual void endReply(void* token, bool error) = 0;
   virtual void dropped(uint64_t session) = 0;  // the request will get no reply at all
   virtual void countError(Kind k) = 0;
 };
@@ -42,11 +43,11 @@ class Responder {
   explicit operator bool() const noexcept { return !hub_.expired() && !done_; }
   template <class T>
   void reply(const T& value) {
-    if (auto* out = begin()) {
-      Packer p(*out);
+    if (Open o = begin()) {
+      Packer p(*o.out);
       p.nil();
       p.pack(value);
-      end(false);
+      end(o, false);
     }
   }
   void error(Kind kind, std::string_view message);
@@ -56,8 +57,14 @@ class Responder {
   void fail(std::exception_ptr e);
 
  private:
-  core::OutQueue* begin();
-  void end(bool error);
+  struct Open {  // a reply being written
+    std::shared_ptr<ReplyHub> hub;
+    core::OutQueue* out = nullptr;
+    void* token = nullptr;
+    explicit operator bool() const noexcept { return out != nullptr; }
+  };
+  Open begin();
+  void end(Open& o, bool error);
   void release() noexcept;
 
   std::weak_ptr<ReplyHub> hub_;

@@ -16,8 +16,8 @@ namespace log = core::log;
 class Server::Hub final : public ReplyHub {
  public:
   explicit Hub(Server* s) : server(s) {}
-  core::OutQueue* beginReply(uint64_t session, Object msgid) override;
-  void endReply(uint64_t session, bool error) override;
+  core::OutQueue* beginReply(uint64_t session, Object msgid, void*& token) override;
+  void endReply(void* token, bool error) override;
   void dropped(uint64_t) override {
     ++server->stats_.dropped_replies;
     --server->stats_.in_flight;
@@ -148,20 +148,19 @@ class Server::SessionInvocation final : public Invocation {
   bool notify_, answered_ = false;
 };
 
-core::OutQueue* Server::Hub::beginReply(uint64_t session, Object msgid) {
+core::OutQueue* Server::Hub::beginReply(uint64_t session, Object msgid, void*& token) {
   auto it = sessions.find(session);
   if (it == sessions.end() || it->second->conn_.closed()) return nullptr;
+  token = it->second.get();
   auto& out = it->second->conn_.out();
   Packer p(out);
   replyHead(p, msgid);
   return &out;
 }
 
-void Server::Hub::endReply(uint64_t session, bool) {
+void Server::Hub::endReply(void* token, bool) {
   --server->stats_.in_flight;
-  auto it = sessions.find(session);
-  if (it == sessions.end()) return;
-  Session& s = *it->second;
+  Session& s = *static_cast<Session*>(token);
   s.conn_.sent();
   --s.in_flight_;
   if (s.stopping_ && s.in_flight_ == 0) s.conn_.closeAfterFlush();
