@@ -249,12 +249,15 @@ bool Scanner::header(const unsigned char* h) {
   return true;
 }
 
-size_t Scanner::scanWhole(const unsigned char* p, size_t n) const noexcept {
-  if ((p[0] & 0xf0) != 0x90 && p[0] != 0xdc && p[0] != 0xdd) return 0;
-  const size_t end = std::min(n, limits_.max_message_size);
+namespace {
+
+// The length of the item at p if it lies whole in [p, p + end) within `max_depth` open
+// containers and `max_elements` declared elements, else 0 (incomplete, invalid or over a
+// limit). One pass with its state in locals: the fast path of the scanner, and itemLength().
+size_t walk(const unsigned char* p, size_t end, int max_depth, size_t max_elements) noexcept {
   size_t i = 0, elements = 0;
-  uint32_t left[34];  // items left in each enclosing container
-  uint32_t cur = 1;   // items left in the innermost open container (first: the message itself)
+  uint64_t left[33];  // items left in each enclosing container
+  uint64_t cur = 1;   // items left in the innermost open container (first: the item itself)
   int depth = 0;      // open containers
   for (;;) {
     if (i >= end) return 0;
@@ -290,14 +293,14 @@ size_t Scanner::scanWhole(const unsigned char* p, size_t n) const noexcept {
         default:
           return 0;
       }
-      // A container header (an empty one counts for depth too, as in header()).
-      if (depth + 1 > limits_.max_depth) return 0;
+      // A container header (an empty one counts for depth too, as in Scanner::header()).
+      if (depth + 1 > max_depth) return 0;
       if (count > 0) {
         elements += count;
-        if (elements > limits_.max_elements) return 0;
+        if (elements > max_elements) return 0;
         if (count > end - i) return 0;  // every element needs a byte
         left[depth++] = cur;
-        cur = static_cast<uint32_t>(count);
+        cur = count;
         continue;
       }
     }
@@ -310,12 +313,28 @@ size_t Scanner::scanWhole(const unsigned char* p, size_t n) const noexcept {
   }
 }
 
-size_t Scanner::feed(const char* data, size_t n) {
+}  // namespace
+
+size_t Scanner::scanWhole(const unsigned char* p, size_t n) const noexcept {
+  if ((p[0] & 0xf0) != 0x90 && p[0] != 0xdc && p[0] != 0xdd) return 0;
+  return walk(p, std::min(n, limits_.max_message_size), limits_.max_depth, limits_.max_elements);
+}
+
+size_t itemLength(const char* p, size_t n) noexcept {
+  return walk(reinterpret_cast<const unsigned char*>(p), n, 33, SIZE_MAX);
+}
+
+size_t Scanner::feed(const char* data, size_t n) { return scan(data, n, false); }
+
+size_t Scanner::feedOne(const char* data, size_t n) { return scan(data, n, true); }
+
+size_t Scanner::scan(const char* data, size_t n, bool one) {
   if (failed()) return 0;
   auto* p = reinterpret_cast<const unsigned char*>(data);
   size_t i = 0;
   size_t accepted = 0;  // bytes before the message now being scanned
   while (i < n) {
+    if (one && i > 0 && atBoundary() && msg_bytes_ == 0) return i;  // a message just ended
     if (skip_ > 0) {  // a str/bin/ext payload: skipped in O(1)
       size_t k = static_cast<size_t>(std::min<uint64_t>(skip_, n - i));
       skip_ -= k;

@@ -31,6 +31,9 @@ class Scanner {
   // Scans `n` more bytes. Returns how many of them may be handed to the unpacker: all of them,
   // or, after a violation, those before the offending message began. Once failed, stays failed.
   size_t feed(const char* p, size_t n);
+  // Like feed, but stops at the end of the first message that completes: returns the bytes
+  // consumed through its end (then atBoundary()), or n when none completes.
+  size_t feedOne(const char* p, size_t n);
   bool failed() const noexcept { return !error_.empty(); }
   const std::string& error() const noexcept { return error_; }
   // Bytes of a str/bin/ext payload still to arrive (0 between items).
@@ -43,6 +46,7 @@ class Scanner {
   // [p, p + n) within the limits, else 0 (incomplete, or a violation: the incremental path
   // below then takes the message over and reports precisely).
   size_t scanWhole(const unsigned char* p, size_t n) const noexcept;
+  size_t scan(const char* p, size_t n, bool one);
   bool header(const unsigned char* h);  // a complete header; false on a violation
   void itemDone();
   bool fail(std::string why);
@@ -57,6 +61,11 @@ class Scanner {
   int depth_ = 0;
   uint32_t left_[34];  // items left at each open depth
 };
+
+// The byte length of the msgpack item at p: 0 when it does not lie whole in [p, p + n), is
+// invalid or nests deeper than 33 containers. Applies no other limit: meant for bytes a Scanner
+// accepted.
+size_t itemLength(const char* p, size_t n) noexcept;
 
 // One connection's input side. Use: span = buffer(); read into it; feed(n); then next() until
 // it returns kNeedMore or kError. The object from kMessage lives in the unpacker's zone until

@@ -145,6 +145,45 @@ Scanned scanInChunks(const std::string& bytes, size_t chunk, const Limits& l) {
 }  // namespace
 
 TEST_SUITE("decoder") {
+  TEST_CASE("feedOne reports every message end; itemLength measures items") {
+    std::mt19937 g(7);
+    for (int round = 0; round < 100; ++round) {
+      std::string bytes;
+      std::vector<size_t> ends;
+      int messages = 1 + static_cast<int>(g() % 5);
+      for (int m = 0; m < messages; ++m) {
+        size_t n = g() % 5;
+        size_t at = bytes.size();
+        bytes += static_cast<char>(0x90 | n);
+        for (size_t i = 0; i < n; ++i) {
+          size_t item = bytes.size();
+          randomItem(g, bytes, 4);
+          CHECK(itemLength(bytes.data() + item, bytes.size() - item) == bytes.size() - item);
+          CHECK(itemLength(bytes.data() + item, bytes.size() - item - 1) == 0);  // cut: none
+        }
+        CHECK(itemLength(bytes.data() + at, bytes.size() - at) == bytes.size() - at);
+        ends.push_back(bytes.size());
+      }
+      for (size_t chunk : {size_t{1}, size_t{13}, bytes.size()}) {
+        CAPTURE(round);
+        CAPTURE(chunk);
+        Scanner s{Limits{}};
+        std::vector<size_t> seen;
+        size_t pos = 0, fed = 0;  // pos: scanned so far; fed: bytes available to the scanner
+        while (pos < bytes.size()) {
+          fed = std::min(bytes.size(), std::max(fed, pos) + chunk);
+          while (pos < fed) {
+            pos += s.feedOne(bytes.data() + pos, fed - pos);
+            if (s.failed()) FAIL(s.error());  // (not REQUIRE per call: millions of them)
+            if (!s.atBoundary()) break;
+            seen.push_back(pos);
+          }
+        }
+        CHECK(seen == ends);
+      }
+    }
+  }
+
   TEST_CASE("scanner: whole-message fast path agrees with the byte-by-byte path") {
     // Random streams of messages, valid and corrupted, under tight and default limits: the
     // result of one feed (fast path for each whole message) must equal feeding one byte at a
