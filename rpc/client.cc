@@ -203,7 +203,13 @@ void Client::connect() {
 
 void Client::connected(core::Fd fd) {
   failures_ = 0;
-  dec_ = std::make_unique<Decoder>(opts_.limits);
+  if (opts_.raw_results) {
+    raw_in_ = core::Buffer();
+    raw_scan_.emplace(opts_.limits);
+    raw_scanned_ = 0;
+  } else {
+    dec_ = std::make_unique<Decoder>(opts_.limits);
+  }
   if (conn_) loop_.deferDelete(std::move(conn_));
   conn_ = std::make_unique<core::Connection>(loop_, std::move(fd),
                                              static_cast<core::ConnectionHandler*>(this));
@@ -265,7 +271,85 @@ void Client::finish(uint32_t id, Response& r) {
   done(r);
 }
 
+void Client::answerRequest(core::FunctionRef<void(Packer&)> msgid) {
+  Packer p(conn_->out());  // we serve no methods
+  p.array(4);
+  p.uinteger(1);
+  msgid(p);
+  p.array(2);
+  p.str(kindName(Kind::kNoMethod));
+  p.str("this peer is a client and serves no methods");
+  p.nil();
+  conn_->sent();
+}
+
+void Client::onRawData(size_t n) {
+  raw_in_.commit(n);
+  std::weak_ptr<bool> alive = alive_;
+  core::Connection* conn = conn_.get();
+  while (!conn->closed() && raw_scanned_ < raw_in_.size()) {
+    auto r = raw_in_.readable();
+    raw_scanned_ += raw_scan_->feedOne(r.data() + raw_scanned_, r.size() - raw_scanned_);
+    if (raw_scan_->failed()) {
+      log::warn("client {}: {}", addr_.toString(), raw_scan_->error());
+      return conn->close(core::Errc::kProtocol);
+    }
+    if (!raw_scan_->atBoundary()) return;  // the rest of the message is still to come
+    size_t len = std::exchange(raw_scanned_, 0);
+    bool ok = onRawMessage(r.substr(0, len));
+    if (alive.expired()) return;  // a callback destroyed this client
+    if (!ok) return;
+    raw_in_.consume(len);
+  }
+}
+
+bool Client::onRawMessage(std::string_view m) {
+  // Scanned already: a whole array within the limits. [1, msgid, error, result] is read in
+  // place; anything else is decoded.
+  auto u = [&](size_t i) { return static_cast<unsigned char>(m[i]); };
+  if (m.size() >= 3 && u(0) == 0x94 && u(1) == 0x01) {
+    size_t id_len = itemLength(m.data() + 2, m.size() - 2);
+    size_t err_at = 2 + id_len;
+    size_t err_len = id_len ? itemLength(m.data() + err_at, m.size() - err_at) : 0;
+    if (err_len) {
+      // Our msgids are uint32 in any unsigned form; any other msgid matches no call.
+      unsigned t = u(2);
+      size_t k = t < 0x80 ? 0 : t == 0xcc ? 1 : t == 0xcd ? 2 : t == 0xce ? 4 : 9;
+      if (k == 9) {
+        ++late_replies_;
+        return true;
+      }
+      uint32_t id = k == 0 ? t : 0;
+      for (size_t i = 0; i < k; ++i) id = id << 8 | u(3 + i);
+      Response r;
+      std::optional<Value> err;
+      if (u(err_at) == 0xc0) {
+        r.status = Response::Status::kOk;
+        r.raw_result = m.substr(err_at + err_len);
+      } else {
+        r.status = Response::Status::kError;
+        err = Value::fromBytes(m.substr(err_at, err_len));
+        if (err) r.error = err->view();
+      }
+      finish(id, r);
+      return true;
+    }
+  }
+  auto v = Value::fromBytes(m);
+  Object msg = v ? v->view() : Object();
+  auto type = msg.isArray() && msg.size() >= 3 ? msg[0].asUint() : std::nullopt;
+  if (type == 0u && msg.size() == 4) {
+    answerRequest([&](Packer& p) { p.object(msg[1]); });
+    return true;
+  }
+  if (type == 2u && msg.size() == 3) return true;  // notifications to a client are ignored
+  log::warn("client {}: malformed message", addr_.toString());
+  conn_->close(core::Errc::kProtocol);
+  return false;
+}
+
 void Client::onData(size_t n) {
+  if (!dec_) return onRawData(n);
   dec_->feed(n);
   std::weak_ptr<bool> alive = alive_;
   Decoder* dec = dec_.get();
@@ -293,15 +377,7 @@ void Client::onData(size_t n) {
       finish(static_cast<uint32_t>(*id), r);
       if (alive.expired()) return;  // a callback destroyed this client
     } else if (type == 0u && msg.size() == 4) {
-      Packer p(conn->out());  // we serve no methods
-      p.array(4);
-      p.uinteger(1);
-      p.object(msg[1]);
-      p.array(2);
-      p.str(kindName(Kind::kNoMethod));
-      p.str("this peer is a client and serves no methods");
-      p.nil();
-      conn->sent();
+      answerRequest([&](Packer& p) { p.object(msg[1]); });
     } else if (type == 2u && msg.size() == 3) {
       // notifications to a client are ignored
     } else {

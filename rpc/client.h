@@ -4,6 +4,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -23,6 +24,10 @@ struct ClientOptions {
   int dead_after = 3;   // more than this many consecutive connect failures: dead
   double dead_for = 5;  // fail fast this long after the last failure
   Limits limits;
+  // Replies are framed by the scanner alone and not decoded: a result reaches the callback as
+  // its msgpack bytes in Response::raw_result (Response::result stays nil), ready to be
+  // forwarded as they are (the proxy does). Error objects are still decoded.
+  bool raw_results = false;
 };
 
 // One call's outcome, handed to low-level callbacks. The objects are views valid during the
@@ -31,7 +36,8 @@ struct Response {
   enum class Status { kOk, kError, kTimeout, kConnection, kNotSent };
   Status status = Status::kOk;
   Object result, error;
-  std::string message;  // for kTimeout / kConnection / kNotSent
+  std::string_view raw_result;  // kOk with ClientOptions::raw_results: the result's bytes
+  std::string message;          // for kTimeout / kConnection / kNotSent
   Value keep(Object o);
   // kOk: nullptr. Otherwise the error as an exception (RpcError) for Futures and SyncClient.
   std::exception_ptr exception();
@@ -132,7 +138,12 @@ class Client final : private core::ConnectionHandler {
   void onTimer(int) noexcept;
   void armTimer();
 
-  std::span<char> readBuffer() override { return dec_->buffer(); }
+  std::span<char> readBuffer() override {
+    return dec_ ? dec_->buffer() : raw_in_.reserve(16 * 1024);
+  }
+  void onRawData(size_t n);
+  bool onRawMessage(std::string_view m);  // false: a protocol error closed the connection
+  void answerRequest(core::FunctionRef<void(Packer&)> msgid);
   void onData(size_t n) override;
   void onClose(std::error_code why) override;
 
@@ -141,7 +152,10 @@ class Client final : private core::ConnectionHandler {
   ClientOptions opts_;
   core::Connector connector_;
   std::unique_ptr<core::Connection> conn_;
-  std::unique_ptr<Decoder> dec_;
+  std::unique_ptr<Decoder> dec_;  // null with raw_results: raw_in_ and raw_scan_ instead
+  core::Buffer raw_in_;
+  std::optional<Scanner> raw_scan_;
+  size_t raw_scanned_ = 0;  // bytes of raw_in_ the scanner has seen
   bool connecting_ = false;
   std::string unsent_;  // requests made before the connection is up
   std::vector<Slot> slots_;

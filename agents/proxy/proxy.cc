@@ -271,7 +271,7 @@ void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
     Outcome o;
     o.ok = r.status == S::kOk;
     if (r.status == S::kOk) {
-      o.value = r.keep(r.result);
+      o.value = rpc::Value::fromBytes(r.raw_result).value_or(rpc::Value());
     } else if (r.status == S::kError) {
       o.value = r.keep(r.error);
     } else {
@@ -282,7 +282,7 @@ void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
   }
   switch (r.status) {
     case S::kOk:
-      return c->reply.reply(r.result);  // packed straight from the backend's zone
+      return c->reply.reply(rpc::Raw{r.raw_result});  // the backend's bytes, not re-encoded
     case S::kError:
       return c->reply.errorObject(r.error);  // the backend's error, intact
     case S::kTimeout:
@@ -332,6 +332,7 @@ Backend* ProxyRole::backendFor(const std::string& host, int64_t port) {
     auto addr = core::Address::parse(spec);
     if (!addr) return nullptr;
     rpc::ClientOptions o;
+    o.raw_results = true;  // results are forwarded as the backend encoded them
     o.timeout = backend_timeout_;
     o.dead_after = 1 << 30;  // the proxy ejects by its own policy
     b = std::make_unique<Backend>(loop_, *addr, o, eject_);

@@ -296,6 +296,79 @@ TEST_SUITE("client") {
   }
 }
 
+TEST_SUITE("client raw results") {
+  TEST_CASE("results arrive as the peer's bytes, split anywhere; errors decoded; msgid forms") {
+    core::Loop loop;
+    RawPeer peer(loop);
+    ClientOptions o;
+    o.raw_results = true;
+    Client c(loop, peer.addr, o);
+    struct Got {
+      bool done = false;
+      Response::Status status{};
+      std::string raw, error;
+    } got[4];
+    for (auto& g : got)
+      c.send(
+          "m", [](Packer& p) { p.nil(); },
+          [&g](Response& r) {
+            g.done = true;
+            g.status = r.status;
+            g.raw = std::string(r.raw_result);
+            g.error = r.error.toText();
+            CHECK(r.result.isNil());
+          });
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 4; }));
+    std::string map = packToString(std::map<std::string, std::vector<int>>{{"a", {1, 2}}});
+    std::string bytes = std::string("\x94\x01\xcc\x02\xc0", 5) + map +        // id 2, uint8 form
+                        std::string("\x94\x01\xcd\x00\x01", 5) +              // id 1, uint16 form
+                        packToString(std::tuple{"X", "boom"}) + "\xc0" +      // an error
+                        std::string("\x94\x01\xce\x00\x00\x00\x00\xc0", 8) +  // id 0, uint32
+                        packToString("ok") +                                  // a str
+                        packToString(std::tuple{1, 3, nullptr, 4.5});         // id 3, fixint
+    // Cut mid-header, mid-error and mid-payload: each piece is its own read.
+    for (size_t at = 0, k = 0; at < bytes.size(); ++k) {
+      size_t n =
+          std::min<size_t>(std::vector<size_t>{3, 9, 11, 1, 7, 100}[k % 6], bytes.size() - at);
+      peer.conns[0]->conn->send(bytes.substr(at, n));
+      at += n;
+      runUntil(
+          loop, [] { return false; }, 0.005);
+    }
+    REQUIRE(
+        runUntil(loop, [&] { return got[0].done && got[1].done && got[2].done && got[3].done; }));
+    CHECK(got[0].status == Response::Status::kOk);
+    CHECK(got[0].raw == packToString("ok"));
+    CHECK(got[1].status == Response::Status::kError);
+    CHECK(got[1].error == "[\"X\", \"boom\"]");
+    CHECK(got[2].raw == map);
+    CHECK(got[3].raw == packToString(4.5));
+    CHECK(c.inFlight() == 0);
+  }
+
+  TEST_CASE("a request from the peer is refused; a malformed frame closes and fails calls once") {
+    core::Loop loop;
+    RawPeer peer(loop);
+    ClientOptions o;
+    o.raw_results = true;
+    Client c(loop, peer.addr, o);
+    Outcome a;
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(a));
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 1; }));
+    peer.conns[0]->conn->send(packToString(std::tuple{0, 9, "hello", nullptr}));
+    peer.conns[0]->conn->send(packToString(std::tuple{1, "not-ours", nullptr, 1}));  // late
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 2; }));
+    auto answer = peer.received()[1];
+    CHECK(answer.view().toText().find("[1, 9, [\"NoMethodError\"") == 0);
+    CHECK(c.lateReplies() == 1);
+    CHECK_FALSE(a.done);
+    peer.conns[0]->conn->send(std::string("\xc1", 1));  // not msgpack
+    REQUIRE(runUntil(loop, [&] { return a.done; }));
+    CHECK(a.status == Response::Status::kConnection);
+  }
+}
+
 TEST_SUITE("pool") {
   TEST_CASE("one client per endpoint; idle connections are closed") {
     core::Loop loop;
