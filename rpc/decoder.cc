@@ -391,7 +391,17 @@ Decoder::Decoder(const Limits& l, size_t initial_buffer) : scanner_(l) {
 
 Decoder::~Decoder() { msgpack_unpacker_destroy(&unp_); }
 
+void Decoder::recycleZone() {
+  // Reuse the zone's memory (no allocation). flush_zone first: it clears the unpacker's
+  // "buffer referenced" mark (the zone's cleanup drops the reference again), so a drained
+  // buffer is rewound instead of reallocated.
+  msgpack_unpacker_flush_zone(&unp_);
+  msgpack_unpacker_reset_zone(&unp_);
+  have_message_ = false;
+}
+
 std::span<char> Decoder::buffer(size_t want) {
+  if (have_message_) recycleZone();  // unreferenced, the buffer can rewind
   if (uint64_t rest = scanner_.payloadLeft(); rest > want)
     want = static_cast<size_t>(std::min<uint64_t>(rest, kEagerReserve));
   if (!msgpack_unpacker_reserve_buffer(&unp_, want)) throw std::bad_alloc();
@@ -404,14 +414,9 @@ void Decoder::feed(size_t n) {
 }
 
 Decoder::Status Decoder::next(Object& out) {
-  if (have_message_) {
-    // The previous message was handled in place: reuse its zone's memory (no allocation).
-    // flush_zone first: it clears the unpacker's "buffer referenced" mark (the zone's cleanup
-    // drops the reference again), so a drained buffer is rewound instead of reallocated.
-    msgpack_unpacker_flush_zone(&unp_);
-    msgpack_unpacker_reset_zone(&unp_);
-    have_message_ = false;
-  }
+  // The previous message was handled in place: its objects stay in the zone until the zone's
+  // first chunk runs low (or the next read), then the zone is recycled in one go.
+  if (have_message_ && unp_.z->chunk_list.free < kZoneSlack) recycleZone();
   int r = msgpack_unpacker_execute(&unp_);
   if (r < 0) {
     error_ = "invalid msgpack";

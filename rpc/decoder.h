@@ -69,7 +69,7 @@ size_t itemLength(const char* p, size_t n) noexcept;
 
 // One connection's input side. Use: span = buffer(); read into it; feed(n); then next() until
 // it returns kNeedMore or kError. The object from kMessage lives in the unpacker's zone until
-// the next call to next(), unless releaseZone() takes it.
+// the next call to next() or buffer(), unless releaseZone() takes it.
 class Decoder {
  public:
   explicit Decoder(const Limits& l, size_t initial_buffer = 16 * 1024);
@@ -95,6 +95,10 @@ class Decoder {
   bool midMessage() const noexcept { return !scanner_.atBoundary() || pending() > 0; }
 
  private:
+  // Handled messages' objects are freed together once the zone has less than this left.
+  static constexpr size_t kZoneSlack = 2048;
+  void recycleZone();
+
   msgpack_unpacker unp_;
   Scanner scanner_;
   std::string error_;
