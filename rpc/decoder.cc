@@ -398,10 +398,14 @@ void Decoder::recycleZone() {
   msgpack_unpacker_flush_zone(&unp_);
   msgpack_unpacker_reset_zone(&unp_);
   have_message_ = false;
+  handled_in_zone_ = false;
 }
 
 std::span<char> Decoder::buffer(size_t want) {
-  if (have_message_) recycleZone();  // unreferenced, the buffer can rewind
+  // Recycle before reading (unreferenced, the buffer can rewind), but only between messages:
+  // the objects of a message msgpack-c is still building live in the zone too. After kNeedMore
+  // msgpack-c has consumed every byte fed, so it is between messages when the scanner is.
+  if (have_message_ || (handled_in_zone_ && scanner_.atBoundary())) recycleZone();
   if (uint64_t rest = scanner_.payloadLeft(); rest > want)
     want = static_cast<size_t>(std::min<uint64_t>(rest, kEagerReserve));
   if (!msgpack_unpacker_reserve_buffer(&unp_, want)) throw std::bad_alloc();
@@ -415,8 +419,13 @@ void Decoder::feed(size_t n) {
 
 Decoder::Status Decoder::next(Object& out) {
   // The previous message was handled in place: its objects stay in the zone until the zone's
-  // first chunk runs low (or the next read), then the zone is recycled in one go.
-  if (have_message_ && unp_.z->chunk_list.free < kZoneSlack) recycleZone();
+  // first chunk runs low (or the next read), then the zone is recycled in one go. Here the
+  // parser stands between messages (the last call returned one).
+  if (have_message_) {
+    have_message_ = false;
+    handled_in_zone_ = true;
+    if (unp_.z->chunk_list.free < kZoneSlack) recycleZone();
+  }
   int r = msgpack_unpacker_execute(&unp_);
   if (r < 0) {
     error_ = "invalid msgpack";
@@ -437,6 +446,7 @@ Decoder::Status Decoder::next(Object& out) {
 
 msgpack_zone* Decoder::releaseZone() {
   have_message_ = false;
+  handled_in_zone_ = false;  // whatever was in the zone goes with it
   // What msgpack_unpacker_release_zone does, minus its allocation: pin the buffer (flush_zone
   // adds the reference as a finalizer of the zone), then swap the zone's contents with an empty
   // pooled zone. The unpacker keeps its zone object; the message's memory moves to the pooled one.

@@ -102,7 +102,8 @@ class Decoder {
   msgpack_unpacker unp_;
   Scanner scanner_;
   std::string error_;
-  bool have_message_ = false;
+  bool have_message_ = false;     // the last next() returned a message (still in the zone)
+  bool handled_in_zone_ = false;  // the zone holds objects of messages handed out earlier
 };
 
 }  // namespace aiorpc::rpc
