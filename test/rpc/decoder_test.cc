@@ -232,6 +232,44 @@ TEST_SUITE("decoder") {
     CHECK(bytewise.texts == whole.texts);
   }
 
+  TEST_CASE("random streams in random chunks decode as each message alone does") {
+    // Messages large and small (zones fill and are recycled between and during reads);
+    // each must decode to what msgpack_unpack makes of its bytes alone.
+    std::mt19937 g(99);
+    for (int round = 0; round < 40; ++round) {
+      std::string bytes;
+      std::vector<std::string> expect;
+      int messages = 1 + static_cast<int>(g() % 30);
+      for (int m = 0; m < messages; ++m) {
+        size_t at = bytes.size();
+        size_t n = g() % 5;
+        bytes += static_cast<char>(0x90 | n);
+        for (size_t i = 0; i < n; ++i) randomItem(g, bytes, 3);
+        auto v = Value::fromBytes(std::string_view(bytes).substr(at));
+        REQUIRE(v);
+        expect.push_back(v->view().toText(1u << 30));
+      }
+      std::vector<size_t> chunks;
+      for (int k = 0; k < 8; ++k) chunks.push_back(1 + g() % (k % 2 ? 50 : 70000));
+      Decoder d(Limits{}, 64);
+      std::vector<std::string> got;
+      size_t pos = 0, k = 0;
+      while (pos < bytes.size()) {
+        size_t n = std::min(chunks[k++ % chunks.size()], bytes.size() - pos);
+        auto buf = d.buffer(n);
+        std::memcpy(buf.data(), bytes.data() + pos, n);
+        d.feed(n);
+        pos += n;
+        Object o;
+        Decoder::Status st;
+        while ((st = d.next(o)) == Decoder::Status::kMessage) got.push_back(o.toText(1u << 30));
+        REQUIRE(st == Decoder::Status::kNeedMore);
+      }
+      CAPTURE(round);
+      CHECK(got == expect);
+    }
+  }
+
   TEST_CASE("hundreds of messages in one read") {
     std::string bytes;
     for (int i = 0; i < 500; ++i) bytes += sample();
