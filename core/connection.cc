@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <new>
 
 namespace aiorpc::core {
 
@@ -91,13 +92,25 @@ void Connection::onIo(int revents) noexcept {
 }
 
 void Connection::onReadable() noexcept {
-  std::span<char> buf = handler_->readBuffer();
+  // Out of memory for this connection's input (its buffer, or what its data makes the handler
+  // allocate): this connection closes with ENOMEM; the loop and the others go on.
+  std::span<char> buf;
+  try {
+    buf = handler_->readBuffer();
+  } catch (const std::bad_alloc&) {
+    close(sysError(ENOMEM));
+    return;
+  }
   ssize_t n;
   do {
     n = ::read(fd_.get(), buf.data(), buf.size());
   } while (n < 0 && errno == EINTR);
   if (n > 0) {
-    handler_->onData(static_cast<size_t>(n));
+    try {
+      handler_->onData(static_cast<size_t>(n));
+    } catch (const std::bad_alloc&) {
+      close(sysError(ENOMEM));
+    }
     return;
   }
   if (n == 0) {

@@ -73,6 +73,49 @@ TEST_SUITE("connection") {
     CHECK(::read(b.get(), &c, 1) == 0);  // closed, unsent output dropped
   }
 
+  TEST_CASE("no memory for one connection's input closes it alone (ENOMEM), the loop goes on") {
+    struct Starved final : ConnectionHandler {
+      std::unique_ptr<Connection> conn;
+      bool throw_in_data = false;
+      int closes = 0;
+      std::error_code why;
+      char buf[64];
+      std::span<char> readBuffer() override {
+        if (!throw_in_data) throw std::bad_alloc();
+        return buf;
+      }
+      void onData(size_t) override { throw std::bad_alloc(); }
+      void onClose(std::error_code e) override {
+        ++closes;
+        why = e;
+      }
+    };
+    Loop loop;
+    auto [a, b] = socketPair();
+    auto [c, d] = socketPair();
+    auto [e, f] = socketPair();
+    Starved s1, s2;
+    s2.throw_in_data = true;
+    s1.conn = std::make_unique<Connection>(loop, std::move(a), &s1);
+    s2.conn = std::make_unique<Connection>(loop, std::move(c), &s2);
+    Recorder fine(loop, std::move(e));
+    CHECK(::write(b.get(), "x", 1) == 1);
+    CHECK(::write(d.get(), "y", 1) == 1);
+    CHECK(::write(f.get(), "z", 1) == 1);
+    REQUIRE(runUntil(loop, [&] { return s1.closes && s2.closes && fine.data == "z"; }));
+    CHECK(s1.why == std::errc::not_enough_memory);
+    CHECK(s2.why == std::errc::not_enough_memory);
+    CHECK(fine.closes == 0);
+    runUntil(
+        loop, [] { return false; }, 0.02);
+    // The peers see the close (a reset where input was left unread).
+    for (int peer : {b.get(), d.get()}) {
+      char ch;
+      ssize_t n = ::read(peer, &ch, 1);
+      CHECK((n == 0 || (n < 0 && errno == ECONNRESET)));
+    }
+  }
+
   TEST_CASE("peer reset mid-write closes with an error, once") {
     Loop loop;
     auto [a, b] = socketPair();
