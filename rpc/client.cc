@@ -74,7 +74,7 @@ Client::Pending* Client::findPending(uint32_t id) noexcept {
   return &slots_[s].p;
 }
 
-bool Client::addPending(uint32_t& id) {
+Client::Pending* Client::addPending(uint32_t& id) {
   uint32_t s;
   if (!free_slots_.empty()) {
     s = free_slots_.back();
@@ -84,14 +84,14 @@ bool Client::addPending(uint32_t& id) {
     slots_.emplace_back();
     slots_[s].id = s - (1u << kSlotBits);  // so that the first use has generation 0
   } else {
-    return false;
+    return nullptr;
   }
   Slot& slot = slots_[s];
   slot.id += 1u << kSlotBits;  // next generation (wraps)
   slot.used = true;
   ++in_flight_;
   id = slot.id;
-  return true;
+  return &slot.p;
 }
 
 void Client::erasePending(uint32_t id) noexcept {
@@ -132,7 +132,8 @@ void Client::send(std::string_view method, core::FunctionRef<void(Packer&)> para
     return;
   }
   uint32_t id;
-  if (!addPending(id)) {
+  Pending* added = addPending(id);
+  if (!added) {
     loop_.post([done = std::move(done)]() mutable {
       Response r;
       r.status = Response::Status::kNotSent;
@@ -141,7 +142,7 @@ void Client::send(std::string_view method, core::FunctionRef<void(Packer&)> para
     });
     return;
   }
-  Pending& pc = slots_[id & ((1u << kSlotBits) - 1)].p;
+  Pending& pc = *added;
   pc.done = std::move(done);
   pc.seq = ++seq_;
   pc.queued = connected();  // else it waits in unsent_ for the connect
@@ -308,32 +309,27 @@ bool Client::onRawMessage(std::string_view m) {
   // place; anything else is decoded.
   auto u = [&](size_t i) { return static_cast<unsigned char>(m[i]); };
   if (m.size() >= 3 && u(0) == 0x94 && u(1) == 0x01) {
-    size_t id_len = itemLength(m.data() + 2, m.size() - 2);
-    size_t err_at = 2 + id_len;
-    size_t err_len = id_len ? itemLength(m.data() + err_at, m.size() - err_at) : 0;
-    if (err_len) {
-      // Our msgids are uint32 in any unsigned form; any other msgid matches no call.
-      unsigned t = u(2);
-      size_t k = t < 0x80 ? 0 : t == 0xcc ? 1 : t == 0xcd ? 2 : t == 0xce ? 4 : 9;
-      if (k == 9) {
-        ++late_replies_;
-        return true;
-      }
-      uint32_t id = k == 0 ? t : 0;
-      for (size_t i = 0; i < k; ++i) id = id << 8 | u(3 + i);
-      Response r;
-      std::optional<Value> err;
-      if (u(err_at) == 0xc0) {
-        r.status = Response::Status::kOk;
-        r.raw_result = m.substr(err_at + err_len);
-      } else {
-        r.status = Response::Status::kError;
-        err = Value::fromBytes(m.substr(err_at, err_len));
-        if (err) r.error = err->view();
-      }
-      finish(id, r);
+    size_t id_len;
+    auto id = readUint(m.data() + 2, m.size() - 2, id_len);
+    if (!id || *id > UINT32_MAX) {  // not a msgid of ours
+      ++late_replies_;
       return true;
     }
+    // A whole four-item array was scanned: the error item and the result lie whole in m.
+    size_t err_at = 2 + id_len;
+    size_t err_len = itemLength(m.data() + err_at, m.size() - err_at);
+    Response r;
+    std::optional<Value> err;
+    if (u(err_at) == 0xc0) {
+      r.status = Response::Status::kOk;
+      r.raw_result = m.substr(err_at + err_len);
+    } else {
+      r.status = Response::Status::kError;
+      err = Value::fromBytes(m.substr(err_at, err_len));
+      if (err) r.error = err->view();
+    }
+    finish(static_cast<uint32_t>(*id), r);
+    return true;
   }
   auto v = Value::fromBytes(m);
   Object msg = v ? v->view() : Object();

@@ -126,8 +126,8 @@ class Client final : private core::ConnectionHandler {
     bool used = false;
   };
   Pending* findPending(uint32_t id) noexcept;
-  // A free slot, marked used; false when 2^kSlotBits calls are in flight.
-  bool addPending(uint32_t& id);
+  // A free slot, marked used, and its msgid; null when 2^kSlotBits calls are in flight.
+  Pending* addPending(uint32_t& id);
   void erasePending(uint32_t id) noexcept;
   // Packs one message where it belongs; returns its end position in that stream.
   uint64_t queue(core::FunctionRef<void(Packer&)> write);

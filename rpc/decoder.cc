@@ -324,6 +324,21 @@ size_t itemLength(const char* p, size_t n) noexcept {
   return walk(reinterpret_cast<const unsigned char*>(p), n, 33, SIZE_MAX);
 }
 
+std::optional<uint64_t> readUint(const char* data, size_t n, size_t& len) noexcept {
+  auto* p = reinterpret_cast<const unsigned char*>(data);
+  if (n == 0) return std::nullopt;
+  unsigned t = p[0];
+  if (t < 0x80) {
+    len = 1;
+    return t;
+  }
+  if (t < 0xcc || t > 0xcf) return std::nullopt;
+  int k = 1 << (t - 0xcc);  // uint8, 16, 32, 64
+  if (n < 1 + static_cast<size_t>(k)) return std::nullopt;
+  len = 1 + static_cast<size_t>(k);
+  return be(p + 1, k);
+}
+
 size_t Scanner::feed(const char* data, size_t n) { return scan(data, n, false); }
 
 size_t Scanner::feedOne(const char* data, size_t n) { return scan(data, n, true); }

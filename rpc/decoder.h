@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -66,6 +67,9 @@ class Scanner {
 // invalid or nests deeper than 33 containers. Applies no other limit: meant for bytes a Scanner
 // accepted.
 size_t itemLength(const char* p, size_t n) noexcept;
+// The msgpack unsigned integer at p in any of its forms: its value, with its byte length in
+// `len`; nullopt when p does not start with a whole one.
+std::optional<uint64_t> readUint(const char* p, size_t n, size_t& len) noexcept;
 
 // One connection's input side. Use: span = buffer(); read into it; feed(n); then next() until
 // it returns kNeedMore or kError. The object from kMessage lives in the unpacker's zone until

@@ -171,15 +171,12 @@ class Conn final : public core::ConnectionHandler {
   }
   // [1, msgid, nil, [payload]] exactly as expected: its length, else 0.
   size_t expected(std::string_view r) {
-    auto u = [&](size_t i) { return static_cast<unsigned char>(r[i]); };
-    if (r.size() < 3 || u(0) != 0x94 || u(1) != 0x01) return 0;
-    size_t k = u(2) < 0x80 ? 0 : u(2) == 0xcc ? 1 : u(2) == 0xcd ? 2 : u(2) == 0xce ? 4 : 9;
-    if (k == 9 || r.size() < 3 + k + sh_.expect.size()) return 0;
-    uint32_t id = k == 0 ? u(2) : 0;
-    for (size_t i = 0; i < k; ++i) id = id << 8 | u(3 + i);
-    if (r.substr(3 + k, sh_.expect.size()) != sh_.expect) return 0;
-    complete(id, true);
-    return 3 + k + sh_.expect.size();
+    if (r.size() < 3 || r[0] != '\x94' || r[1] != '\x01') return 0;
+    size_t id_len;
+    auto id = rpc::readUint(r.data() + 2, r.size() - 2, id_len);
+    if (!id || *id > UINT32_MAX || r.substr(2 + id_len, sh_.expect.size()) != sh_.expect) return 0;
+    complete(static_cast<uint32_t>(*id), true);
+    return 2 + id_len + sh_.expect.size();
   }
   // Any other reply, decoded: its length, or 0 while incomplete.
   size_t decoded(std::string_view r) {

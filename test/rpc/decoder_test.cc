@@ -184,6 +184,20 @@ TEST_SUITE("decoder") {
     }
   }
 
+  TEST_CASE("readUint reads every unsigned form, refuses others and cut ones") {
+    for (uint64_t v : {uint64_t{0}, uint64_t{127}, uint64_t{128}, uint64_t{65535}, uint64_t{65536},
+                       uint64_t{4294967296}, UINT64_MAX}) {
+      std::string s = packToString(v);
+      size_t len = 0;
+      CHECK(readUint(s.data(), s.size(), len) == v);
+      CHECK(len == s.size());
+      CHECK_FALSE(readUint(s.data(), s.size() - 1, len));  // cut
+    }
+    size_t len = 0;
+    for (std::string s : {packToString(-1), packToString("x"), packToString(nullptr)})
+      CHECK_FALSE(readUint(s.data(), s.size(), len));
+  }
+
   TEST_CASE("scanner: whole-message fast path agrees with the byte-by-byte path") {
     // Random streams of messages, valid and corrupted, under tight and default limits: the
     // result of one feed (fast path for each whole message) must equal feeding one byte at a
