@@ -27,8 +27,10 @@ struct Fed {
   std::string why;
 };
 
-// Feeds `bytes` in chunks of the given sizes (cycled) and collects what comes out.
-Fed feed(const std::string& bytes, const std::vector<size_t>& chunks, Limits l = {}) {
+// Feeds `bytes` in chunks of the given sizes (cycled) and collects what comes out, each
+// message rendered up to `text_limit` bytes.
+Fed feed(const std::string& bytes, const std::vector<size_t>& chunks, Limits l = {},
+         size_t text_limit = 1000) {
   Decoder d(l, 64);
   Fed out;
   size_t pos = 0, k = 0;
@@ -47,7 +49,7 @@ Fed feed(const std::string& bytes, const std::vector<size_t>& chunks, Limits l =
         out.why = d.error();
         break;
       }
-      out.texts.push_back(o.toText(1000));
+      out.texts.push_back(o.toText(text_limit));
     }
   }
   return out;
@@ -265,22 +267,10 @@ TEST_SUITE("decoder") {
       }
       std::vector<size_t> chunks;
       for (int k = 0; k < 8; ++k) chunks.push_back(1 + g() % (k % 2 ? 50 : 70000));
-      Decoder d(Limits{}, 64);
-      std::vector<std::string> got;
-      size_t pos = 0, k = 0;
-      while (pos < bytes.size()) {
-        size_t n = std::min(chunks[k++ % chunks.size()], bytes.size() - pos);
-        auto buf = d.buffer(n);
-        std::memcpy(buf.data(), bytes.data() + pos, n);
-        d.feed(n);
-        pos += n;
-        Object o;
-        Decoder::Status st;
-        while ((st = d.next(o)) == Decoder::Status::kMessage) got.push_back(o.toText(1u << 30));
-        REQUIRE(st == Decoder::Status::kNeedMore);
-      }
+      auto got = feed(bytes, chunks, Limits{}, 1u << 30);
+      REQUIRE_FALSE(got.error);
       CAPTURE(round);
-      CHECK(got == expect);
+      CHECK(got.texts == expect);
     }
   }
 
