@@ -66,6 +66,29 @@ Result<Address> Address::parse(std::string_view text) {
   return a;
 }
 
+Result<Address> Address::fromIp(std::string_view ip, int port) {
+  if (port < 0 || port > 65535 || ip.empty() || ip.size() >= INET6_ADDRSTRLEN)
+    return Errc::kBadAddress;
+  std::string h(ip);
+  if (h == "localhost") h = "127.0.0.1";
+  Address a;
+  sockaddr_in v4{};
+  sockaddr_in6 v6{};
+  if (inet_pton(AF_INET, h.c_str(), &v4.sin_addr) == 1) {
+    v4.sin_family = AF_INET;
+    std::memcpy(&a.storage_, &v4, sizeof v4);
+    a.len_ = sizeof v4;
+  } else if (inet_pton(AF_INET6, h.c_str(), &v6.sin6_addr) == 1) {
+    v6.sin6_family = AF_INET6;
+    std::memcpy(&a.storage_, &v6, sizeof v6);
+    a.len_ = sizeof v6;
+  } else {
+    return Errc::kBadAddress;
+  }
+  a.setPort(port);
+  return a;
+}
+
 Address Address::fromSockaddr(const sockaddr* sa, socklen_t len) {
   Address a;
   if (len > sizeof a.storage_) len = sizeof a.storage_;

@@ -18,6 +18,9 @@ class Address {
   // Parses numeric IPv4/IPv6 and `localhost`; other host names are resolved (blocking: for
   // start-up and tools, never on the hot path). Bad input → Errc::kBadAddress.
   static Result<Address> parse(std::string_view text);
+  // An IP literal (v4, v6 without brackets, or `localhost`) and a port, as data: never a unix
+  // path, never a DNS look-up. Anything else → Errc::kBadAddress.
+  static Result<Address> fromIp(std::string_view ip, int port);
   static Address fromSockaddr(const sockaddr* sa, socklen_t len);
 
   int family() const noexcept { return storage_.ss_family; }

@@ -57,11 +57,12 @@ Client::Client(core::Loop& loop, std::string_view spec, ClientOptions opts)
 Client::~Client() {
   *alive_ = false;
   connector_.cancel();
-  if (conn_) {
-    conn_->close();  // onClose fails the pending calls
-  } else {
-    failAll("client destroyed");
-  }
+  // Drop every pending call without running it: no user callback inside a destructor (the
+  // owner that destroys a client has nothing left that its callbacks could safely touch).
+  auto pending = std::move(slots_);
+  slots_.clear();
+  pending.clear();
+  if (conn_) conn_->close();  // onClose finds nothing to fail
 }
 
 bool Client::dead() const noexcept {
@@ -194,16 +195,24 @@ void Client::connect() {
   if (connecting_ || connected()) return;
   connecting_ = true;
   connector_.start(addr_, opts_.connect_timeout, [this](core::Result<core::Fd> r) {
-    if (r) return connected(std::move(r.value()));
+    std::weak_ptr<bool> alive = alive_;
+    if (r) {
+      connected(std::move(r.value()));
+      if (connect_result_) connect_result_(true);
+      return;
+    }
     connecting_ = false;
     ++failures_;
     last_failure_ = loop_.now();
+    if (connect_result_) connect_result_(false);
+    if (alive.expired()) return;
     failAll(fmt::format("connect to {} failed: {}", addr_.toString(), r.error().message()));
   });
 }
 
 void Client::connected(core::Fd fd) {
   failures_ = 0;
+  got_bytes_ = false;
   if (opts_.raw_results) {
     raw_in_ = core::Buffer();
     raw_scan_.emplace(opts_.limits);
@@ -233,6 +242,14 @@ void Client::close() {
 }
 
 void Client::onClose(std::error_code why) {
+  // Reset before the first byte came back, with requests written: the peer never served this
+  // connection (it crashed or is refusing): a failed connect attempt, not a lost call.
+  bool failed_connect = why && !got_bytes_ && conn_ && conn_->out().written() > 0;
+  if (failed_connect && connect_result_) {
+    loop_.post([alive = std::weak_ptr<bool>(alive_), this] {
+      if (!alive.expired() && connect_result_) connect_result_(false);
+    });
+  }
   std::string msg = why ? fmt::format("connection to {} lost: {}", addr_.toString(), why.message())
                         : fmt::format("connection to {} closed", addr_.toString());
   failAll(msg);
@@ -345,6 +362,7 @@ bool Client::onRawMessage(std::string_view m) {
 }
 
 void Client::onData(size_t n) {
+  got_bytes_ = true;
   if (!dec_) return onRawData(n);
   dec_->feed(n);
   std::weak_ptr<bool> alive = alive_;

@@ -67,7 +67,8 @@ class Client final : private core::ConnectionHandler {
   Client(core::Loop& loop, core::Address addr, ClientOptions opts = {});
   // Parses `spec` (HOST:PORT, [v6]:PORT, unix:/path); throws std::invalid_argument if bad.
   Client(core::Loop& loop, std::string_view spec, ClientOptions opts = {});
-  // Pending calls fail with ConnectionError / not-sent.
+  // Pending calls are dropped: their callbacks are destroyed, never called (no user code runs
+  // inside a destructor; a Future's waiter sees BrokenPromise).
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -98,6 +99,14 @@ class Client final : private core::ConnectionHandler {
   double lastUsed() const noexcept { return last_used_; }
   // Closes the connection (pending calls fail); the next call reconnects.
   void close();
+  // Starts a connect now if there is no connection (a probe: no call waits on it).
+  void connectNow() { connect(); }
+  // Called with the outcome of every connect attempt, always from the loop (never inside a call
+  // into the client): true once connected; false when the connect failed (refused, timed out)
+  // or the connection was reset before its first byte came back with requests written on it.
+  // One attempt is one call however many requests waited on it (the proxy's ejection counts
+  // these, not calls).
+  void onConnectResult(core::Callback<void(bool)> fn) { connect_result_ = std::move(fn); }
 
  private:
   struct Pending {
@@ -168,6 +177,8 @@ class Client final : private core::ConnectionHandler {
   double last_failure_ = 0;
   double last_used_ = 0;
   uint64_t late_replies_ = 0;
+  bool got_bytes_ = false;  // on the current connection
+  core::Callback<void(bool)> connect_result_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -1,6 +1,7 @@
 // Proxy: the service table from keepalive, invoke / batch_invoke routing, per-backend stats.
 #include "agents/proxy/proxy.h"
 
+#include <algorithm>
 #include <map>
 #include <unordered_map>
 
@@ -16,52 +17,51 @@ using rpc::Object;
 namespace {
 
 struct Instances {
-  std::vector<Backend*> list;  // sorted as keepalive lists them
+  std::vector<Backend*> list;  // sorted as keepalive lists them; listed backends stay alive
   size_t rr = 0;               // reset whenever the list changes
 };
 
-// A routed call in flight. Owns the caller's responder (and so the request's zone: params and
-// names stay valid for retries).
+// A hint (SPEC §6): any non-zero integer, taken floor modulo the list's length. Integers of
+// 2^63 and more are taken as unsigned (floor modulo on the unsigned value).
+struct Hint {
+  bool set = false, negative = false;
+  uint64_t magnitude = 0;
+  size_t pick(size_t n) const noexcept {
+    size_t m = static_cast<size_t>(magnitude % n);
+    return negative && m != 0 ? n - m : m;
+  }
+};
+
+// batch_invoke: one outcome per item; owned by its item calls, answered when the last delivers.
+struct Outcome {
+  bool ok = false;
+  rpc::Value value;             // result, or the backend's error object
+  Kind kind = Kind::kInternal;  // ours, when !ok and value is nil
+  std::string message;
+};
+struct Batch {
+  rpc::Responder reply;
+  std::vector<Outcome> out;
+  size_t left = 0;
+};
+
+// A routed call in flight, owned by whoever holds it: the handler, then the backend client's
+// callback (a unique_ptr captured by it), so dropping the callback frees the call. Owns the
+// caller's responder (and so the request's zone: params and names stay valid for retries).
 struct Call {
   rpc::Responder reply;
   std::string_view service, method;
   Object params;
-  bool hinted = false;
+  Hint hint;
   Instances* instances = nullptr;  // the table entry as of generation `table_gen`
   uint64_t table_gen = 0;
-  size_t start = 0, tried = 0;  // candidates list[(start + k) % n], k < tried, used up
-  // batch_invoke: where the outcome goes instead of `reply`
-  struct Batch* batch = nullptr;
+  size_t start = 0;
+  std::vector<uint64_t> tried;   // backend ids: each instance at most once per call
+  std::shared_ptr<Batch> batch;  // batch_invoke: where the outcome goes instead of `reply`
   size_t item = 0;
-
-  // One Call per routed request: recycled through a free list instead of malloc, whose slow
-  // path (hundreds of calls freed out of order) cost more than the routing itself.
-  static void* operator new(size_t n) {
-    auto& f = free_list.blocks;
-    if (f.empty()) return ::operator new(n);
-    void* p = f.back();
-    f.pop_back();
-    return p;
+  bool triedId(uint64_t id) const noexcept {
+    return std::find(tried.begin(), tried.end(), id) != tried.end();
   }
-  static void operator delete(void* p) noexcept {
-    if (free_list.blocks.size() < 4096) {
-      try {
-        return free_list.blocks.push_back(p);
-      } catch (...) {
-      }
-    }
-    ::operator delete(p);
-  }
-  struct FreeList {
-    std::vector<void*> blocks;
-    FreeList() = default;
-    FreeList(const FreeList&) = delete;
-    FreeList& operator=(const FreeList&) = delete;
-    ~FreeList() {
-      for (void* p : blocks) ::operator delete(p);
-    }
-  };
-  static inline thread_local FreeList free_list;
 };
 
 // Lookups by string_view without building a std::string.
@@ -71,30 +71,16 @@ struct NameHash {
 };
 using Table = std::unordered_map<std::string, Instances, NameHash, std::equal_to<>>;
 
-struct Outcome {
-  bool ok = false;
-  rpc::Value value;             // result, or the backend's error object
-  Kind kind = Kind::kInternal;  // ours, when !ok and value is nil
-  std::string message;
-};
-
-struct Batch {
-  rpc::Responder reply;
-  std::vector<Outcome> out;
-  size_t left = 0;
-};
-
-// Floor modulo: -1 picks the last.
-size_t floorMod(int64_t h, size_t n) {
-  int64_t m = h % static_cast<int64_t>(n);
-  return static_cast<size_t>(m < 0 ? m + static_cast<int64_t>(n) : m);
-}
-
 // The first candidate: the hinted instance, or the next round-robin position (one step per
 // routed call; retries continue from here without advancing it).
-void start(Call& c, Instances& in, int64_t hint) {
-  c.hinted = hint != 0;
-  c.start = c.hinted ? floorMod(hint, in.list.size()) : in.rr++ % in.list.size();
+void start(Call& c, Instances& in) {
+  c.start = c.hint.set ? c.hint.pick(in.list.size()) : in.rr++ % in.list.size();
+}
+
+// A backend's error reply that says the request did not run (SPEC §6: e.g. it is draining).
+bool notExecuted(Object error) {
+  return error.isArray() && error.size() >= 1 && error[0].isStrOrBin() &&
+         error[0].str() == rpc::kindName(Kind::kServiceUnavailable);
 }
 
 }  // namespace
@@ -102,6 +88,7 @@ void start(Call& c, Instances& in, int64_t hint) {
 class ProxyRole final : public RoleInstance {
  public:
   explicit ProxyRole(RoleEnv& env);
+  ~ProxyRole() override;
   rpc::Service& service() override { return svc_; }
   void started(rpc::Server& server, const core::Address&) override;
   void stop(core::Callback<void()> done) override {
@@ -110,15 +97,22 @@ class ProxyRole final : public RoleInstance {
   }
 
  private:
-  // Parses a hint: nil/0 → none; a non-zero integer → index; anything else → error text.
-  static std::optional<std::string> hintOf(Object h, int64_t& out);
+  // Parses a hint: nil/0 → none; a non-zero integer → set; anything else → error text.
+  static std::optional<std::string> hintOf(Object h, Hint& out);
   void route(std::unique_ptr<Call> c);
+  void sendTo(Backend& b, std::unique_ptr<Call> c);
+  void onReply(Backend& b, std::unique_ptr<Call> c, rpc::Response& r);
   void finish(std::unique_ptr<Call> c, rpc::Response& r);
   void fail(std::unique_ptr<Call> c, Kind k, std::string msg);
-  void deliver(Batch* b, size_t item, Outcome o);
+  void deliver(Batch& b, size_t item, Outcome o);
+  void forwardNotification(std::string_view service, std::string_view method, Object params);
+  void onBackendChange(Backend& b, Backend::Change c);
+  void scheduleProbe(Backend& b);
+  void probe(Backend& b);
   void refresh();
   void applyTable(Object services);
-  Backend* backendFor(const std::string& host, int64_t port);
+  Backend* backendFor(std::string_view host, int64_t port);
+  void sweepBackends();
   void packBackends(rpc::Packer& p) const;
 
   core::Loop& loop_;
@@ -128,11 +122,14 @@ class ProxyRole final : public RoleInstance {
   size_t max_queue_;
   EjectPolicy eject_;
   Table table_;
-  std::map<std::string, std::unique_ptr<Backend>> backends_;  // never freed: replies may be owed
+  // Every backend is in the table or has calls in flight; one that has neither is freed (the
+  // bound on backends is the table's size plus those still answering).
+  std::map<std::string, std::unique_ptr<Backend>, std::less<>> backends_;
+  uint64_t next_backend_id_ = 1;
   uint64_t version_ = 0;
   uint64_t table_gen_ = 1;  // bumped whenever table_ is replaced
   bool use_watch_ = true, stopping_ = false;
-  core::Loop::TimerId refresh_timer_ = 0;
+  core::Loop::TimerId refresh_timer_ = 0, sweep_timer_ = 0;
 };
 
 ProxyRole::ProxyRole(RoleEnv& env)
@@ -146,20 +143,20 @@ ProxyRole::ProxyRole(RoleEnv& env)
       "invoke",
       [this](const rpc::Context& ctx, std::string_view service, std::string_view method,
              Object params, rpc::Reply<Object> reply) {
+        if (!reply.raw()) return forwardNotification(service, method, params);
         auto c = std::make_unique<Call>();
         c->reply = std::move(reply.raw());
         c->service = service;
         c->method = method;
         c->params = params;
-        int64_t hint = 0;
         if (auto h = ctx.find("__hint__")) {
-          if (auto bad = hintOf(*h, hint)) return c->reply.error(Kind::kArgument, *bad);
+          if (auto bad = hintOf(*h, c->hint)) return c->reply.error(Kind::kArgument, *bad);
         }
         auto it = table_.find(service);
         if (it == table_.end() || it->second.list.empty())
           return c->reply.error(Kind::kServiceNotFound,
                                 "no service '" + std::string(service) + "'");
-        start(*c, it->second, hint);
+        start(*c, it->second);
         c->instances = &it->second;
         c->table_gen = table_gen_;
         route(std::move(c));
@@ -171,7 +168,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
       [this](Object batches, rpc::Reply<Object> reply) {
         if (!batches.isArray()) return reply.error(Kind::kArgument, "batches: expected an array");
         // Check every item first; send nothing if one is bad.
-        std::vector<std::pair<Instances*, int64_t>> plan;
+        std::vector<std::pair<Instances*, Hint>> plan;
         for (uint32_t i = 0; i < batches.size(); ++i) {
           Object it = batches[i];
           std::string where = "item " + std::to_string(i) + ": ";
@@ -180,7 +177,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
                                where + "expected [service, method, params, hint?]");
           if (!it[0].isStrOrBin() || !it[1].isStrOrBin())
             return reply.error(Kind::kArgument, where + "service and method must be strings");
-          int64_t hint = 0;
+          Hint hint;
           if (it.size() == 4)
             if (auto bad = hintOf(it[3], hint)) return reply.error(Kind::kArgument, where + *bad);
           auto t = table_.find(it[0].str());
@@ -189,31 +186,48 @@ ProxyRole::ProxyRole(RoleEnv& env)
                                where + "no service '" + std::string(it[0].str()) + "'");
           plan.emplace_back(&t->second, hint);
         }
-        auto* b = new Batch();
+        if (!reply.raw()) return;  // a notification: nothing to answer, nothing worth sending
+        auto b = std::make_shared<Batch>();
         b->reply = std::move(reply.raw());
         b->out.resize(plan.size());
-        b->left = plan.size() + 1;  // +1: not complete before every item is sent
+        b->left = plan.size();
+        if (plan.empty()) return b->reply.reply(std::vector<rpc::Value>{});
         for (uint32_t i = 0; i < plan.size(); ++i) {
           auto c = std::make_unique<Call>();
           c->service = batches[i][0].str();
           c->method = batches[i][1].str();
           c->params = batches[i][2];
+          c->hint = plan[i].second;
           c->batch = b;
           c->item = i;
-          start(*c, *plan[i].first, plan[i].second);
+          start(*c, *plan[i].first);
           route(std::move(c));
         }
-        deliver(b, SIZE_MAX, {});
       },
       rpc::arg("batches"));
 }
 
-std::optional<std::string> ProxyRole::hintOf(Object h, int64_t& out) {
+ProxyRole::~ProxyRole() {
+  // Timers first: nothing scheduled may run on a half-destroyed role. The backends' clients
+  // then drop their pending calls without calling back (rpc::Client's destructor), so no
+  // callback reaches a sibling backend already freed.
+  loop_.cancel(refresh_timer_);
+  loop_.cancel(sweep_timer_);
+  table_.clear();
+  backends_.clear();
+}
+
+std::optional<std::string> ProxyRole::hintOf(Object h, Hint& out) {
   if (h.isNil()) return std::nullopt;
-  auto v = h.asInt();
-  if (!v) return std::string("__hint__: expected an integer or nil, got ") + h.typeName();
-  out = *v;
-  return std::nullopt;
+  if (auto u = h.asUint()) {
+    out = Hint{*u != 0, false, *u};
+    return std::nullopt;
+  }
+  if (auto v = h.asInt()) {  // negative: floor modulo
+    out = Hint{true, true, uint64_t{0} - static_cast<uint64_t>(*v)};
+    return std::nullopt;
+  }
+  return std::string("__hint__: expected an integer or nil, got ") + h.typeName();
 }
 
 void ProxyRole::route(std::unique_ptr<Call> c) {
@@ -229,40 +243,70 @@ void ProxyRole::route(std::unique_ptr<Call> c) {
   }
   auto& list = c->instances->list;
   size_t n = list.size();
-  double now = loop_.now();
   bool saw_full = false;
-  while (c->tried < (c->hinted ? 1 : n)) {
-    Backend* b = list[(c->start + c->tried) % n];
-    ++c->tried;
-    if (b->eject.ejected(now)) continue;
-    if (b->in_flight >= max_queue_) {
-      saw_full = true;
-      continue;
+  auto usable = [&](Backend* b) {
+    if (c->triedId(b->id)) return false;
+    if (b->in_flight >= max_queue_) return !(saw_full = true);
+    return true;
+  };
+  Backend* pick = nullptr;
+  if (c->hint.set) {
+    // A hinted call stays on its instance, ejected or not (it may accept: a refused connect
+    // comes back as not-sent and the call fails with ServiceUnavailable).
+    Backend* b = list[c->start % n];
+    if (usable(b)) pick = b;
+  } else {
+    for (size_t k = 0; k < n && !pick; ++k) {
+      Backend* b = list[(c->start + k) % n];
+      if (!b->eject.ejected() && usable(b)) pick = b;
     }
-    ++b->requests;
-    ++b->in_flight;
-    Call* raw = c.get();
-    b->client.send(
-        raw->method, [raw](rpc::Packer& p) { p.object(raw->params); },
-        [this, b, call = c.release()](rpc::Response& r) mutable {
-          --b->in_flight;
-          std::unique_ptr<Call> owned(call);
-          if (r.status == rpc::Response::Status::kNotSent) {
-            b->eject.failed(loop_.now());  // never written: try the next instance
-            ++b->errors;
-            return route(std::move(owned));
-          }
-          b->eject.succeeded();
-          if (r.status != rpc::Response::Status::kOk) ++b->errors;
-          finish(std::move(owned), r);
-        },
-        backend_timeout_);
-    return;
+    // Panic routing: every candidate is ejected or has refused this call. Try the ejected ones
+    // too, longest ejected first, before answering ServiceUnavailable.
+    if (!pick) {
+      for (Backend* b : list)
+        if (b->eject.ejected() && usable(b) && (!pick || b->eject.since() < pick->eject.since()))
+          pick = b;
+    }
   }
+  if (pick) return sendTo(*pick, std::move(c));
   std::string msg =
       saw_full ? "every instance of '" + std::string(c->service) + "' has a full queue"
                : "no live instance of '" + std::string(c->service) + "' could take the call";
   fail(std::move(c), saw_full ? Kind::kOverloaded : Kind::kServiceUnavailable, std::move(msg));
+}
+
+void ProxyRole::sendTo(Backend& b, std::unique_ptr<Call> c) {
+  ++b.requests;
+  ++b.in_flight;
+  c->tried.push_back(b.id);
+  Call* raw = c.get();  // stays valid: the callback owns the call until the reply
+  std::string_view method = raw->method;
+  // The callback is owned by b's client, so `b` outlives it (a client drops its callbacks,
+  // uncalled, when destroyed).
+  b.client.send(
+      method, [raw](rpc::Packer& p) { p.object(raw->params); },
+      [this, bp = &b, call = std::move(c)](rpc::Response& r) mutable {
+        onReply(*bp, std::move(call), r);
+      },
+      backend_timeout_);
+}
+
+void ProxyRole::onReply(Backend& b, std::unique_ptr<Call> c, rpc::Response& r) {
+  using S = rpc::Response::Status;
+  --b.in_flight;
+  if (b.listed == 0 && b.in_flight == 0 && !sweep_timer_)
+    sweep_timer_ = loop_.after(0, [this] { sweepBackends(); });
+  if (r.status == S::kNotSent) {  // never written (refused connect): the next instance
+    ++b.errors;
+    return route(std::move(c));
+  }
+  if (r.status == S::kOk || r.status == S::kError) b.answered();
+  if (r.status == S::kError && notExecuted(r.error) && !c->hint.set) {
+    ++b.errors;  // it did not run there (e.g. draining): the next instance, like a refusal
+    return route(std::move(c));
+  }
+  if (r.status != S::kOk) ++b.errors;
+  finish(std::move(c), r);
 }
 
 void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
@@ -278,7 +322,7 @@ void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
       o.kind = r.status == S::kTimeout ? Kind::kTimeout : Kind::kConnection;
       o.message = r.message;
     }
-    return deliver(c->batch, c->item, std::move(o));
+    return deliver(*c->batch, c->item, std::move(o));
   }
   switch (r.status) {
     case S::kOk:
@@ -297,52 +341,99 @@ void ProxyRole::fail(std::unique_ptr<Call> c, Kind k, std::string msg) {
     Outcome o;
     o.kind = k;
     o.message = std::move(msg);
-    return deliver(c->batch, c->item, std::move(o));
+    return deliver(*c->batch, c->item, std::move(o));
   }
   c->reply.error(k, msg);
 }
 
-void ProxyRole::deliver(Batch* b, size_t item, Outcome o) {
-  if (item != SIZE_MAX) b->out[item] = std::move(o);
-  if (--b->left > 0) return;
-  std::unique_ptr<Batch> owned(b);
-  for (size_t i = 0; i < b->out.size(); ++i) {
-    Outcome& x = b->out[i];
+void ProxyRole::deliver(Batch& b, size_t item, Outcome o) {
+  b.out[item] = std::move(o);
+  if (--b.left > 0) return;
+  for (size_t i = 0; i < b.out.size(); ++i) {
+    Outcome& x = b.out[i];
     if (x.ok) continue;
     std::string where = "item " + std::to_string(i) + ": ";
-    if (x.value.isNil()) return b->reply.error(x.kind, where + x.message);
+    if (x.value.isNil()) return b.reply.error(x.kind, where + x.message);
     // The backend's error: ours keeps its kind, a foreign one becomes ApplicationError text.
     Object e = x.value.view();
     if (e.isArray() && e.size() == 2 && e[0].isStrOrBin() && e[1].isStrOrBin() &&
         rpc::kindFromName(e[0].str()) != Kind::kOther)
-      return b->reply.error(rpc::kindFromName(e[0].str()), where + std::string(e[1].str()));
-    return b->reply.error(Kind::kApplication, where + e.toText(1000));
+      return b.reply.error(rpc::kindFromName(e[0].str()), where + std::string(e[1].str()));
+    return b.reply.error(Kind::kApplication, where + e.toText(1000));
   }
   std::vector<rpc::Value> results;
-  results.reserve(b->out.size());
-  for (auto& x : b->out) results.push_back(std::move(x.value));
-  b->reply.reply(results);
+  results.reserve(b.out.size());
+  for (auto& x : b.out) results.push_back(std::move(x.value));
+  b.reply.reply(results);
 }
 
-Backend* ProxyRole::backendFor(const std::string& host, int64_t port) {
-  std::string spec = host.find(':') != std::string::npos ? "[" + host + "]:" + std::to_string(port)
-                                                         : host + ":" + std::to_string(port);
-  auto& b = backends_[spec];
-  if (!b) {
-    auto addr = core::Address::parse(spec);
-    if (!addr) return nullptr;
-    rpc::ClientOptions o;
-    o.raw_results = true;  // results are forwarded as the backend encoded them
-    o.timeout = backend_timeout_;
-    o.dead_after = 1 << 30;  // the proxy ejects by its own policy
-    b = std::make_unique<Backend>(loop_, *addr, o, eject_);
+void ProxyRole::forwardNotification(std::string_view service, std::string_view method,
+                                    Object params) {
+  // SPEC §6: a notification is forwarded as a notification (no reply, no queue slot), to the
+  // next round-robin instance that is not ejected.
+  auto it = table_.find(service);
+  if (it == table_.end() || it->second.list.empty()) return;
+  auto& in = it->second;
+  size_t n = in.list.size(), first = in.rr++ % n;
+  for (size_t k = 0; k < n; ++k) {
+    Backend* b = in.list[(first + k) % n];
+    if (b->eject.ejected()) continue;
+    ++b->requests;
+    return b->client.sendNotify(method, [&](rpc::Packer& p) { p.object(params); });
   }
-  return b.get();
+}
+
+void ProxyRole::onBackendChange(Backend& b, Backend::Change c) {
+  if (c == Backend::Change::kReadmitted) {
+    loop_.cancel(b.probe_timer);
+    b.probe_timer = 0;
+    return core::log::info("proxy: backend {} re-admitted", b.name);
+  }
+  core::log::info("proxy: backend {} ejected for {} s after failed connects", b.name,
+                  b.eject.period());
+  scheduleProbe(b);
+}
+
+void ProxyRole::scheduleProbe(Backend& b) {
+  loop_.cancel(b.probe_timer);
+  b.probe_timer = loop_.after(std::max(0.0, b.eject.until() - loop_.now()), [this, bp = &b] {
+    bp->probe_timer = 0;  // the backend cancels this timer when it is freed
+    probe(*bp);
+  });
+}
+
+void ProxyRole::probe(Backend& b) {
+  if (!b.eject.probeDue(loop_.now())) return;
+  if (b.client.connected()) return b.connectResult(true);  // a panic-routed call reconnected
+  b.eject.probeStarted();
+  b.client.connectNow();  // its outcome comes back through onConnectResult
+}
+
+Backend* ProxyRole::backendFor(std::string_view host, int64_t port) {
+  // (host, port) as data: an IP literal (or "localhost") and a port, never a parsed string, so
+  // a record cannot name a unix socket or anything else. Names that need DNS are skipped (no
+  // blocking resolver on the loop).
+  auto addr = core::Address::fromIp(host, static_cast<int>(port));
+  if (!addr) return nullptr;
+  std::string name = addr->toString();
+  auto it = backends_.find(name);
+  if (it != backends_.end()) return it->second.get();
+  rpc::ClientOptions o;
+  o.raw_results = true;  // results are forwarded as the backend encoded them
+  o.timeout = backend_timeout_;
+  o.dead_after = 1 << 30;  // the proxy ejects by its own policy
+  auto b = std::make_unique<Backend>(loop_, next_backend_id_++, name, *addr, o, eject_);
+  Backend* bp = b.get();
+  bp->on_change = [this](Backend& x, Backend::Change c) { onBackendChange(x, c); };
+  backends_.emplace(std::move(name), std::move(b));
+  return bp;
 }
 
 void ProxyRole::applyTable(Object services) {
   if (!services.isMap()) return;
   Table next;
+  for (auto& [name, b] : backends_) b->listed = 0;
+  size_t skipped = 0;
   for (uint32_t i = 0; i < services.size(); ++i) {
     if (!services.key(i).isStrOrBin() || !services.val(i).isArray()) continue;
     Instances in;
@@ -352,15 +443,41 @@ void ProxyRole::applyTable(Object services) {
       if (!ep || !ep->isArray() || ep->size() != 2 || !(*ep)[0].isStrOrBin()) continue;
       auto port = (*ep)[1].asInt();
       if (!port || *port < 1 || *port > 65535) continue;
-      if (Backend* b = backendFor(std::string((*ep)[0].str()), *port)) in.list.push_back(b);
+      Backend* b = backendFor((*ep)[0].str(), *port);
+      if (!b) {
+        ++skipped;
+        continue;
+      }
+      ++b->listed;
+      in.list.push_back(b);
     }
     std::string name(services.key(i).str());
     auto old = table_.find(name);
     if (old != table_.end() && old->second.list == in.list) in.rr = old->second.rr;  // unchanged
     next.emplace(std::move(name), std::move(in));
   }
+  if (skipped) core::log::warn("proxy: {} instance(s) skipped: host is not an IP address", skipped);
+  size_t before = 0, after = 0;
+  for (auto& [n, in] : table_) before += in.list.size();
+  for (auto& [n, in] : next) after += in.list.size();
+  if (before != after || table_.size() != next.size())
+    core::log::info("proxy: table now {} service(s), {} instance(s)", next.size(), after);
   table_ = std::move(next);
   ++table_gen_;
+  sweepBackends();
+}
+
+void ProxyRole::sweepBackends() {
+  sweep_timer_ = 0;
+  // An instance that is in no table and has nothing in flight is freed; if keepalive lists it
+  // again later it starts afresh (un-ejected), as SPEC §6 asks.
+  for (auto it = backends_.begin(); it != backends_.end();) {
+    if (it->second->listed == 0 && it->second->in_flight == 0) {
+      it = backends_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 void ProxyRole::refresh() {
@@ -404,11 +521,14 @@ void ProxyRole::packBackends(rpc::Packer& p) const {
   p.map(static_cast<uint32_t>(backends_.size()));
   for (const auto& [name, b] : backends_) {
     p.str(name);
-    p.map(4);
+    p.map(7);
     p.str("requests"), p.uinteger(b->requests);
     p.str("errors"), p.uinteger(b->errors);
     p.str("in_flight"), p.uinteger(b->in_flight);
-    p.str("ejected"), p.boolean(b->eject.ejected(loop_.now()));
+    p.str("ejected"), p.boolean(b->eject.ejected());
+    p.str("ejections"), p.uinteger(b->eject.ejections());
+    p.str("connect_failures"), p.uinteger(b->eject.connectFailures());
+    p.str("period_s"), p.real(b->eject.period());
   }
 }
 
@@ -423,8 +543,9 @@ const FlagSpec kFlags[5] = {
     {"max-backend-queue", FlagType::kCount, "65536",
      "requests per instance unwritten or in flight"},
     {"eject-after", FlagType::kCount, "3",
-     "failed connects in a row before an instance is skipped"},
-    {"eject-for", FlagType::kSeconds, "5", "seconds an instance is skipped (doubles, at most 60)"},
+     "failed connects in a row before an instance is ejected"},
+    {"eject-for", FlagType::kSeconds, "5",
+     "first ejection period, seconds (doubles per failed probe, at most 60)"},
 };
 
 std::unique_ptr<RoleInstance> create(RoleEnv& env) {
