@@ -24,7 +24,12 @@ class RoleInstance {
   virtual rpc::Service& service() = 0;
   // The server is listening (on `bound`).
   virtual void started(rpc::Server&, const core::Address& /*bound*/) {}
-  // The server has drained; finish (e.g. unregister) and call `done`.
+  // Shutdown, first step (SPEC §7 drain handshake): stop announcing this instance (a heartbeat
+  // sender stops its schedule and unregisters) and call `done` once the registry knows, or
+  // return false at once (without keeping `done`) when it announces nothing. The daemon then
+  // keeps serving for --drain-grace seconds so that proxies learn of it, and drains.
+  virtual bool leave(core::Callback<void()>& /*done*/) { return false; }
+  // The server has drained; finish and call `done`.
   virtual void stop(core::Callback<void()> done) { done(); }
 };
 

@@ -66,7 +66,7 @@ void Connection::closeAfterFlush() noexcept {
   if (closed_) return;
   close_after_flush_ = true;
   if (out_.empty()) {
-    close();
+    closeGracefully();
     return;
   }
   updateIo();
@@ -146,7 +146,15 @@ void Connection::afterWrite() noexcept {
     handler_->onLowWater(*this);
     if (closed_) return;
   }
-  if (!more && close_after_flush_) close();
+  if (!more && close_after_flush_) closeGracefully();
+}
+
+void Connection::closeGracefully() noexcept {
+  // Everything owed is written. Unread input (a pipelining peer, bytes after a protocol error)
+  // would make close() send a reset that destroys those replies in flight: hand the socket to
+  // the loop's lingering close instead, unless the peer has already sent its EOF.
+  if (!eof_) loop_.linger(std::move(fd_));
+  close();
 }
 
 }  // namespace aiorpc::core

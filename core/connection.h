@@ -55,7 +55,8 @@ class Connection final : private Flushable {
   void pauseReading() noexcept;
   void resumeReading() noexcept;
   bool readingPaused() const noexcept { return paused_; }
-  // Stop reading, flush what is queued, then close (graceful). Idempotent.
+  // Stop reading, flush what is queued, then close gracefully: the write side is shut and the
+  // socket lingers in the loop (Loop::linger) so that no reset destroys the replies. Idempotent.
   void closeAfterFlush() noexcept;
   // Closes now, dropping unsent output. Idempotent; safe inside any upcall.
   void close(std::error_code why = {}) noexcept;
@@ -76,6 +77,7 @@ class Connection final : private Flushable {
   void flush() noexcept override;
   void afterWrite() noexcept;
   void updateIo() noexcept;
+  void closeGracefully() noexcept;
 
   Loop& loop_;
   Fd fd_;

@@ -2,7 +2,10 @@
 #include "core/loop.h"
 
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 
 #include "core/log.h"
@@ -28,6 +31,24 @@ struct Loop::Sig {
   void fire(int) noexcept { cb(signo); }
 };
 
+struct Loop::Linger {
+  Loop* loop;
+  Fd fd;
+  IoWatcher io;
+  TimerWatcher timer;
+  void onRead(int) noexcept {
+    char sink[16 * 1024];
+    for (int i = 0; i < 16; ++i) {  // bounded work per wake-up
+      ssize_t n = ::read(fd.get(), sink, sizeof sink);
+      if (n > 0) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+      return done();  // EOF or an error: the peer has everything it will ever read
+    }
+  }
+  void onTimer(int) noexcept { done(); }
+  void done() noexcept { loop->endLinger(this); }
+};
+
 Loop::Loop()
     : loop_(ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV) |
                         static_cast<unsigned>(ev_recommended_backends()))) {
@@ -42,6 +63,7 @@ Loop::Loop()
 }
 
 Loop::~Loop() {
+  while (!lingering_.empty()) endLinger(lingering_.back().get());
   // Run what was posted (deferred deletes among it) so nothing leaks.
   for (int i = 0; i < 16 && !posted_.empty(); ++i) runPosted();
   cancelAll();
@@ -59,6 +81,38 @@ Loop::~Loop() {
   check_.stop();
   idle_.stop();
   ev_loop_destroy(loop_);
+}
+
+void Loop::linger(Fd fd) noexcept {
+  if (!fd) return;
+  if (::shutdown(fd.get(), SHUT_WR) != 0 || lingering_.size() >= kMaxLingering) return;
+  try {
+    auto l = std::make_unique<Linger>();
+    l->loop = this;
+    l->fd = std::move(fd);
+    l->io.bind<&Linger::onRead>(loop_, l.get());
+    l->io.set(l->fd.get(), EV_READ);
+    l->io.start();
+    ev_unref(loop_);
+    l->timer.bind<&Linger::onTimer>(loop_, l.get());
+    l->timer.start(kLingerSeconds);
+    ev_unref(loop_);
+    lingering_.push_back(std::move(l));
+  } catch (const std::bad_alloc&) {
+  }  // `fd` (if still ours) closes here
+}
+
+void Loop::endLinger(Linger* l) noexcept {
+  for (auto& p : lingering_) {
+    if (p.get() != l) continue;
+    ev_ref(loop_);
+    l->io.stop();
+    ev_ref(loop_);
+    l->timer.stop();
+    std::swap(p, lingering_.back());
+    lingering_.pop_back();  // closes the socket
+    return;
+  }
 }
 
 void Loop::run() { ev_run(loop_, 0); }

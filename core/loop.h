@@ -9,6 +9,7 @@
 #include "core/callback.h"
 #include "core/future.h"
 #include "core/list.h"
+#include "core/socket.h"
 #include "core/watcher.h"
 
 namespace aiorpc::core {
@@ -67,13 +68,26 @@ class Loop {
   // Handles `signo` (replacing an earlier handler for it).
   void onSignal(int signo, Callback<void(int)> cb);
 
+  // Closes a socket whose replies are all written without destroying them in flight: shuts the
+  // write side (the peer reads every reply, then EOF), then reads and discards until the peer's
+  // EOF, an error or kLingerSeconds. Closing with unread input at once would send a TCP reset,
+  // and a reset makes the peer's kernel drop replies it has received but not yet handed over
+  // (nginx's lingering close). Bounded: past kMaxLingering sockets a socket is
+  // not lingered and the socket closes at once. Lingering sockets do not keep run() going.
+  void linger(Fd fd) noexcept;
+  static constexpr double kLingerSeconds = 2;
+  static constexpr size_t kMaxLingering = 4096;
+  size_t lingering() const noexcept { return lingering_.size(); }
+
  private:
   struct OneShot;
   struct Sig;
+  struct Linger;
   void onPrepare(int) noexcept;
   void onCheck(int) noexcept;
   void onIdle(int) noexcept;
   void runPosted() noexcept;
+  void endLinger(Linger* l) noexcept;
 
   struct ev_loop* loop_;
   PrepareWatcher prepare_;  // before sleeping: posted work, then the batched flush
@@ -85,6 +99,7 @@ class Loop {
   std::vector<TimerId> free_timer_ids_;
   bool cancelling_ = false;
   std::vector<std::unique_ptr<Sig>> signals_;
+  std::vector<std::unique_ptr<Linger>> lingering_;  // unordered; erased by swap with the last
 };
 
 // Process set-up for servers: ignore SIGPIPE, raise RLIMIT_NOFILE's soft limit to the hard one.

@@ -83,6 +83,14 @@ class Server::Session final : public core::ConnectionHandler {
     if (in_flight_ == 0) conn_.closeAfterFlush();
   }
 
+  // The server drains (SPEC §7): a connection with nothing owed closes now; one with replies
+  // owed keeps reading and answers what still arrives with ServiceUnavailable ("draining": it
+  // did not run, a proxy sends it elsewhere), then closes once its owed replies are written.
+  void drain() {
+    if (conn_.closed()) return;
+    process();  // what is buffered already is answered too
+    if (!conn_.closed() && in_flight_ == 0) finish();
+  }
   void process();
   void handle(Object msg);
   void request(Object msgid, Object method, Object params, bool notify);
@@ -163,7 +171,7 @@ void Server::Hub::endReply(void* token, bool) {
   Session& s = *static_cast<Session*>(token);
   s.conn_.sent();
   --s.in_flight_;
-  if (s.stopping_ && s.in_flight_ == 0) s.conn_.closeAfterFlush();
+  if (s.in_flight_ == 0 && (s.stopping_ || server->draining_)) s.finish();
 }
 
 void Server::SessionInvocation::replyError(Kind k, std::string_view message) {
@@ -212,6 +220,7 @@ void Server::Session::process() {
     if (st == Decoder::Status::kError) return protocolError(dec_->error());
     handle(msg);
     if (stopping_ && !conn_.eof()) return;  // a protocol error: nothing after it is read
+    if (srv_.draining_ && in_flight_ == 0 && dec_->pending() == 0) return finish();
     if (--budget == 0 && !scheduled_) {
       // Let other connections run; continue with what is buffered on the next iteration.
       scheduled_ = true;
@@ -260,6 +269,10 @@ void Server::Session::request(Object msgid, Object method, Object params, bool n
   if (!name.empty() && name[0] == '\0') {
     if (notify) return;
     return control(name.substr(1), msgid, params);
+  }
+  if (srv_.draining_) {
+    if (!notify) inv.replyError(Kind::kServiceUnavailable, "draining");
+    return;  // it did not run
   }
   const MethodInfo* m = srv_.service_.find(name);
   if (!m) {
@@ -368,9 +381,12 @@ void Server::drain(core::Callback<void()> done) {
   drained_ = std::move(done);
   for (auto& l : listeners_) l->stop();
   for (auto& fn : drain_hooks_) fn();
-  std::vector<Session*> all;
-  for (auto& [id, s] : hub_->sessions) all.push_back(s.get());
-  for (Session* s : all) s->finish();
+  std::vector<uint64_t> all;
+  for (auto& [id, s] : hub_->sessions) all.push_back(id);
+  for (uint64_t id : all) {  // by id: a session that closes erases itself from the map
+    auto it = hub_->sessions.find(id);
+    if (it != hub_->sessions.end()) it->second->drain();
+  }
   drain_timer_ = loop_.after(opts_.drain_timeout + 0.1, [this] {
     drain_timer_ = 0;
     std::vector<Session*> left;

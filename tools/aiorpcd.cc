@@ -25,6 +25,8 @@ const agents::FlagSpec kCommon[] = {
     {"pid-file", agents::FlagType::kString, "", "write the process id here"},
     {"drain-timeout", agents::FlagType::kSeconds, "10",
      "seconds to finish owed replies on shutdown"},
+    {"drain-grace", agents::FlagType::kSeconds, "1",
+     "seconds to keep serving after unregistering on shutdown (0: none)"},
     {"max-message-size", agents::FlagType::kBytes, "67108864", "largest message accepted, bytes"},
     {"max-elements", agents::FlagType::kCount, "4194304",
      "container elements declared per message"},
@@ -103,6 +105,25 @@ int main(int argc, char** argv) {
   std::string bind = flags.has("bind") ? flags.str("bind") : std::string(role->default_bind);
   auto bound = server.listen(bind);
   if (!bound) return fail("cannot listen on " + bind + ": " + bound.error().message());
+  // SPEC §7: unregister first, keep serving for --drain-grace so that proxies stop routing
+  // here, then drain (requests that still arrive are answered ServiceUnavailable), then stop.
+  bool stopping = false;
+  double grace = flags.seconds("drain-grace");
+  auto drain = [&] { server.drain([&] { instance->stop([&] { loop.stop(); }); }); };
+  auto shutdown = [&](int sig) {
+    if (stopping) return;
+    stopping = true;
+    core::Callback<void()> left = [&] {
+      if (grace <= 0) return drain();
+      clog::info("unregistered; serving {} s more before draining", grace);
+      loop.after(grace, drain);
+    };
+    clog::info("signal {}: leaving and draining", sig);
+    if (!instance->leave(left)) drain();
+  };
+  // Handlers before the "listening on" line: a supervisor may signal as soon as it sees it.
+  loop.onSignal(SIGINT, shutdown);
+  loop.onSignal(SIGTERM, shutdown);
   std::printf("listening on %s\n", bound->toString().c_str());
   std::fflush(stdout);
   clog::info("aiorpcd role {} listening on {}", role->name, bound->toString());
@@ -110,17 +131,11 @@ int main(int argc, char** argv) {
   std::string pid_file = flags.str("pid-file");
   if (!pid_file.empty()) std::ofstream(pid_file) << getpid() << "\n";
 
-  bool stopping = false;
-  auto shutdown = [&](int sig) {
-    if (stopping) return;
-    stopping = true;
-    clog::info("signal {}: draining", sig);
-    server.drain([&] { instance->stop([&] { loop.stop(); }); });
-  };
-  loop.onSignal(SIGINT, shutdown);
-  loop.onSignal(SIGTERM, shutdown);
   instance->started(server, *bound);
   loop.run();
+  // Sockets closed gracefully are still lingering (their peers read the last replies): exiting
+  // now would reset them. Bounded by Loop::kLingerSeconds.
+  while (loop.lingering() > 0) loop.runOnce();
   loop.cancelAll();  // while the role's state is still alive
   clog::info("aiorpcd stopped");
   if (!pid_file.empty()) ::unlink(pid_file.c_str());

@@ -92,9 +92,10 @@ class DemoRole final : public RoleInstance {
         env_.loop, HeartbeatOptions{*core::Address::parse(env_.flags.str("keepalive")), svc_.name(),
                                     bound.port(), env_.flags.seconds("heartbeat-interval")});
   }
-  void stop(core::Callback<void()> done) override {
-    if (!heartbeat_) return done();
+  bool leave(core::Callback<void()>& done) override {
+    if (!heartbeat_) return false;
     heartbeat_->stop(std::move(done));
+    return true;
   }
 
  private:

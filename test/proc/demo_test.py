@@ -333,4 +333,63 @@ def r_pack(m):
     return msgpack.packb(m, use_bin_type=True)
 
 
+
+def test_close_after_error_with_unread_input_keeps_replies():
+    # 2,000 pipelined calls, a protocol error, then 1 MiB the server will never parse: the
+    # replies owed before the error all arrive, then a clean EOF (no reset destroying them).
+    import threading
+    import msgpack
+    srv = demo()
+    r = Raw(srv)
+    pad = "p" * 4096  # 8 MB of replies: more than the socket buffers hold, so some are still
+    # queued in the server when it closes (a close with unread input resets and drops them)
+    calls = b"".join(msgpack.packb([0, i, "echo", [i, pad]]) for i in range(2000))
+    data = calls + b"\xc1" + b"x" * (1 << 20)
+
+    def send():
+        try:
+            r.sock.sendall(data)
+        except OSError:
+            pass
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    time.sleep(0.5)  # the replies wait unread in our receive buffer meanwhile
+    got = r.expect_close(timeout=20)
+    sender.join(10)
+    assert sorted(m[1] for m in got) == list(range(2000)), len(got)
+
+
+def test_sigterm_while_client_sends_every_reply_arrives():
+    # SIGTERM while a client keeps pipelining: every request read is answered (a result or
+    # ServiceUnavailable) and the client reads every reply before EOF.
+    import msgpack
+    srv = demo("--drain-grace", "0")
+    r = Raw(srv)
+    r.sock.setblocking(True)
+    def batch(k):
+        return b"".join(msgpack.packb([0, 100 * k + i, "echo", [i]]) for i in range(100))
+    for k in range(10):
+        r.sock.sendall(batch(k))
+    time.sleep(0.3)  # these 1,000 are read and answered before the signal
+    srv.signal(signal.SIGTERM)
+    try:
+        for k in range(10, 210):
+            r.sock.sendall(batch(k))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    got = []
+    r.sock.settimeout(20)
+    while True:  # until a clean EOF: a reset would destroy replies in flight (and raise here)
+        chunk = r.sock.recv(1 << 20)
+        if not chunk:
+            break
+        r.unpacker.feed(chunk)
+        got.extend(r.unpacker)
+    ids = [m[1] for m in got]
+    assert ids == list(range(len(ids))), "a reply is missing"  # handled in order, none lost
+    assert all(m[2] is None or m[2] == ["ServiceUnavailable", "draining"] for m in got)
+    assert len(got) >= 1000, len(got)
+    assert srv.wait(timeout=10) == 0
+
+
 run(globals())
