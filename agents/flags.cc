@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "core/address.h"
+#include "core/cidr.h"
 #include "core/log.h"
 
 namespace aiorpc::agents {
@@ -31,6 +32,12 @@ std::optional<std::string> Flags::check(FlagType type, std::string_view v) {
     }
     case FlagType::kEndpoint:
       if (!core::Address::parse(v)) return "expected HOST:PORT, [V6]:PORT or unix:/path";
+      return std::nullopt;
+    case FlagType::kAllowList:
+      if (!core::AllowList::parse(v)) return "expected CIDR[,CIDR...] (e.g. 10.0.0.0/8,::1/128)";
+      return std::nullopt;
+    case FlagType::kBool:
+      if (v != "true" && v != "false") return "expected true or false";
       return std::nullopt;
     case FlagType::kLogLevel:
       if (!core::log::parseLevel(v)) return "expected debug, info, warn or error";
@@ -67,7 +74,9 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
       error_ = "unknown flag --" + std::string(name) + " (see --help)";
       return false;
     }
-    if (!has_value) {
+    if (!has_value && spec->type == FlagType::kBool) {
+      value = "true";
+    } else if (!has_value) {
       if (i + 1 >= argc) {
         error_ = "flag --" + std::string(name) + " needs a value";
         return false;

@@ -13,7 +13,8 @@
 
 namespace aiorpc::agents {
 
-enum class FlagType { kString, kSeconds, kCount, kBytes, kEndpoint, kLogLevel };
+// kBool takes no value (`--flag`), or `--flag=true|false`.
+enum class FlagType { kString, kSeconds, kCount, kBytes, kEndpoint, kLogLevel, kAllowList, kBool };
 
 struct FlagSpec {
   std::string_view name;  // without the leading --
@@ -31,6 +32,7 @@ class Flags {
   std::string str(std::string_view name) const;
   double seconds(std::string_view name) const;
   long long count(std::string_view name) const;
+  bool boolean(std::string_view name) const { return str(name) == "true"; }
   bool helpWanted() const noexcept { return help_; }
   // Checks a value of `type`; returns an explanation when bad.
   static std::optional<std::string> check(FlagType type, std::string_view value);

@@ -6,6 +6,20 @@
 namespace aiorpc::agents {
 
 namespace {
+// heartbeat/unregister params: [name, nil, port], or with a token the map form that can carry
+// it (SPEC §5: a token-protected registry refuses array-form writes).
+void packParams(rpc::Packer& p, const HeartbeatOptions& o) {
+  if (o.token.empty()) {
+    p.pack(std::tuple{o.service, nullptr, o.port});
+    return;
+  }
+  p.map(4);
+  p.str("name"), p.str(o.service);
+  p.str("host"), p.nil();
+  p.str("port"), p.integer(o.port);
+  p.str("__auth__"), p.str(o.token);
+}
+
 rpc::ClientOptions clientOptions(double interval) {
   rpc::ClientOptions o;
   o.timeout = std::max(2.0, interval * 2);
@@ -32,10 +46,7 @@ void Heartbeat::beat() {
   if (stopping_) return;
   std::weak_ptr<bool> alive = alive_;
   client_.send(
-      "heartbeat",
-      [this](rpc::Packer& p) {
-        p.pack(std::tuple{opts_.service, nullptr, opts_.port});
-      },
+      "heartbeat", [this](rpc::Packer& p) { packParams(p, opts_); },
       [this, alive](rpc::Response& r) {
         if (alive.expired()) return;
         ++sent_;
@@ -57,10 +68,7 @@ void Heartbeat::stop(core::Callback<void()> done) {
   timer_ = 0;
   auto shared = std::make_shared<core::Callback<void()>>(std::move(done));
   client_.send(
-      "unregister",
-      [this](rpc::Packer& p) {
-        p.pack(std::tuple{opts_.service, nullptr, opts_.port});
-      },
+      "unregister", [this](rpc::Packer& p) { packParams(p, opts_); },
       [shared](rpc::Response&) {
         if (*shared) {
           auto d = std::move(*shared);

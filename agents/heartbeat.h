@@ -14,6 +14,7 @@ struct HeartbeatOptions {
   std::string service;
   int port = 0;         // the port this service listens on
   double interval = 3;  // seconds between the end of one heartbeat and the next
+  std::string token;    // sent as __auth__ in map-form params when set (never logged)
 };
 
 // Sends heartbeat(name, nil, port) at once, then `interval` after each one completes. The

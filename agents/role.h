@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "agents/flags.h"
@@ -15,6 +16,7 @@ namespace aiorpc::agents {
 struct RoleEnv {
   core::Loop& loop;
   const Flags& flags;
+  std::string auth_token;  // from --auth-token-file (empty: none); never logged
 };
 
 // A running role. The daemon serves service() and drives the lifecycle.

@@ -9,17 +9,10 @@
 
 namespace aiorpc::rpc {
 namespace {
-constexpr std::array<std::string_view, kKindCount> kNames = {"NoMethodError",
-                                                             "ArgumentError",
-                                                             "ApplicationError",
-                                                             "TimeoutError",
-                                                             "ConnectionError",
-                                                             "ServiceNotFound",
-                                                             "ServiceUnavailable",
-                                                             "Overloaded",
-                                                             "InternalError",
-                                                             "NotSentError",
-                                                             "Error"};
+constexpr std::array<std::string_view, kKindCount> kNames = {
+    "NoMethodError",   "ArgumentError",   "ApplicationError",   "TimeoutError",
+    "ConnectionError", "ServiceNotFound", "ServiceUnavailable", "Overloaded",
+    "AuthError",       "InternalError",   "NotSentError",       "Error"};
 
 std::string describe(const Value& v) {
   Object o = v.view();
@@ -33,6 +26,12 @@ Kind kindOf(const Value& v) {
   return Kind::kOther;
 }
 }  // namespace
+
+Kind countedKind(Object o) noexcept {
+  Kind k =
+      o.isArray() && o.size() >= 1 && o[0].isStrOrBin() ? kindFromName(o[0].str()) : Kind::kOther;
+  return k == Kind::kOther || k == Kind::kNotSent ? Kind::kApplication : k;
+}
 
 std::string validUtf8(std::string_view s) {
   std::string out;

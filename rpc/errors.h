@@ -18,16 +18,20 @@ enum class Kind {
   kServiceNotFound,
   kServiceUnavailable,
   kOverloaded,
+  kAuth,  // a write to a token-protected registry without the right token (or not its owner)
   kInternal,
   kNotSent,  // client-side only: the call never reached the wire (never sent as a reply)
   kOther,    // an error object that is not one of ours (a Python peer's, say)
 };
-constexpr int kKindCount = 11;
+constexpr int kKindCount = 12;
 
 std::string_view kindName(Kind k) noexcept;
 // `s` if it is valid UTF-8, else a copy with each invalid byte written as \xNN.
 std::string validUtf8(std::string_view s);
 Kind kindFromName(std::string_view s) noexcept;  // kOther when unknown
+// The kind an error object is counted under in \0stats: ours by its name, anything else (a
+// foreign peer's error passed on) as ApplicationError, never as a kind outside SPEC §1.
+Kind countedKind(Object error) noexcept;
 
 // An error reply: a kind and a message, or any error object a peer sent (kept intact in
 // `object`, e.g. the Python server's ["<class 'X'>", text]). Handlers may throw it; clients

@@ -72,7 +72,7 @@ void Responder::errorObject(Object err) {
     Packer p(*o.out);
     p.object(err);
     p.nil();
-    o.hub->countError(Kind::kOther);
+    o.hub->countError(countedKind(err));
     end(o, true);
   }
 }

@@ -5,6 +5,8 @@
 #include <malloc.h>
 #endif
 
+#include <fmt/format.h>
+
 #include "core/connection.h"
 #include "core/log.h"
 
@@ -193,7 +195,7 @@ void Server::SessionInvocation::replyErrorObject(Object error) {
   if (answered_) return;
   answered_ = true;
   if (notify_) return;
-  ++s_.srv_.stats_.errors[static_cast<size_t>(Kind::kOther)];
+  ++s_.srv_.stats_.errors[static_cast<size_t>(countedKind(error))];
   Packer p(s_.conn_.out());
   replyHead(p, msgid_);
   p.object(error);
@@ -280,9 +282,12 @@ void Server::Session::request(Object msgid, Object method, Object params, bool n
     return;
   }
   inv.params = params;
-  if (!m->context_name.empty()) {
+  if (!m->context_name.empty() || srv_.service_.guard()) {
     Context ctx(params, &conn_.peer(), &conn_.local());
-    inv.context = &ctx;
+    if (const auto& guard = srv_.service_.guard()) {
+      if (auto denied = guard(name, ctx)) return inv.replyError(denied->first, denied->second);
+    }
+    inv.context = m->context_name.empty() ? nullptr : &ctx;
     dispatch(*m, inv);
   } else {
     dispatch(*m, inv);
@@ -345,8 +350,10 @@ core::Result<core::Address> Server::listen(std::string_view spec) {
 }
 
 core::Result<core::Address> Server::listen(const core::Address& addr) {
-  auto l = std::make_unique<core::Listener>(
-      loop_, [this](core::Fd fd, const core::Address&) { accept(std::move(fd)); });
+  auto l = std::make_unique<core::Listener>(loop_, [this](core::Fd fd, const core::Address& peer) {
+    if (!opts_.allow.allows(peer)) return refuse(peer);  // `fd` closes here
+    accept(std::move(fd));
+  });
   auto r = l->listen(addr);
   if (!r) return r;
   listeners_.push_back(std::move(l));
@@ -371,6 +378,18 @@ void Server::closed(Session* s) {
   loop_.deferDelete(std::move(it->second));
   hub_->sessions.erase(it);
   if (draining_) maybeDrained();
+}
+
+void Server::refuse(const core::Address& peer) {
+  ++stats_.refused;
+  ++refused_unlogged_;
+  if (loop_.now() - refused_logged_at_ < 1) return;
+  refused_logged_at_ = loop_.now();
+  log::warn("refused connection from {} (not in --allow){}", peer.toString(),
+            refused_unlogged_ > 1
+                ? fmt::format("; {} refused in all since the last line", refused_unlogged_)
+                : std::string());
+  refused_unlogged_ = 0;
 }
 
 size_t Server::connectionCount() const noexcept { return hub_->sessions.size(); }
@@ -416,7 +435,7 @@ void Server::packStats(Packer& p) const {
   for (auto e : stats_.errors) nerr += e > 0;
   uint64_t buffers = 0;
   for (auto& [id, s] : hub_->sessions) buffers += s->dec_ != nullptr;
-  p.map(10 + static_cast<uint32_t>(extra_stats_.size()));
+  p.map(11 + static_cast<uint32_t>(extra_stats_.size()));
   p.str("connections_open"), p.uinteger(stats_.connections_open);
   p.str("connections_total"), p.uinteger(stats_.connections_total);
   p.str("requests"), p.uinteger(stats_.requests);
@@ -431,7 +450,8 @@ void Server::packStats(Packer& p) const {
   p.str("bytes_out"), p.uinteger(bytes_out);
   p.str("in_flight"), p.uinteger(stats_.in_flight);
   p.str("uptime_s"), p.real(loop_.now() - stats_.started);
-  p.str("input_buffers"), p.uinteger(buffers);  // (ext) connections holding a decoder
+  p.str("input_buffers"), p.uinteger(buffers);   // (ext) connections holding a decoder
+  p.str("refused"), p.uinteger(stats_.refused);  // (ext) peers outside the allow-list
   for (auto& [k, fn] : extra_stats_) {
     p.str(k);
     fn(p);

@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/cidr.h"
 #include "core/listener.h"
 #include "core/loop.h"
 #include "rpc/decoder.h"
@@ -21,11 +22,13 @@ struct ServerOptions {
   size_t high_water = 4u << 20;      // stop reading from a peer whose replies pile up
   size_t low_water = 1u << 20;       // and resume below this
   int max_messages_per_read = 1024;  // fairness between connections
+  core::AllowList allow;             // peers outside are closed at accept (empty: everyone)
 };
 
 struct ServerStats {
   uint64_t connections_open = 0, connections_total = 0, requests = 0, notifications = 0;
   uint64_t bytes_in = 0, bytes_out = 0, in_flight = 0, dropped_replies = 0, protocol_errors = 0;
+  uint64_t refused = 0;  // peers outside the allow-list, closed at accept
   std::array<uint64_t, kKindCount> errors{};
   double started = 0;
 };
@@ -64,6 +67,7 @@ class Server {
 
  private:
   void accept(core::Fd fd);
+  void refuse(const core::Address& peer);
   void closed(Session* s);
   void maybeDrained();
   void packStats(Packer& p) const;
@@ -85,6 +89,8 @@ class Server {
   core::Loop::TimerId drain_timer_ = 0;
   std::vector<std::function<void()>> drain_hooks_;
   core::TimerWatcher sweep_;
+  double refused_logged_at_ = -1;  // refusals are logged at most once a second
+  uint64_t refused_unlogged_ = 0;
 };
 
 }  // namespace aiorpc::rpc

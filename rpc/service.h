@@ -224,6 +224,15 @@ class Service {
   Service& def(std::string name, F fn, A... specs);
 
   const MethodInfo* find(std::string_view name) const;
+
+  // Access control: when set, every call of one of this service's methods (requests and
+  // notifications; control commands excepted) is first shown to `guard` with the method name
+  // and the request's context; a returned error is the reply and the method does not run.
+  using Denial = std::optional<std::pair<Kind, std::string>>;
+  using Guard = std::function<Denial(std::string_view method, const Context& ctx)>;
+  void setGuard(Guard g) { guard_ = std::move(g); }
+  const Guard& guard() const noexcept { return guard_; }
+
   const std::map<std::string, MethodInfo, std::less<>>& methods() const noexcept {
     return methods_;
   }
@@ -241,6 +250,7 @@ class Service {
   void index(std::string_view name, const MethodInfo* m);
   std::vector<IndexSlot> index_;
   size_t indexed_ = 0;
+  Guard guard_;
 };
 
 template <class F, class... A>

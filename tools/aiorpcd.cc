@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "agents/auth.h"
 #include "agents/role.h"
 #include "core/log.h"
 #include "rpc/server.h"
@@ -32,6 +33,10 @@ const agents::FlagSpec kCommon[] = {
      "container elements declared per message"},
     {"keepalive", agents::FlagType::kEndpoint, "",
      "keepalive HOST:PORT to register with / learn from"},
+    {"allow", agents::FlagType::kAllowList, "",
+     "accept connections only from these CIDR ranges (unix peers always; default: all)"},
+    {"auth-token-file", agents::FlagType::kString, "",
+     "registry token: keepalive requires it for writes, services and proxies send it"},
 };
 
 void usage(std::FILE* out) {
@@ -93,8 +98,14 @@ int main(int argc, char** argv) {
   opts.limits.max_message_size = static_cast<size_t>(flags.count("max-message-size"));
   opts.limits.max_elements = static_cast<size_t>(flags.count("max-elements"));
 
+  opts.allow = *core::AllowList::parse(flags.str("allow"));  // checked by the flag parser
+  std::string token;
+  if (flags.has("auth-token-file")) {
+    if (auto bad = agents::loadToken(flags.str("auth-token-file"), token)) return fail(*bad);
+  }
+
   core::Loop loop;
-  agents::RoleEnv env{loop, flags};
+  agents::RoleEnv env{loop, flags, std::move(token)};
   std::unique_ptr<agents::RoleInstance> instance;
   try {
     instance = role->create(env);

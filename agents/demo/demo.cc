@@ -89,8 +89,9 @@ class DemoRole final : public RoleInstance {
   void started(rpc::Server&, const core::Address& bound) override {
     if (!env_.flags.has("keepalive")) return;
     heartbeat_ = std::make_unique<Heartbeat>(
-        env_.loop, HeartbeatOptions{*core::Address::parse(env_.flags.str("keepalive")), svc_.name(),
-                                    bound.port(), env_.flags.seconds("heartbeat-interval")});
+        env_.loop,
+        HeartbeatOptions{*core::Address::parse(env_.flags.str("keepalive")), svc_.name(),
+                         bound.port(), env_.flags.seconds("heartbeat-interval"), env_.auth_token});
   }
   bool leave(core::Callback<void()>& done) override {
     if (!heartbeat_) return false;

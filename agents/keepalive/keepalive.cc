@@ -3,6 +3,7 @@
 
 #include <list>
 
+#include "agents/auth.h"
 #include "core/log.h"
 #include "rpc/server.h"
 
@@ -51,6 +52,19 @@ std::string hostOf(const rpc::Context& ctx, const std::optional<std::string>& ho
   return peer && !peer->isUnix() ? peer->host() : std::string("127.0.0.1");
 }
 
+// Who sent a request: the peer's IP ("unix" on a unix socket), for ownership and the audit log.
+std::string sourceOf(const rpc::Context& ctx) {
+  const core::Address* peer = ctx.peer();
+  if (!peer) return "?";
+  return peer->isUnix() ? std::string("unix") : peer->host();
+}
+
+bool isLoopback(const core::Address& a) {
+  if (a.isUnix()) return true;
+  std::string h = a.host();
+  return h.rfind("127.", 0) == 0 || h == "::1";
+}
+
 void checkBounds(const std::string& name, const std::optional<std::string>& host, int64_t port) {
   if (name.size() > 255) throw RpcError(Kind::kArgument, "argument 'name': longer than 255 bytes");
   if (name.empty()) throw RpcError(Kind::kArgument, "argument 'name': empty");
@@ -65,7 +79,13 @@ class KeepaliveRole final : public RoleInstance {
   explicit KeepaliveRole(RoleEnv& env)
       : loop_(env.loop),
         svc_("keepalive"),
-        reg_([&loop = env.loop] { return loop.now(); }, env.flags.seconds("ttl")) {
+        reg_([&loop = env.loop] { return loop.now(); }, env.flags.seconds("ttl")),
+        audit_(env.loop),
+        token_(env.auth_token),
+        auth_reads_(env.flags.boolean("auth-reads")),
+        open_(env.flags.str("allow").empty() && env.auth_token.empty()) {
+    svc_.setGuard(
+        [this](std::string_view method, const rpc::Context& ctx) { return guard(method, ctx); });
     svc_.def(
         "heartbeat",
         [this](const rpc::Context& ctx, const std::string& name,
@@ -73,7 +93,14 @@ class KeepaliveRole final : public RoleInstance {
           checkBounds(name, host, port);
           if (rpc::packToString(ident).size() > 1024)
             throw RpcError(Kind::kArgument, "argument 'ident': over 1 KiB encoded");
-          if (reg_.heartbeat(name, hostOf(ctx, host), static_cast<int>(port), ident)) changed();
+          std::string h = hostOf(ctx, host);
+          auto change = reg_.heartbeat(name, h, static_cast<int>(port), ident, sourceOf(ctx));
+          if (change == Registry::kAdded)
+            audit_.log("registered {} at {} (from {})", name, endpointText(h, port), sourceOf(ctx));
+          if (change == Registry::kIdentChanged)
+            audit_.log("new ident for {} at {} (from {})", name, endpointText(h, port),
+                       sourceOf(ctx));
+          if (change) changed();
           return true;
         },
         arg("ctx"), arg("name"), arg("host"), arg("port"), arg("ident") = nullptr);
@@ -83,8 +110,21 @@ class KeepaliveRole final : public RoleInstance {
         [this](const rpc::Context& ctx, const std::string& name,
                const std::optional<std::string>& host, int64_t port) {
           checkBounds(name, host, port);
-          bool removed = reg_.unregister(name, hostOf(ctx, host), static_cast<int>(port));
-          if (removed) changed();
+          std::string h = hostOf(ctx, host), from = sourceOf(ctx);
+          // Without a token, only the address that registered a record may remove it (with a
+          // token the guard has checked it: any holder may).
+          const std::string* owner = reg_.owner(name, h, static_cast<int>(port));
+          if (token_.empty() && owner && *owner != from) {
+            audit_.log("refused unregister of {} at {} from {}: registered by {}", name,
+                       endpointText(h, port), from, *owner);
+            throw RpcError(Kind::kAuth, "only the address that registered " + name + " at " +
+                                            endpointText(h, port) + " may unregister it");
+          }
+          bool removed = reg_.unregister(name, h, static_cast<int>(port));
+          if (removed) {
+            audit_.log("unregistered {} at {} (from {})", name, endpointText(h, port), from);
+            changed();
+          }
           return removed;
         },
         arg("ctx"), arg("name"), arg("host"), arg("port"));
@@ -111,7 +151,13 @@ class KeepaliveRole final : public RoleInstance {
   }
 
   rpc::Service& service() override { return svc_; }
-  void started(rpc::Server& server, const core::Address&) override {
+  void started(rpc::Server& server, const core::Address& bound) override {
+    if (open_ && !isLoopback(bound))
+      core::log::warn(
+          "keepalive on {} accepts writes from anyone who can reach it: they can register "
+          "endpoints every proxy will route to, or unregister any service. Close it with "
+          "--allow CIDR[,CIDR...] and/or --auth-token-file PATH (see docs/operating.md)",
+          bound.toString());
     server.onDrain([this] {
       draining_ = true;
       changed();  // a draining keepalive answers its watchers at once
@@ -125,7 +171,28 @@ class KeepaliveRole final : public RoleInstance {
   };
 
   void onCheck(int) noexcept {
-    if (reg_.expire() > 0) changed();
+    if (size_t n = reg_.expire(); n > 0) {
+      core::log::info("keepalive: {} record(s) expired (no heartbeat for {} s)", n, reg_.ttl());
+      changed();
+    }
+  }
+  static std::string endpointText(const std::string& host, int64_t port) {
+    return host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
+                                               : fmt::format("{}:{}", host, port);
+  }
+  // Token check (SPEC §5 access control): writes need it when a token is set; reads too with
+  // --auth-reads. Map-form params carry it under __auth__; array-form params cannot.
+  rpc::Service::Denial guard(std::string_view method, const rpc::Context& ctx) {
+    bool write = method == "heartbeat" || method == "unregister";
+    if (token_.empty() || (!write && !auth_reads_)) return std::nullopt;
+    auto t = ctx.find("__auth__");
+    if (t && t->isStrOrBin() && constantTimeEquals(t->str(), token_)) return std::nullopt;
+    audit_.log("refused {} from {}: {}", method, sourceOf(ctx), t ? "wrong token" : "no token");
+    if (!t)
+      return std::pair{Kind::kAuth,
+                       "this registry needs a token: send map-form params with "
+                       "the key __auth__"};
+    return std::pair{Kind::kAuth, std::string("wrong __auth__ token")};
   }
   void changed() {
     auto all = std::move(watchers_);
@@ -142,13 +209,18 @@ class KeepaliveRole final : public RoleInstance {
   std::list<Watcher> watchers_;  // idle watchers cost a list node and a timer each
   core::TimerWatcher expiry_;
   bool draining_ = false;
+  Audit audit_;
+  std::string token_;  // never logged
+  bool auth_reads_, open_;
 };
 
 }  // namespace
 
-const FlagSpec kFlags[2] = {
+const FlagSpec kFlags[3] = {
     {"ttl", FlagType::kSeconds, "30", "a record expires this long after its last heartbeat"},
     {"check-interval", FlagType::kSeconds, "5", "seconds between expiry checks"},
+    {"auth-reads", FlagType::kBool, "false",
+     "with --auth-token-file: get_services and watch need the token too"},
 };
 
 std::unique_ptr<RoleInstance> create(RoleEnv& env) {

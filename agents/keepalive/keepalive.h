@@ -8,7 +8,7 @@
 
 namespace aiorpc::agents::keepalive {
 
-extern const FlagSpec kFlags[2];
+extern const FlagSpec kFlags[3];
 std::unique_ptr<RoleInstance> create(RoleEnv& env);
 
 }  // namespace aiorpc::agents::keepalive

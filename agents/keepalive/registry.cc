@@ -12,8 +12,8 @@ Registry::Registry(Clock now, double ttl)
   if (version_ == 0) version_ = 1;
 }
 
-bool Registry::heartbeat(const std::string& name, const std::string& host, int port,
-                         rpc::Object ident) {
+Registry::Change Registry::heartbeat(const std::string& name, const std::string& host, int port,
+                                     rpc::Object ident, std::string_view owner) {
   std::string packed = rpc::packToString(ident);
   auto svc = services_.try_emplace(name).first;
   auto [ep, added] = svc->second.try_emplace({host, port});
@@ -22,13 +22,14 @@ bool Registry::heartbeat(const std::string& name, const std::string& host, int p
   if (added) {
     r.svc = svc;
     r.self = ep;
+    r.owner = owner;
     ++count_;
   }
   r.ident = std::move(packed);
   r.seen = now_();
   lru_.pushBack(&r);  // to the tail: refreshed last
   if (changed) ++version_;
-  return changed;
+  return added ? kAdded : changed ? kIdentChanged : kUnchanged;
 }
 
 void Registry::erase(Record& r) {
@@ -47,6 +48,14 @@ bool Registry::unregister(const std::string& name, const std::string& host, int 
   if (ep == svc->second.end()) return false;
   erase(ep->second);
   return true;
+}
+
+const std::string* Registry::owner(const std::string& name, const std::string& host,
+                                   int port) const {
+  auto svc = services_.find(name);
+  if (svc == services_.end()) return nullptr;
+  auto ep = svc->second.find({host, port});
+  return ep == svc->second.end() ? nullptr : &ep->second.owner;
 }
 
 size_t Registry::expire() {

@@ -22,10 +22,16 @@ class Registry {
   using Clock = std::function<double()>;
   Registry(Clock now, double ttl);
 
-  // Adds or refreshes. Returns true when get_services() output changed (new record or ident).
-  bool heartbeat(const std::string& name, const std::string& host, int port, rpc::Object ident);
+  // Adds or refreshes. Non-zero (true) when get_services() output changed: a new record, or a
+  // new ident. `owner` (the source IP of the heartbeat that created the record) is kept for
+  // unregister's owner check; refreshes do not change it.
+  enum Change : int { kUnchanged = 0, kAdded, kIdentChanged };
+  Change heartbeat(const std::string& name, const std::string& host, int port, rpc::Object ident,
+                   std::string_view owner = {});
   // True if a record was removed.
   bool unregister(const std::string& name, const std::string& host, int port);
+  // The record's owner, or null when there is no such record.
+  const std::string* owner(const std::string& name, const std::string& host, int port) const;
   // Removes records not refreshed for the TTL; returns how many.
   size_t expire();
 
@@ -43,6 +49,7 @@ class Registry {
   // list head. The ident is kept packed (a few bytes), not as a zone (8 KiB each).
   struct Record : core::ListNode {
     std::string ident;
+    std::string owner;
     double seen = 0;
     Services::iterator svc;
     Endpoints::iterator self;

@@ -114,6 +114,7 @@ struct Backend {
   uint64_t requests = 0, errors = 0;
   size_t in_flight = 0;  // unwritten or awaiting a reply
   int listed = 0;        // in how many services of the current table
+  bool denied = false;   // outside --backend-allow: never dialled
   core::Loop::TimerId probe_timer = 0;
 };
 

@@ -125,6 +125,8 @@ class ProxyRole final : public RoleInstance {
   // Every backend is in the table or has calls in flight; one that has neither is freed (the
   // bound on backends is the table's size plus those still answering).
   std::map<std::string, std::unique_ptr<Backend>, std::less<>> backends_;
+  core::AllowList backend_allow_;  // instances outside are never dialled (empty: any)
+  std::string token_;              // sent to the keepalive as __auth__ when set
   uint64_t next_backend_id_ = 1;
   uint64_t version_ = 0;
   uint64_t table_gen_ = 1;  // bumped whenever table_ is replaced
@@ -138,7 +140,9 @@ ProxyRole::ProxyRole(RoleEnv& env)
       refresh_interval_(env.flags.seconds("refresh-interval")),
       backend_timeout_(env.flags.seconds("backend-timeout")),
       max_queue_(static_cast<size_t>(env.flags.count("max-backend-queue"))),
-      eject_{static_cast<int>(env.flags.count("eject-after")), env.flags.seconds("eject-for"), 60} {
+      eject_{static_cast<int>(env.flags.count("eject-after")), env.flags.seconds("eject-for"), 60},
+      backend_allow_(*core::AllowList::parse(env.flags.str("backend-allow"))),
+      token_(env.auth_token) {
   svc_.def(
       "invoke",
       [this](const rpc::Context& ctx, std::string_view service, std::string_view method,
@@ -245,7 +249,7 @@ void ProxyRole::route(std::unique_ptr<Call> c) {
   size_t n = list.size();
   bool saw_full = false;
   auto usable = [&](Backend* b) {
-    if (c->triedId(b->id)) return false;
+    if (b->denied || c->triedId(b->id)) return false;  // outside --backend-allow: as refused
     if (b->in_flight >= max_queue_) return !(saw_full = true);
     return true;
   };
@@ -377,7 +381,7 @@ void ProxyRole::forwardNotification(std::string_view service, std::string_view m
   size_t n = in.list.size(), first = in.rr++ % n;
   for (size_t k = 0; k < n; ++k) {
     Backend* b = in.list[(first + k) % n];
-    if (b->eject.ejected()) continue;
+    if (b->eject.ejected() || b->denied) continue;
     ++b->requests;
     return b->client.sendNotify(method, [&](rpc::Packer& p) { p.object(params); });
   }
@@ -424,6 +428,9 @@ Backend* ProxyRole::backendFor(std::string_view host, int64_t port) {
   o.dead_after = 1 << 30;  // the proxy ejects by its own policy
   auto b = std::make_unique<Backend>(loop_, next_backend_id_++, name, *addr, o, eject_);
   Backend* bp = b.get();
+  bp->denied = !backend_allow_.allows(*addr);
+  if (bp->denied)
+    core::log::warn("proxy: instance {} is outside --backend-allow: never dialled", bp->name);
   bp->on_change = [this](Backend& x, Backend::Change c) { onBackendChange(x, c); };
   backends_.emplace(std::move(name), std::move(b));
   return bp;
@@ -491,7 +498,14 @@ void ProxyRole::refresh() {
     keepalive_.send(
         "watch",
         [&](rpc::Packer& p) {
-          p.pack(std::tuple{version_, wait_ms});
+          if (token_.empty()) {
+            p.pack(std::tuple{version_, wait_ms});
+            return;
+          }
+          p.map(3);  // a keepalive with --auth-reads wants the token: map form carries it
+          p.str("version"), p.uinteger(version_);
+          p.str("wait_ms"), p.real(wait_ms);
+          p.str("__auth__"), p.str(token_);
         },
         [this, again](rpc::Response& r) {
           if (r.status == rpc::Response::Status::kOk) {
@@ -510,7 +524,15 @@ void ProxyRole::refresh() {
     return;
   }
   keepalive_.send(
-      "get_services", [](rpc::Packer& p) { p.array(0); },
+      "get_services",
+      [this](rpc::Packer& p) {
+        if (token_.empty()) {
+          p.array(0);
+          return;
+        }
+        p.map(1);
+        p.str("__auth__"), p.str(token_);
+      },
       [this, again](rpc::Response& r) {
         if (r.status == rpc::Response::Status::kOk) applyTable(r.result);
         again(refresh_interval_);
@@ -521,7 +543,7 @@ void ProxyRole::packBackends(rpc::Packer& p) const {
   p.map(static_cast<uint32_t>(backends_.size()));
   for (const auto& [name, b] : backends_) {
     p.str(name);
-    p.map(7);
+    p.map(8);
     p.str("requests"), p.uinteger(b->requests);
     p.str("errors"), p.uinteger(b->errors);
     p.str("in_flight"), p.uinteger(b->in_flight);
@@ -529,6 +551,7 @@ void ProxyRole::packBackends(rpc::Packer& p) const {
     p.str("ejections"), p.uinteger(b->eject.ejections());
     p.str("connect_failures"), p.uinteger(b->eject.connectFailures());
     p.str("period_s"), p.real(b->eject.period());
+    p.str("denied"), p.boolean(b->denied);  // outside --backend-allow
   }
 }
 
@@ -537,7 +560,9 @@ void ProxyRole::started(rpc::Server& server, const core::Address&) {
   refresh();
 }
 
-const FlagSpec kFlags[5] = {
+const FlagSpec kFlags[6] = {
+    {"backend-allow", FlagType::kAllowList, "",
+     "dial only instances inside these CIDR ranges (default: any)"},
     {"refresh-interval", FlagType::kSeconds, "3", "seconds between table refreshes (polling)"},
     {"backend-timeout", FlagType::kSeconds, "9", "seconds to wait for a backend's reply"},
     {"max-backend-queue", FlagType::kCount, "65536",

@@ -70,9 +70,11 @@ class Proc:
             self.p.wait()
 
 
-def connect(proc_or_port, host="127.0.0.1", timeout=10):
+def connect(proc_or_port, host="127.0.0.1", timeout=10, source=None):
+    """`source`: a local loopback address to connect from (e.g. "127.0.0.2")."""
     port = proc_or_port.port if isinstance(proc_or_port, Proc) else proc_or_port
-    s = socket.create_connection((host, port), timeout=timeout)
+    s = socket.create_connection((host, port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
@@ -121,10 +123,10 @@ def run(module_globals):
 class Raw:
     """A raw msgpack-rpc peer over TCP (python3-msgpack: an independent implementation)."""
 
-    def __init__(self, proc_or_port, host="127.0.0.1", timeout=10):
+    def __init__(self, proc_or_port, host="127.0.0.1", timeout=10, source=None):
         import msgpack
         self.msgpack = msgpack
-        self.sock = connect(proc_or_port, host, timeout)
+        self.sock = connect(proc_or_port, host, timeout, source)
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=2**31 - 1)
         self.timeout = timeout
 

@@ -33,13 +33,14 @@ def test_services_register_sorted_with_source_host():
 def test_heartbeat_shapes_bounds_and_reflection():
     ka = keepalive("--ttl", "30")
     r = Raw(ka)
-    assert r.call("heartbeat", ["svc", "10.0.0.2", 80, {"id": 1}])[3] is True
-    assert r.call("heartbeat", {"name": "svc", "host": "10.0.0.1", "port": 90})[3] is True
+    # loopback hosts only (tests never register another address), sorted by bytes
+    assert r.call("heartbeat", ["svc", "127.0.0.3", 80, {"id": 1}])[3] is True
+    assert r.call("heartbeat", {"name": "svc", "host": "127.0.0.20", "port": 90})[3] is True
     assert r.call("heartbeat", ["svc", "", 70])[3] is True  # "" host: the source IP
     assert r.call("get_services", [])[3] == {"svc": [
-        {"ident": None, "endpoint": ["10.0.0.1", 90]},
-        {"ident": {"id": 1}, "endpoint": ["10.0.0.2", 80]},
-        {"ident": None, "endpoint": ["127.0.0.1", 70]}]}
+        {"ident": None, "endpoint": ["127.0.0.1", 70]},
+        {"ident": None, "endpoint": ["127.0.0.20", 90]},
+        {"ident": {"id": 1}, "endpoint": ["127.0.0.3", 80]}]}
     for bad in (["svc", None, 0], ["svc", None, 65536], ["svc", None, "80"], ["x" * 256, None, 1],
                 ["svc", "h" * 256, 1], ["svc", None, 1, "i" * 2000], ["svc"], [1, None, 1]):
         msg = r.call("heartbeat", bad)
@@ -49,8 +50,8 @@ def test_heartbeat_shapes_bounds_and_reflection():
     assert refl["get_services"] == []
     assert refl["unregister"] == ["ctx", "name", "host", "port"]
     assert refl["watch"] == ["version", {"name": "wait_ms", "default": 30000}]
-    assert r.call("unregister", ["svc", "10.0.0.1", 90])[3] is True
-    assert r.call("unregister", ["svc", "10.0.0.1", 90])[3] is False
+    assert r.call("unregister", ["svc", "127.0.0.20", 90])[3] is True
+    assert r.call("unregister", ["svc", "127.0.0.20", 90])[3] is False
 
 
 def test_killed_service_expires_after_ttl():
