@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
+#include <stdexcept>
 #include <csignal>
 
 #include "core/log.h"
@@ -151,6 +153,7 @@ void Loop::onPrepare(int) noexcept {
 }
 
 Loop::TimerId Loop::after(double sec, Callback<void()> cb) {
+  if (!std::isfinite(sec)) throw std::invalid_argument("timer duration is not a finite number");
   if (cancelling_) return 0;  // shutting down: `cb` is dropped
   TimerId id;
   if (!free_timer_ids_.empty()) {

@@ -54,15 +54,17 @@ class Loop {
     if (!f->linked()) flush_list_.pushBack(f);
   }
 
-  // One-shot timer owned by the loop; `cb` runs once after `sec` seconds of loop time. The
-  // returned id cancels it.
+  // One-shot timer owned by the loop; `cb` runs once after `sec` seconds of loop time (negative:
+  // at once). The returned id cancels it. A NaN or infinite `sec` is refused with
+  // std::invalid_argument: durations from outside must be checked where they come in.
   using TimerId = unsigned long;
   TimerId after(double sec, Callback<void()> cb);
   void cancel(TimerId id) noexcept;
   // Drops every one-shot timer without running it (sleeps then fail with BrokenPromise). The
   // owner calls it at shutdown while what those callbacks touch is still alive; ~Loop does too.
   void cancelAll() noexcept;
-  // co_await loop.sleep(s): completes after `s` seconds without blocking the loop.
+  // co_await loop.sleep(s): completes after `s` seconds without blocking the loop (NaN or
+  // infinite: refused, std::invalid_argument).
   Future<void> sleep(double sec);
 
   // Handles `signo` (replacing an earlier handler for it).

@@ -93,13 +93,19 @@ class IoWatcher : public Watcher<ev_io, evIoStart, evIoStop> {
 // that are pushed back on every activity ("Be smart about timeouts", strategy 2).
 class TimerWatcher : public Watcher<ev_timer, evTimerStart, evTimerStop> {
  public:
+  // Non-finite or negative durations never reach libev (a NaN in its timer heap breaks every
+  // timer of the loop): NaN and negatives become 0, +inf a century.
+  static double sane(double s) noexcept { return s >= 0 ? (s < kCentury ? s : kCentury) : 0; }
+  static constexpr double kCentury = 100.0 * 365 * 24 * 3600;
   void start(double after, double repeat = 0) noexcept {
+    after = sane(after);
+    repeat = sane(repeat);
     stop();
     ev_timer_set(&w_, after, repeat);
     ev_timer_start(loop_, &w_);
   }
   void restart(double repeat) noexcept {
-    w_.repeat = repeat;
+    w_.repeat = sane(repeat);
     ev_timer_again(loop_, &w_);
   }
   double remaining() const noexcept {

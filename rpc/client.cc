@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "core/log.h"
@@ -154,7 +155,7 @@ void Client::send(std::string_view method, core::FunctionRef<void(Packer&)> para
     p.str(method);
     params(p);
   });
-  if (timeout < 0) timeout = opts_.timeout;
+  if (!(timeout >= 0) || !std::isfinite(timeout)) timeout = opts_.timeout;  // -1, NaN, inf
   Deadline d{loop_.now() + timeout, id, pc.seq};
   if (deadlines_.empty() || deadlines_.back().at <= d.at) {
     deadlines_.push_back(d);

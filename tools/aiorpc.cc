@@ -1,4 +1,5 @@
 // aiorpc: the command-line client. call / notify / services / bench.
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -90,7 +91,8 @@ int main(int argc, char** argv) {
                                                               : "";
       char* end = nullptr;
       timeout = std::strtod(v.c_str(), &end);
-      if (v.empty() || *end || timeout <= 0) return usage("bad --timeout");
+      if (v.empty() || *end || !std::isfinite(timeout) || timeout <= 0)
+        return usage("bad --timeout");
       continue;
     }
     pos.push_back(args[i]);

@@ -60,7 +60,7 @@ SampleFoo::SampleFoo(core::Loop& loop, rpc::Service& svc) : loop_(loop) {
   svc.def(
       "sleep",
       [this](double sec) -> core::Task<bool> {
-        if (sec < 0 || sec > 3600)
+        if (!(sec >= 0 && sec <= 3600))  // NaN fails every comparison: refused too
           throw rpc::RpcError(rpc::Kind::kArgument, "argument 'sec': expected 0..3600 seconds");
         co_await loop_.sleep(sec);
         co_return true;

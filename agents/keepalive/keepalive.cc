@@ -1,6 +1,7 @@
 // Keepalive: heartbeat / get_services / unregister / watch over a Registry.
 #include "agents/keepalive/keepalive.h"
 
+#include <cmath>
 #include <list>
 
 #include "agents/auth.h"
@@ -133,7 +134,8 @@ class KeepaliveRole final : public RoleInstance {
         [this](rpc::Object version, double wait_ms, rpc::Reply<VersionedSnapshot> reply) {
           if (!version.isNil() && !version.isInt())
             return reply.error(Kind::kArgument, "argument 'version': expected int or nil");
-          if (wait_ms < 0) return reply.error(Kind::kArgument, "argument 'wait_ms': negative");
+          if (!(wait_ms >= 0) || !std::isfinite(wait_ms))  // NaN, inf, negative
+            return reply.error(Kind::kArgument, "argument 'wait_ms': expected 0..60000 ms");
           if (version.isNil() || version.asUint() != reg_.version() || draining_)
             return reply(VersionedSnapshot{&reg_});
           watchers_.push_back(Watcher{std::move(reply), 0});

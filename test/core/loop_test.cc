@@ -3,7 +3,9 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <csignal>
+#include <stdexcept>
 #include <memory>
 
 #include "test/support/run_until.h"
@@ -50,6 +52,33 @@ TEST_SUITE("loop") {
     loop.cancel(id);
     REQUIRE(runUntil(loop, [&] { return seen.size() == 2; }));
     CHECK(seen == std::vector<int>{1, 3});
+  }
+
+  TEST_CASE("NaN and infinite durations are refused; other timers keep their order") {
+    Loop loop;
+    std::vector<int> seen;
+    CHECK_THROWS_AS(loop.after(std::nan(""), [&] { seen.push_back(0); }), std::invalid_argument);
+    CHECK_THROWS_AS(loop.after(INFINITY, [&] { seen.push_back(0); }), std::invalid_argument);
+    CHECK_THROWS_AS(loop.sleep(-std::nan("")), std::invalid_argument);
+    loop.after(0.02, [&] { seen.push_back(2); });
+    loop.after(0.01, [&] { seen.push_back(1); });
+    loop.after(-5, [&] { seen.push_back(0); });  // negative: at once
+    REQUIRE(runUntil(loop, [&] { return seen.size() == 3; }));
+    CHECK(seen == std::vector<int>{0, 1, 2});
+  }
+
+  TEST_CASE("a raw timer watcher given NaN fires at once instead of breaking the heap") {
+    Loop loop;
+    struct T {
+      TimerWatcher w;
+      int fired = 0;
+      void on(int) { ++fired; }
+    } nan_timer, later;
+    nan_timer.w.bind<&T::on>(loop.raw(), &nan_timer);
+    later.w.bind<&T::on>(loop.raw(), &later);
+    nan_timer.w.start(std::nan(""));
+    later.w.start(0.02);
+    REQUIRE(runUntil(loop, [&] { return nan_timer.fired == 1 && later.fired == 1; }));
   }
 
   struct Ticker {

@@ -392,4 +392,27 @@ def test_sigterm_while_client_sends_every_reply_arrives():
     assert srv.wait(timeout=10) == 0
 
 
+
+def test_nan_and_infinite_durations_refused_timers_intact():
+    srv = demo()
+    r = Raw(srv)
+    for bad in (float("nan"), float("inf"), -float("inf"), -1.0, 3601.0):
+        got = r.call("sleep", [bad])
+        assert got[2] is not None and got[2][0] == "ArgumentError", (bad, got)
+    # later sleeps still fire, in order (a NaN in the timer heap broke that before)
+    r.send([0, 1, "sleep", [0.2]], [0, 2, "sleep", [0.05]])
+    assert [m[1] for m in r.recv(2)] == [2, 1]
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(timeout=10) == 0  # and SIGTERM still finishes
+
+
+def test_cli_refuses_non_finite_timeout():
+    srv = demo()
+    for bad in ("nan", "inf", "-1", "0"):
+        t0 = time.time()
+        p = subprocess.run([binary("aiorpc"), "call", srv.endpoint, "echo", "[1]", "--timeout", bad],
+                           capture_output=True, timeout=10)
+        assert p.returncode != 0 and b"timeout" in p.stderr and time.time() - t0 < 5, (bad, p)
+
+
 run(globals())

@@ -146,4 +146,17 @@ def test_many_idle_watchers():
         assert w.recv(1, timeout=10)[0][3]["version"] == v + 1
 
 
+
+def test_watch_refuses_nan_wait_and_keeps_expiring():
+    ka = keepalive()
+    r = Raw(ka)
+    v = r.call("watch", [0])[3]["version"]
+    for bad in (float("nan"), float("inf"), -1.0):
+        got = r.call("watch", [v, bad])
+        assert got[2] is not None and got[2][0] == "ArgumentError", (bad, got)
+    assert r.call("heartbeat", ["svc", "127.0.0.1", 5003])[3] is True
+    assert "svc" in services(ka)
+    assert wait_until(lambda: "svc" not in services(ka), timeout=5)  # expiry still runs
+
+
 run(globals())
