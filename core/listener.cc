@@ -2,6 +2,7 @@
 #include "core/listener.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -17,6 +18,24 @@ Listener::Listener(Loop& loop, Callback<void(Fd, const Address&)> on_accept)
 
 Listener::~Listener() { stop(); }
 
+namespace {
+// May `addr`'s path be bound? Missing: yes. A socket nobody listens on (a crashed server's):
+// yes, after unlinking it. Anything else: the error to report.
+std::error_code claimUnixPath(const Address& addr) {
+  std::string path = addr.host();
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return {};
+  if (!S_ISSOCK(st.st_mode)) return sysError(EEXIST);  // never delete a user's file
+  auto probe = newSocket(AF_UNIX);
+  if (!probe) return probe.error();
+  int r = ::connect(probe.value().get(), addr.sockaddr_ptr(), addr.length());
+  if (r == 0 || errno == EAGAIN || errno == EINPROGRESS) return sysError(EADDRINUSE);  // alive
+  if (errno != ECONNREFUSED) return sysError(errno);
+  ::unlink(path.c_str());  // stale
+  return {};
+}
+}  // namespace
+
 Result<Address> Listener::listen(const Address& addr, int backlog) {
   stop();
   auto s = newSocket(addr.family());
@@ -24,13 +43,17 @@ Result<Address> Listener::listen(const Address& addr, int backlog) {
   Fd fd = std::move(s.value());
   int one = 1;
   if (addr.isUnix()) {
-    ::unlink(addr.host().c_str());
+    if (auto ec = claimUnixPath(addr)) return ec;
   } else {
     (void)::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   }
   if (::bind(fd.get(), addr.sockaddr_ptr(), addr.length()) != 0) return sysError(errno);
   if (::listen(fd.get(), backlog) != 0) return sysError(errno);
   bound_ = addr.isUnix() ? addr : localAddress(fd.get());
+  if (addr.isUnix()) {
+    struct stat st {};
+    if (::lstat(addr.host().c_str(), &st) == 0) unix_dev_ = st.st_dev, unix_ino_ = st.st_ino;
+  }
   fd_ = std::move(fd);
   reserve_ = Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   io_.set(fd_.get(), EV_READ);
@@ -40,7 +63,13 @@ Result<Address> Listener::listen(const Address& addr, int backlog) {
 
 void Listener::stop() noexcept {
   io_.stop();
-  if (fd_ && bound_.isUnix()) ::unlink(bound_.host().c_str());
+  if (fd_ && bound_.isUnix()) {
+    // Only our own socket file: another server may have replaced it meanwhile.
+    struct stat st {};
+    std::string path = bound_.host();
+    if (::lstat(path.c_str(), &st) == 0 && st.st_dev == unix_dev_ && st.st_ino == unix_ino_)
+      ::unlink(path.c_str());
+  }
   fd_.reset();
 }
 

@@ -328,6 +328,40 @@ def test_unix_socket_bind():
     assert msgpack.unpackb(s.recv(1000)) == [1, 1, None, [None, None, "m"]]
 
 
+def test_unix_bind_never_deletes_or_steals_a_path():
+    import tempfile
+    d = tempfile.mkdtemp()
+    # a regular file is refused and left alone
+    f = os.path.join(d, "file")
+    with open(f, "w") as out:
+        out.write("keep me")
+    p = subprocess.run([binary("aiorpcd"), "--role=demo", "--bind", f"unix:{f}"],
+                       capture_output=True, timeout=10)
+    assert p.returncode == 2 and b"exists" in p.stderr, p
+    assert open(f).read() == "keep me"
+    # a socket in use is refused; the first server keeps serving
+    path = os.path.join(d, "sock")
+    first = daemon("--role=demo", "--bind", f"unix:{path}")
+    p = subprocess.run([binary("aiorpcd"), "--role=demo", "--bind", f"unix:{path}"],
+                       capture_output=True, timeout=10)
+    assert p.returncode == 2 and b"in use" in p.stderr, p
+    # a stale socket (its server crashed) is taken over
+    first.kill()
+    second = daemon("--role=demo", "--bind", f"unix:{path}")
+    # the path replaced behind the second server's back is not unlinked when it stops
+    os.rename(path, path + ".second")
+    third = daemon("--role=demo", "--bind", f"unix:{path}")
+    second.signal(signal.SIGTERM)
+    assert second.wait(timeout=10) == 0
+    assert os.path.exists(path), "the second server unlinked the third's socket"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    third.signal(signal.SIGTERM)
+    s.close()
+    assert third.wait(timeout=10) == 0
+    assert not os.path.exists(path)  # its own socket is removed
+
+
 def r_pack(m):
     import msgpack
     return msgpack.packb(m, use_bin_type=True)
