@@ -7,8 +7,8 @@
 
 #include <cerrno>
 #include <cmath>
-#include <stdexcept>
 #include <csignal>
+#include <stdexcept>
 
 #include "core/log.h"
 

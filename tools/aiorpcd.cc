@@ -1,15 +1,19 @@
 // aiorpcd: the aiorpc daemon. `aiorpcd --role=NAME [flags]`; roles come from agents/registry.cc.
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "agents/auth.h"
 #include "agents/role.h"
 #include "core/log.h"
+#include "core/version.h"
 #include "rpc/server.h"
 
 using namespace aiorpc;
@@ -60,6 +64,30 @@ void usage(std::FILE* out) {
   }
 }
 
+// Opens, locks and writes `path`; on failure an invalid Fd and `error` says why (exit 2).
+core::Fd writePidFile(const std::string& path, std::string& error) {
+  core::Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd) {
+    error = "cannot open --pid-file " + path + ": " + std::strerror(errno);
+    return {};
+  }
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
+    std::string other = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    while (!other.empty() && (other.back() == '\n' || other.back() == ' ')) other.pop_back();
+    error = "--pid-file " + path + " is locked by another aiorpcd (pid " + other + ")";
+    return {};
+  }
+  std::string text = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd.get(), 0) != 0 ||
+      ::pwrite(fd.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) {
+    error = "cannot write --pid-file " + path + ": " + std::strerror(errno);
+    return {};
+  }
+  return fd;
+}
+
 int fail(const std::string& msg) {
   std::fprintf(stderr, "aiorpcd: %s\n", msg.c_str());
   return 2;
@@ -68,6 +96,9 @@ int fail(const std::string& msg) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string_view(argv[i]) == "--version")
+      return std::printf("aiorpcd %s\n", AIORPC_VERSION_STRING), 0;
   // Find the role first: its flags join the common ones.
   std::string role_name;
   for (int i = 1; i < argc; ++i) {
@@ -112,6 +143,15 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     return fail(e.what());
   }
+  // The pid file is locked for the daemon's life: a second daemon with the same file refuses
+  // to start instead of overwriting it.
+  std::string pid_file = flags.str("pid-file");
+  core::Fd pid_fd;
+  if (!pid_file.empty()) {
+    std::string error;
+    pid_fd = writePidFile(pid_file, error);
+    if (!pid_fd) return fail(error);
+  }
   rpc::Server server(loop, instance->service(), opts);
   std::string bind = flags.has("bind") ? flags.str("bind") : std::string(role->default_bind);
   auto bound = server.listen(bind);
@@ -139,9 +179,6 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   clog::info("aiorpcd role {} listening on {}", role->name, bound->toString());
 
-  std::string pid_file = flags.str("pid-file");
-  if (!pid_file.empty()) std::ofstream(pid_file) << getpid() << "\n";
-
   instance->started(server, *bound);
   loop.run();
   // Sockets closed gracefully are still lingering (their peers read the last replies): exiting
@@ -149,6 +186,6 @@ int main(int argc, char** argv) {
   while (loop.lingering() > 0) loop.runOnce();
   loop.cancelAll();  // while the role's state is still alive
   clog::info("aiorpcd stopped");
-  if (!pid_file.empty()) ::unlink(pid_file.c_str());
+  if (pid_fd) ::unlink(pid_file.c_str());  // still ours: we hold its lock
   return 0;
 }

@@ -1,8 +1,13 @@
-// JSON <-> msgpack conversion.
+// JSON <-> msgpack conversion (lossless; see json.h).
 #include "tools/json.h"
+
+#include <cmath>
+#include <cstring>
 
 namespace aiorpc::tools {
 namespace {
+
+using nlohmann::json;
 
 const char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -25,14 +30,18 @@ std::string base64(std::string_view in) {
   return out;
 }
 
+// Strict: length a multiple of 4, only the alphabet, padding only at the end, unused bits 0.
 std::optional<std::string> unbase64(std::string_view in) {
+  if (in.size() % 4 != 0) return std::nullopt;
+  size_t pad = 0;
+  while (pad < 2 && pad < in.size() && in[in.size() - 1 - pad] == '=') ++pad;
   std::string out;
   uint32_t v = 0;
   int bits = 0;
-  for (char c : in) {
-    if (c == '=') break;
-    const char* p = std::strchr(kB64, c);
-    if (!p || !c) return std::nullopt;
+  for (size_t i = 0; i < in.size() - pad; ++i) {
+    char c = in[i];
+    const char* p = c ? std::strchr(kB64, c) : nullptr;
+    if (!p) return std::nullopt;
     v = v << 6 | static_cast<uint32_t>(p - kB64);
     bits += 6;
     if (bits >= 8) {
@@ -40,13 +49,25 @@ std::optional<std::string> unbase64(std::string_view in) {
       out += static_cast<char>((v >> bits) & 0xff);
     }
   }
+  if ((v & ((1u << bits) - 1)) != 0) return std::nullopt;  // non-canonical trailing bits
   return out;
 }
 
+bool isTag(std::string_view k) {
+  return k == "$base64" || k == "$ext" || k == "$map" || k == "$float";
+}
+
+json floatJson(double d) {
+  if (std::isnan(d)) return json{{"$float", "nan"}};
+  if (std::isinf(d)) return json{{"$float", d > 0 ? "inf" : "-inf"}};
+  return d;
+}
+
+void bad(const std::string& why) { throw std::invalid_argument(why); }
+
 }  // namespace
 
-nlohmann::json toJson(rpc::Object o) {
-  using nlohmann::json;
+json toJson(rpc::Object o) {
   switch (o.type()) {
     case MSGPACK_OBJECT_NIL:
       return nullptr;
@@ -58,7 +79,7 @@ nlohmann::json toJson(rpc::Object o) {
       return o.raw().via.i64;
     case MSGPACK_OBJECT_FLOAT32:
     case MSGPACK_OBJECT_FLOAT64:
-      return o.raw().via.f64;
+      return floatJson(o.raw().via.f64);
     case MSGPACK_OBJECT_STR:
       return std::string(o.str());
     case MSGPACK_OBJECT_BIN:
@@ -72,47 +93,119 @@ nlohmann::json toJson(rpc::Object o) {
       return a;
     }
     case MSGPACK_OBJECT_MAP: {
+      bool plain = true;  // every key a str that is not a tag (and none repeated)
       json m = json::object();
-      for (uint32_t i = 0; i < o.size(); ++i) {
+      for (uint32_t i = 0; i < o.size() && plain; ++i) {
         rpc::Object k = o.key(i);
-        std::string key = k.isStr()
-                              ? std::string(k.str())
-                              : toJson(k).dump(-1, ' ', false, json::error_handler_t::replace);
-        m[key] = toJson(o.val(i));
+        plain = k.isStr() && !isTag(k.str()) && !m.contains(std::string(k.str()));
+        if (plain) m[std::string(k.str())] = toJson(o.val(i));
       }
-      return m;
+      if (plain) return m;
+      json pairs = json::array();
+      for (uint32_t i = 0; i < o.size(); ++i)
+        pairs.push_back(json::array({toJson(o.key(i)), toJson(o.val(i))}));
+      return json{{"$map", std::move(pairs)}};
     }
   }
   return nullptr;
 }
 
-void packJson(rpc::Packer& p, const nlohmann::json& j) {
+json parseJson(const std::string& text) {
+  json::parser_callback_t depth_check = [](int depth, json::parse_event_t ev, json&) {
+    if ((ev == json::parse_event_t::object_start || ev == json::parse_event_t::array_start) &&
+        depth >= kMaxJsonDepth)
+      bad("PARAMS-JSON is nested deeper than " + std::to_string(kMaxJsonDepth) +
+          " levels (the server's limit)");
+    return true;
+  };
+  json j;
+  try {
+    j = json::parse(text, depth_check);
+  } catch (const json::exception& e) {
+    bad(std::string("PARAMS-JSON is not valid JSON: ") + e.what());
+  }
+  // Check the tags once here, so packJson cannot fail half-way.
+  std::vector<const json*> todo{&j};
+  while (!todo.empty()) {
+    const json* x = todo.back();
+    todo.pop_back();
+    if (x->is_object() && !x->empty() && isTag(x->begin().key())) {
+      if (x->contains("$base64")) {
+        const json& b = (*x)["$base64"];
+        bool ext = x->contains("$ext");
+        if (x->size() != (ext ? 2u : 1u) || !b.is_string() || !unbase64(b.get<std::string>()))
+          bad("{\"$base64\": ...} needs one strict base64 string (and \"$ext\" for ext)");
+        if (ext && (!(*x)["$ext"].is_number_integer() || (*x)["$ext"].get<int64_t>() < -128 ||
+                    (*x)["$ext"].get<int64_t>() > 127))
+          bad("\"$ext\" must be an integer type from -128 to 127");
+        continue;
+      }
+      if (x->contains("$float")) {
+        const json& f = (*x)["$float"];
+        if (x->size() != 1 || !f.is_string() || (f != "nan" && f != "inf" && f != "-inf"))
+          bad("{\"$float\": ...} takes \"nan\", \"inf\" or \"-inf\"");
+        continue;
+      }
+      if (x->contains("$map")) {
+        const json& m = (*x)["$map"];
+        if (x->size() != 1 || !m.is_array()) bad("{\"$map\": ...} takes [[key, value], ...]");
+        for (const auto& kv : m) {
+          if (!kv.is_array() || kv.size() != 2) bad("{\"$map\": ...} takes [[key, value], ...]");
+          todo.push_back(&kv[0]);
+          todo.push_back(&kv[1]);
+        }
+        continue;
+      }
+    }
+    if (x->is_structured())
+      for (const auto& e : *x) todo.push_back(&e);
+  }
+  return j;
+}
+
+void packJson(rpc::Packer& p, const json& j) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null:
+    case json::value_t::null:
       p.nil();
       return;
-    case nlohmann::json::value_t::boolean:
+    case json::value_t::boolean:
       p.boolean(j.get<bool>());
       return;
-    case nlohmann::json::value_t::number_unsigned:
+    case json::value_t::number_unsigned:
       p.uinteger(j.get<uint64_t>());
       return;
-    case nlohmann::json::value_t::number_integer:
+    case json::value_t::number_integer:
       p.integer(j.get<int64_t>());
       return;
-    case nlohmann::json::value_t::number_float:
+    case json::value_t::number_float:
       p.real(j.get<double>());
       return;
-    case nlohmann::json::value_t::string:
+    case json::value_t::string:
       p.str(j.get_ref<const std::string&>());
       return;
-    case nlohmann::json::value_t::array:
+    case json::value_t::array:
       p.array(static_cast<uint32_t>(j.size()));
       for (const auto& e : j) packJson(p, e);
       return;
-    case nlohmann::json::value_t::object:
-      if (j.size() == 1 && j.contains("$base64") && j["$base64"].is_string()) {
-        if (auto b = unbase64(j["$base64"].get<std::string>())) return p.bin(*b);
+    case json::value_t::object:
+      if (!j.empty() && isTag(j.begin().key())) {
+        if (j.contains("$base64")) {
+          std::string bytes = *unbase64(j["$base64"].get<std::string>());  // checked by parse
+          if (!j.contains("$ext")) return p.bin(bytes);
+          auto type = static_cast<int8_t>(j["$ext"].get<int64_t>());
+          return p.ext(type, bytes);
+        }
+        if (j.contains("$float")) {
+          const auto& f = j["$float"].get_ref<const std::string&>();
+          return p.real(f == "nan" ? std::nan("") : f == "inf" ? INFINITY : -INFINITY);
+        }
+        const json& m = j["$map"];
+        p.map(static_cast<uint32_t>(m.size()));
+        for (const auto& kv : m) {
+          packJson(p, kv[0]);
+          packJson(p, kv[1]);
+        }
+        return;
       }
       p.map(static_cast<uint32_t>(j.size()));
       for (const auto& [k, v] : j.items()) {

@@ -5,8 +5,8 @@
 
 #include <cmath>
 #include <csignal>
-#include <stdexcept>
 #include <memory>
+#include <stdexcept>
 
 #include "test/support/run_until.h"
 

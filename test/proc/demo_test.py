@@ -362,6 +362,24 @@ def test_unix_bind_never_deletes_or_steals_a_path():
     assert not os.path.exists(path)  # its own socket is removed
 
 
+def test_pid_file_locked_written_and_removed():
+    import tempfile
+    d = tempfile.mkdtemp()
+    pid = os.path.join(d, "aiorpcd.pid")
+    first = demo("--pid-file", pid)
+    assert open(pid).read() == f"{first.p.pid}\n"
+    p = subprocess.run([binary("aiorpcd"), "--role=demo", "--bind", "127.0.0.1:0",
+                        "--pid-file", pid], capture_output=True, timeout=10)
+    assert p.returncode == 2 and b"locked by another aiorpcd" in p.stderr, p
+    assert open(pid).read() == f"{first.p.pid}\n"  # not overwritten
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0 and not os.path.exists(pid)
+    p = subprocess.run([binary("aiorpcd"), "--role=demo", "--bind", "127.0.0.1:0",
+                        "--pid-file", os.path.join(d, "missing-dir", "x.pid")],
+                       capture_output=True, timeout=10)
+    assert p.returncode == 2 and b"cannot open --pid-file" in p.stderr, p
+
+
 def r_pack(m):
     import msgpack
     return msgpack.packb(m, use_bin_type=True)

@@ -87,9 +87,66 @@ def test_cli_exit_codes_and_bin():
     p = cli("call", "127.0.0.1:1", "echo")
     assert p.returncode == 2 and p.stderr.strip()
     p = cli("call", srv.endpoint, "echo", "[not json")
-    assert p.returncode == 2
+    assert p.returncode == 64  # bad usage, told apart from "cannot connect"
     p = cli("call", srv.endpoint, "sleep", "[5]", "--timeout", "0.2")
-    assert p.returncode == 1 and p.stderr.startswith("TimeoutError")
+    assert p.returncode == 3 and p.stderr.startswith("TimeoutError")  # our own timeout
+    p = cli()
+    assert p.returncode == 64 and "usage" in p.stderr
+    p = cli("frobnicate", srv.endpoint)
+    assert p.returncode == 64
+    p = cli("--version")
+    assert p.returncode == 0 and p.stdout.startswith("aiorpc ")
+    p = subprocess.run([binary("aiorpcd"), "--version"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("aiorpcd ")
+    for args in (("call", "no-port-here", "echo"), ("call", srv.endpoint)):  # no DNS look-up
+        assert cli(*args).returncode == 64, args
+
+
+def test_cli_stats_and_methods():
+    srv = daemon("--role=demo", "--bind", "127.0.0.1:0")
+    p = cli("stats", srv.endpoint)
+    assert p.returncode == 0 and json.loads(p.stdout)["connections_open"] >= 1, p
+    p = cli("methods", srv.endpoint)
+    assert p.returncode == 0, p
+    lines = p.stdout.splitlines()
+    assert "default_params(a, b, c=null, d=1)" in lines and "echo(args, kwargs)" in lines, lines
+    p = cli("methods", srv.endpoint, "--json")
+    assert json.loads(p.stdout)["methods"]["sleep"] == ["sec"]
+
+
+def test_cli_json_is_lossless_and_strict():
+    srv = daemon("--role=demo", "--bind", "127.0.0.1:0")
+    cases = [
+        [{"$map": [[1, "int key"], ["1", "str key"]]}],  # 1 and "1" stay apart
+        [{"$map": [[{"$float": "nan"}, "nan key"]]}],
+        [{"$float": "nan"}, {"$float": "inf"}, {"$float": "-inf"}, 1.5],
+        [{"$base64": "AAEC/w=="}, {"$ext": 5, "$base64": "AQI="}],
+        [{"$map": [["$base64", "a map that only looks like bin"]]}],
+        [{"plain": {"nested": [1, None, True]}}],
+    ]
+    for params in cases:
+        text = json.dumps(params)
+        p = cli("call", srv.endpoint, "echo", text)
+        assert p.returncode == 0, (params, p.stderr)
+        assert json.loads(p.stdout) == params, (params, p.stdout)
+    # what the server sees, byte for byte: the map keeps its int key
+    import msgpack
+    r = Raw(srv)
+    r.call("set_cache", ["k", {1: "a", "1": "b"}])
+    p = cli("call", srv.endpoint, "get_cache", '["k"]')
+    assert json.loads(p.stdout) == {"$map": [[1, "a"], ["1", "b"]]}, p.stdout
+    # strict base64 and tags: garbage is refused, not sent as a map
+    for bad in ('[{"$base64": "!!!!"}]', '[{"$base64": "AAE"}]', '[{"$base64": "AA=A"}]',
+                '[{"$float": "NaN"}]', '[{"$map": [[1]]}]', '[{"$ext": 999, "$base64": ""}]'):
+        p = cli("call", srv.endpoint, "echo", bad)
+        assert p.returncode == 64 and p.stderr.strip(), (bad, p)
+    # deep nesting is refused with a clear line (it crashed the CLI before)
+    deep = "[" * 22000 + "]" * 22000
+    p = cli("call", srv.endpoint, "echo", deep)
+    assert p.returncode == 64 and "nested deeper" in p.stderr, p.stderr[-300:]
+    ok = "[" * 31 + "]" * 31
+    assert cli("call", srv.endpoint, "echo", ok).returncode == 0
+    assert msgpack  # (imported for the raw check above)
 
 
 def test_python_client_pipelines_against_our_server():
