@@ -45,6 +45,10 @@ void Connection::sent() noexcept {
     out_.clear();
     return;
   }
+  if (limit_ && out_.size() > limit_) {
+    close(sysError(ENOBUFS));
+    return;
+  }
   if (!want_write_) loop_.wantFlush(this);  // an armed write watcher will pick it up
   if (!above_high_ && out_.size() > high_) {
     above_high_ = true;

@@ -65,6 +65,10 @@ class Connection final : private Flushable {
 
   // Output watermarks in bytes (defaults 4 MiB / 1 MiB).
   void setWaterMarks(size_t high, size_t low) noexcept { high_ = high, low_ = low; }
+  // Hard limit on queued output (0: none). A peer that lets more than this pile up (it does
+  // not read) is disconnected at once with ENOBUFS and its queued bytes are dropped (Redis's
+  // client-output-buffer-limit): one peer can never make us hold more than this.
+  void setOutputLimit(size_t bytes) noexcept { limit_ = bytes; }
   size_t pendingBytes() const noexcept { return out_.size(); }
   int fd() const noexcept { return fd_.get(); }
   const Address& peer() const noexcept { return peer_; }
@@ -85,7 +89,7 @@ class Connection final : private Flushable {
   IoWatcher io_;
   OutQueue out_;
   Address peer_, local_;
-  size_t high_ = 4 << 20, low_ = 1 << 20;
+  size_t high_ = 4 << 20, low_ = 1 << 20, limit_ = 0;
   bool closed_ = false, paused_ = false, eof_ = false, above_high_ = false;
   bool want_write_ = false, close_after_flush_ = false;
 };

@@ -134,6 +134,17 @@ void Client::send(std::string_view method, core::FunctionRef<void(Packer&)> para
     return;
   }
   uint32_t id;
+  if (opts_.max_output && !connected() && unsent_.size() > opts_.max_output) {
+    loop_.post(
+        [done = std::move(done), why = fmt::format("over {} bytes wait for the connect to {}",
+                                                   opts_.max_output, addr_.toString())]() mutable {
+          Response r;
+          r.status = Response::Status::kNotSent;
+          r.message = std::move(why);
+          done(r);
+        });
+    return;
+  }
   Pending* added = addPending(id);
   if (!added) {
     loop_.post([done = std::move(done)]() mutable {
@@ -184,6 +195,20 @@ uint64_t Client::queue(core::FunctionRef<void(Packer&)> write) {
     Packer p(conn_->out());
     write(p);
     conn_->sent();
+    if (opts_.max_output && conn_->pendingBytes() > opts_.max_output && !overflow_close_posted_) {
+      // The peer is not reading: treat it as broken. Closed from the loop, so no callback runs
+      // inside send(); what was not written fails as not-sent and may go elsewhere.
+      overflow_close_posted_ = true;
+      loop_.post([alive = std::weak_ptr<bool>(alive_), this] {
+        if (alive.expired()) return;
+        overflow_close_posted_ = false;
+        if (conn_ && !conn_->closed() && conn_->pendingBytes() > opts_.max_output) {
+          log::warn("client {}: over {} bytes of requests unread by the peer; closing",
+                    addr_.toString(), opts_.max_output);
+          conn_->close(core::sysError(ENOBUFS));
+        }
+      });
+    }
     return conn_->out().appended();
   }
   Packer p(unsent_);

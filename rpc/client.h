@@ -28,6 +28,11 @@ struct ClientOptions {
   // its msgpack bytes in Response::raw_result (Response::result stays nil), ready to be
   // forwarded as they are (the proxy does). Error objects are still decoded.
   bool raw_results = false;
+  // Bytes of requests queued for the peer (unsent, or not yet taken by the kernel) past which
+  // the peer counts as broken (it stops reading): the connection is closed (from the loop,
+  // never inside send()), calls not yet written fail as not-sent, the next call reconnects.
+  // Calls made while that much waits for a connect fail as not-sent. 0: no limit.
+  size_t max_output = 0;
 };
 
 // One call's outcome, handed to low-level callbacks. The objects are views valid during the
@@ -178,6 +183,7 @@ class Client final : private core::ConnectionHandler {
   double last_used_ = 0;
   uint64_t late_replies_ = 0;
   bool got_bytes_ = false;  // on the current connection
+  bool overflow_close_posted_ = false;
   core::Callback<void(bool)> connect_result_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -35,6 +35,7 @@ class Server::Session final : public core::ConnectionHandler {
   Session(Server& srv, uint64_t id, core::Fd fd)
       : srv_(srv), id_(id), conn_(srv.loop_, std::move(fd), this) {
     conn_.setWaterMarks(srv.opts_.high_water, srv.opts_.low_water);
+    conn_.setOutputLimit(srv.opts_.max_output);
   }
   ~Session() { srv_.loop_.cancel(drain_timer_); }
 
@@ -67,7 +68,15 @@ class Server::Session final : public core::ConnectionHandler {
     process();
   }
   void onClose(std::error_code why) override {
-    if (why) log::debug("connection {} closed: {}", conn_.peer().toString(), why.message());
+    if (why == std::errc::no_buffer_space) {
+      ++srv_.stats_.output_limit_closes;
+      log::warn(
+          "connection {} closed: over {} bytes of replies unread (--max-output-buffer); "
+          "{} owed replies dropped",
+          conn_.peer().toString(), srv_.opts_.max_output, in_flight_);
+    } else if (why) {
+      log::debug("connection {} closed: {}", conn_.peer().toString(), why.message());
+    }
     srv_.closed(this);
   }
 
@@ -435,7 +444,7 @@ void Server::packStats(Packer& p) const {
   for (auto e : stats_.errors) nerr += e > 0;
   uint64_t buffers = 0;
   for (auto& [id, s] : hub_->sessions) buffers += s->dec_ != nullptr;
-  p.map(11 + static_cast<uint32_t>(extra_stats_.size()));
+  p.map(12 + static_cast<uint32_t>(extra_stats_.size()));
   p.str("connections_open"), p.uinteger(stats_.connections_open);
   p.str("connections_total"), p.uinteger(stats_.connections_total);
   p.str("requests"), p.uinteger(stats_.requests);
@@ -452,6 +461,7 @@ void Server::packStats(Packer& p) const {
   p.str("uptime_s"), p.real(loop_.now() - stats_.started);
   p.str("input_buffers"), p.uinteger(buffers);   // (ext) connections holding a decoder
   p.str("refused"), p.uinteger(stats_.refused);  // (ext) peers outside the allow-list
+  p.str("output_limit_closes"), p.uinteger(stats_.output_limit_closes);  // (ext)
   for (auto& [k, fn] : extra_stats_) {
     p.str(k);
     fn(p);

