@@ -20,14 +20,15 @@ try:
 except (ImportError, ValueError, OSError):
     pass
 
-BUILD = os.environ.get("AIORPC_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
+BUILD = os.path.abspath(
+    os.environ.get("AIORPC_BUILD", os.path.join(os.path.dirname(__file__), "../../build")))
 _procs = []
 
 
 class Proc:
-    def __init__(self, argv, expect_listen=True, timeout=20):
+    def __init__(self, argv, expect_listen=True, timeout=20, cwd=None):
         self.argv = argv
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
         _procs.append(self)
         self.host, self.port, self.endpoint = None, None, None
         self.out = b""
@@ -190,5 +191,5 @@ class Raw:
         self.sock.close()
 
 
-def daemon(*args):
-    return Proc([binary("aiorpcd"), *args])
+def daemon(*args, cwd=None):
+    return Proc([binary("aiorpcd"), *args], cwd=cwd)

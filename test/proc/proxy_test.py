@@ -167,4 +167,68 @@ def test_unreachable_instance_retried_on_next():
     assert got[2] is not None and got[2][0] in ("ServiceUnavailable", "ConnectionError"), got
 
 
+
+def test_hints_of_2_63_and_more_are_unsigned_floor_modulo():
+    ka, svcs, px = cluster()
+    r = Raw(px)
+    label(r, 3)
+    for hint in (2**63, 2**64 - 1, 2**63 + 1, -(2**63)):
+        got = invoke(r, "add", [0], hint=hint)
+        assert got[2] is None, (hint, got)
+        assert got[3] == 1000 * ((hint % 3) + 1), (hint, got)  # Python's % is floor modulo
+
+
+def test_notification_is_forwarded_without_a_queue_slot():
+    ka, svcs, px = cluster(1)
+    r = Raw(px)
+    r.send([2, "invoke", ["sample.foo", "sleep", [2]]])
+    r.send([2, "invoke", {"service": "sample.foo", "method": "add", "params": [5]}])
+    assert wait_until(lambda: invoke(r, "add", [0])[3] == 5)
+    assert all(v["in_flight"] == 0 for v in backends(r).values())  # the sleep holds nothing
+    r.send([2, "invoke", ["nope", "echo", []]])  # unknown service: dropped, no reply
+    r.expect_silence(0.2)
+
+
+def test_keepalive_host_is_data_never_a_unix_path():
+    import os
+    import socket
+    import subprocess
+    import tempfile
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--ttl", "30")
+    d = tempfile.mkdtemp()
+    trap = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # ./4321 in the proxy's cwd
+    trap.bind(os.path.join(d, "4321"))
+    trap.listen(4)
+    trap.setblocking(False)
+    Raw(ka).call("heartbeat", ["sample.foo", "unix", 4321])
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2", cwd=d)
+    r = Raw(px)
+    time.sleep(0.5)
+    got = invoke(r, "echo", [1])
+    assert got[2] is not None and got[2][0] in ("ServiceNotFound", "ServiceUnavailable"), got
+    assert r.call("\0stats", None)[3]["backends"] == {}  # skipped, nothing kept
+    try:
+        trap.accept()
+        raise AssertionError("the proxy dialled a unix socket named by a keepalive record")
+    except BlockingIOError:
+        pass
+
+
+def test_backends_of_gone_instances_are_freed():
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--ttl", "30")
+    k = Raw(ka)
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2")
+    r = Raw(px)
+    for round_ in range(3):  # 3 x 1,000 short-lived endpoints (never dialled: no calls)
+        eps = [("127.0.0.%d" % (2 + i % 200), 20000 + round_ * 1000 + i) for i in range(1000)]
+        k.send(*[[0, i, "heartbeat", ["churny", h, p]] for i, (h, p) in enumerate(eps)])
+        k.recv(1000)
+        assert wait_until(lambda: len(backends(r)) == 1000, timeout=10), len(backends(r))
+        k.send(*[[0, i, "unregister", ["churny", h, p]] for i, (h, p) in enumerate(eps)])
+        k.recv(1000)
+        assert wait_until(lambda: len(backends(r)) == 0, timeout=10), len(backends(r))
+
+
 run(globals())
