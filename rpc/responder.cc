@@ -1,6 +1,8 @@
 // Responder.
 #include "rpc/responder.h"
 
+#include <cstring>
+#include <new>
 #include <utility>
 
 #include "rpc/zone_pool.h"
@@ -22,6 +24,7 @@ Responder& Responder::operator=(Responder&& o) noexcept {
     msgid_ = o.msgid_;
     zone_ = std::exchange(o.zone_, nullptr);
     done_ = std::exchange(o.done_, true);
+    own_zone_ = std::exchange(o.own_zone_, false);
   }
   return *this;
 }
@@ -32,8 +35,38 @@ Responder::~Responder() {
 }
 
 void Responder::release() noexcept {
-  giveZone(zone_);
+  if (own_zone_) {
+    if (zone_) msgpack_zone_free(zone_);
+  } else {
+    giveZone(zone_);
+  }
   zone_ = nullptr;
+  own_zone_ = false;
+}
+
+size_t Responder::peerOutputBytes() const {
+  auto hub = hub_.lock();
+  return hub ? hub->outputBytes(session_) : 0;
+}
+
+void Responder::compact() {
+  if (!zone_ || own_zone_) return;
+  std::string bytes;
+  Packer(bytes).pack(msgid_);
+  msgpack_zone* z = msgpack_zone_new(bytes.size() + 64);
+  if (!z) throw std::bad_alloc();
+  char* copy = static_cast<char*>(msgpack_zone_malloc_no_align(z, bytes.size()));
+  std::memcpy(copy, bytes.data(), bytes.size());
+  msgpack_object o;
+  size_t off = 0;
+  if (!copy || msgpack_unpack(copy, bytes.size(), &off, z, &o) != MSGPACK_UNPACK_SUCCESS) {
+    msgpack_zone_free(z);
+    return;  // keep the request's zone: nothing lost but memory
+  }
+  giveZone(zone_);
+  zone_ = z;
+  own_zone_ = true;
+  msgid_ = Object(o);
 }
 
 Responder::Open Responder::begin() {

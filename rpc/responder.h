@@ -25,6 +25,8 @@ class ReplyHub {
   virtual void endReply(void* token, bool error) = 0;
   virtual void dropped(uint64_t session) = 0;  // the request will get no reply at all
   virtual void countError(Kind k) = 0;
+  // Bytes queued for the session's peer (0 when it has gone).
+  virtual size_t outputBytes(uint64_t session) const = 0;
 };
 
 // Move-only. Exactly one reply: a Responder destroyed without replying answers InternalError.
@@ -41,6 +43,13 @@ class Responder {
   ~Responder();
 
   explicit operator bool() const noexcept { return !hub_.expired() && !done_; }
+  uint64_t session() const noexcept { return session_; }
+  // Bytes waiting to be written to this request's peer (backpressure for long polls).
+  size_t peerOutputBytes() const;
+  // Gives the request's zone back, keeping only a copy of the msgid (in a zone of a few dozen
+  // bytes): for a reply that waits long (a long poll) and needs nothing else of its request.
+  // Argument views taken from the request are invalid afterwards.
+  void compact();
   template <class T>
   void reply(const T& value) {
     if (Open o = begin()) {
@@ -72,6 +81,7 @@ class Responder {
   Object msgid_;
   msgpack_zone* zone_ = nullptr;
   bool done_ = true;
+  bool own_zone_ = false;  // zone_ is compact()'s small one: freed, not pooled
   friend class Invocation;
 };
 

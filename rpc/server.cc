@@ -25,6 +25,7 @@ class Server::Hub final : public ReplyHub {
     --server->stats_.in_flight;
   }
   void countError(Kind k) override { ++server->stats_.errors[static_cast<size_t>(k)]; }
+  size_t outputBytes(uint64_t session) const override;
 
   Server* server;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions;
@@ -64,7 +65,7 @@ class Server::Session final : public core::ConnectionHandler {
   }
   void onLowWater(core::Connection& c) override {
     throttled_ = false;
-    if (!stopping_) c.resumeReading();
+    if (!stopping_ && !full_) c.resumeReading();
     process();
   }
   void onClose(std::error_code why) override {
@@ -103,6 +104,7 @@ class Server::Session final : public core::ConnectionHandler {
     if (!conn_.closed() && in_flight_ == 0) finish();
   }
   void process();
+  void resumeLater();  // process() again from the loop, reading resumed if allowed
   void handle(Object msg);
   void request(Object msgid, Object method, Object params, bool notify);
   void control(std::string_view cmd, Object msgid, Object params);
@@ -124,6 +126,7 @@ class Server::Session final : public core::ConnectionHandler {
   size_t read_size_ = kMinRead, offered_ = 0;
   size_t in_flight_ = 0;
   bool stopping_ = false, throttled_ = false, scheduled_ = false;
+  bool full_ = false;  // max_pending requests in progress: not reading until one finishes
   core::Loop::TimerId drain_timer_ = 0;
 };
 
@@ -177,11 +180,20 @@ core::OutQueue* Server::Hub::beginReply(uint64_t session, Object msgid, void*& t
   return &out;
 }
 
+size_t Server::Hub::outputBytes(uint64_t session) const {
+  auto it = sessions.find(session);
+  return it == sessions.end() || it->second->conn_.closed() ? 0 : it->second->conn_.pendingBytes();
+}
+
 void Server::Hub::endReply(void* token, bool) {
   --server->stats_.in_flight;
   Session& s = *static_cast<Session*>(token);
   s.conn_.sent();
   --s.in_flight_;
+  if (s.full_ && s.in_flight_ < server->opts_.max_pending) {
+    s.full_ = false;  // room again: read on, from the loop (we may be inside a handler here)
+    s.resumeLater();
+  }
   if (s.in_flight_ == 0 && (s.stopping_ || server->draining_)) s.finish();
 }
 
@@ -219,12 +231,18 @@ Responder Server::SessionInvocation::detach() {
   if (notify_) return Responder({}, 0, msgid_, zone, false);
   ++s_.in_flight_;
   ++s_.srv_.stats_.in_flight;
+  if (s_.in_flight_ >= s_.srv_.opts_.max_pending && !s_.full_) {
+    // Bound what one connection can make us hold (SPEC-less; HTTP/2's concurrent streams):
+    // stop reading it until a request in progress finishes.
+    s_.full_ = true;
+    s_.conn_.pauseReading();
+  }
   return Responder(s_.srv_.hub_, s_.id_, msgid_, zone);
 }
 
 void Server::Session::process() {
   int budget = srv_.opts_.max_messages_per_read;
-  while (!conn_.closed() && !throttled_ && dec_) {
+  while (!conn_.closed() && !throttled_ && !full_ && dec_) {
     Object msg;
     auto st = dec_->next(msg);
     if (st == Decoder::Status::kNeedMore) return;
@@ -234,23 +252,27 @@ void Server::Session::process() {
     if (srv_.draining_ && in_flight_ == 0 && dec_->pending() == 0) return finish();
     if (--budget == 0 && !scheduled_) {
       // Let other connections run; continue with what is buffered on the next iteration.
-      scheduled_ = true;
       conn_.pauseReading();
-      std::weak_ptr<Hub> hub = srv_.hub_;
-      uint64_t id = id_;
-      srv_.loop_.post([hub, id] {
-        auto h = hub.lock();
-        if (!h) return;
-        auto it = h->sessions.find(id);
-        if (it == h->sessions.end()) return;
-        Session& s = *it->second;
-        s.scheduled_ = false;
-        if (!s.stopping_ && !s.throttled_) s.conn_.resumeReading();
-        s.process();
-      });
-      return;
+      return resumeLater();
     }
   }
+}
+
+void Server::Session::resumeLater() {
+  if (scheduled_) return;
+  scheduled_ = true;
+  std::weak_ptr<Hub> hub = srv_.hub_;
+  uint64_t id = id_;
+  srv_.loop_.post([hub, id] {
+    auto h = hub.lock();
+    if (!h) return;
+    auto it = h->sessions.find(id);
+    if (it == h->sessions.end()) return;
+    Session& s = *it->second;
+    s.scheduled_ = false;
+    if (!s.stopping_ && !s.throttled_ && !s.full_) s.conn_.resumeReading();
+    s.process();
+  });
 }
 
 void Server::Session::handle(Object msg) {
@@ -386,6 +408,7 @@ void Server::closed(Session* s) {
   stats_.bytes_out += s->conn_.out().written();
   loop_.deferDelete(std::move(it->second));
   hub_->sessions.erase(it);
+  for (auto& fn : close_hooks_) fn(s->id_);
   if (draining_) maybeDrained();
 }
 

@@ -25,7 +25,10 @@ struct ServerOptions {
   // room for one largest message above the high-water mark.
   size_t max_output = (64u << 20) + (4u << 20);
   int max_messages_per_read = 1024;  // fairness between connections
-  core::AllowList allow;             // peers outside are closed at accept (empty: everyone)
+  // Requests in progress (answered later) per connection; at the limit the connection is not
+  // read until one finishes, so one peer cannot make us hold unbounded pending work.
+  size_t max_pending = 2048;
+  core::AllowList allow;  // peers outside are closed at accept (empty: everyone)
 };
 
 struct ServerStats {
@@ -57,6 +60,9 @@ class Server {
   bool draining() const noexcept { return draining_; }
   // Runs when drain() starts (e.g. to answer long-polls at once).
   void onDrain(std::function<void()> fn) { drain_hooks_.push_back(std::move(fn)); }
+  // Runs when a connection closes, with its session id (Responder::session()): a handler that
+  // keeps replies for long (a long poll) drops that connection's at once.
+  void onSessionClosed(std::function<void(uint64_t)> fn) { close_hooks_.push_back(std::move(fn)); }
 
   const ServerStats& stats() const noexcept { return stats_; }
   // Adds `key` to the \0stats map; `fn` packs its value.
@@ -92,6 +98,7 @@ class Server {
   core::Callback<void()> drained_;
   core::Loop::TimerId drain_timer_ = 0;
   std::vector<std::function<void()>> drain_hooks_;
+  std::vector<std::function<void(uint64_t)>> close_hooks_;
   core::TimerWatcher sweep_;
   double refused_logged_at_ = -1;  // refusals are logged at most once a second
   uint64_t refused_unlogged_ = 0;

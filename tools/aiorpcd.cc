@@ -35,6 +35,8 @@ const agents::FlagSpec kCommon[] = {
     {"max-message-size", agents::FlagType::kBytes, "67108864", "largest message accepted, bytes"},
     {"max-elements", agents::FlagType::kCount, "4194304",
      "container elements declared per message"},
+    {"max-pending", agents::FlagType::kCount, "2048",
+     "requests in progress per connection; past it the connection is not read"},
     {"max-output-buffer", agents::FlagType::kBytes, "",
      "replies queued for one client past this close it (default: max-message-size + 4 MiB)"},
     {"keepalive", agents::FlagType::kEndpoint, "",
@@ -130,6 +132,7 @@ int main(int argc, char** argv) {
   opts.drain_timeout = flags.seconds("drain-timeout");
   opts.limits.max_message_size = static_cast<size_t>(flags.count("max-message-size"));
   opts.limits.max_elements = static_cast<size_t>(flags.count("max-elements"));
+  opts.max_pending = static_cast<size_t>(flags.count("max-pending"));
   opts.max_output = flags.has("max-output-buffer")
                         ? static_cast<size_t>(flags.count("max-output-buffer"))
                         : opts.limits.max_message_size + opts.high_water;

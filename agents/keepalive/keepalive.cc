@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <list>
+#include <unordered_map>
 
 #include "agents/auth.h"
 #include "core/log.h"
@@ -137,14 +138,8 @@ class KeepaliveRole final : public RoleInstance {
           if (!(wait_ms >= 0) || !std::isfinite(wait_ms))  // NaN, inf, negative
             return reply.error(Kind::kArgument, "argument 'wait_ms': expected 0..60000 ms");
           if (version.isNil() || version.asUint() != reg_.version() || draining_)
-            return reply(VersionedSnapshot{&reg_});
-          watchers_.push_back(Watcher{std::move(reply), 0});
-          auto it = std::prev(watchers_.end());
-          it->timer = loop_.after(std::min(wait_ms, 60000.0) / 1000, [this, it] {
-            auto w = std::move(*it);
-            watchers_.erase(it);
-            w.reply(VersionedSnapshot{&reg_});
-          });
+            return reply.raw().reply(rpc::Raw{encodedWatch()});
+          addWatcher(std::move(reply.raw()), std::min(wait_ms, 60000.0) / 1000);
         },
         arg("version"), arg("wait_ms") = 30000);
     expiry_.bind<&KeepaliveRole::onCheck>(loop_.raw(), this);
@@ -160,17 +155,68 @@ class KeepaliveRole final : public RoleInstance {
           "endpoints every proxy will route to, or unregister any service. Close it with "
           "--allow CIDR[,CIDR...] and/or --auth-token-file PATH (see docs/operating.md)",
           bound.toString());
+    high_water_ = server.options().high_water;
     server.onDrain([this] {
       draining_ = true;
       changed();  // a draining keepalive answers its watchers at once
     });
+    // A watch whose connection has gone is dropped at once, not when its wait ends.
+    server.onSessionClosed([this](uint64_t session) { dropWatchers(session); });
+  }
+  ~KeepaliveRole() override {
+    for (auto& [session, list] : watchers_)
+      for (auto& w : list) loop_.cancel(w.timer);
+    loop_.cancel(retry_timer_);
   }
 
  private:
+  // A waiting watch costs its list node, a loop timer and a responder holding only the msgid
+  // (Responder::compact: the request's zone goes back at once).
   struct Watcher {
-    rpc::Reply<VersionedSnapshot> reply;
-    core::Loop::TimerId timer;
+    rpc::Responder reply;
+    core::Loop::TimerId timer = 0;
+    uint64_t version = 0;  // the version it waits to see change
   };
+  using Watchers = std::list<Watcher>;
+  // Watches waiting on one connection at most: a peer cannot make us hold more than this.
+  static constexpr size_t kMaxWatchesPerConnection = 32;
+
+  // {"version": v, "services": {...}}, encoded once per version and shared by every answer.
+  const std::string& encodedWatch() {
+    if (encoded_version_ != reg_.version() || encoded_.empty()) {
+      encoded_.clear();
+      rpc::Packer p(encoded_);
+      p.pack(VersionedSnapshot{&reg_});
+      encoded_version_ = reg_.version();
+    }
+    return encoded_;
+  }
+
+  void addWatcher(rpc::Responder reply, double wait_s) {
+    uint64_t session = reply.session();
+    Watchers& list = watchers_[session];
+    if (list.size() >= kMaxWatchesPerConnection)
+      return reply.error(Kind::kOverloaded, fmt::format("over {} watches waiting on one connection",
+                                                        kMaxWatchesPerConnection));
+    reply.compact();
+    list.push_back(Watcher{std::move(reply), 0, reg_.version()});
+    auto it = std::prev(list.end());
+    it->timer = loop_.after(wait_s, [this, session, it] {
+      // Its wait is over: answered whatever its connection holds (the output limit bounds it).
+      auto& l = watchers_[session];
+      auto w = std::move(*it);
+      l.erase(it);
+      if (l.empty()) watchers_.erase(session);
+      w.reply.reply(rpc::Raw{encodedWatch()});
+    });
+  }
+
+  void dropWatchers(uint64_t session) {
+    auto found = watchers_.find(session);
+    if (found == watchers_.end()) return;
+    for (auto& w : found->second) loop_.cancel(w.timer);
+    watchers_.erase(found);  // their peer has gone: nothing to answer
+  }
 
   void onCheck(int) noexcept {
     if (size_t n = reg_.expire(); n > 0) {
@@ -196,19 +242,47 @@ class KeepaliveRole final : public RoleInstance {
                        "the key __auth__"};
     return std::pair{Kind::kAuth, std::string("wrong __auth__ token")};
   }
+  // Answers every watch waiting on an older version, with one shared encoding. A watch whose
+  // connection is over its high-water mark (a peer that does not read) waits until it drains
+  // (retried every 0.1 s) or until its own wait ends: fan-out never piles snapshots up.
   void changed() {
-    auto all = std::move(watchers_);
-    watchers_.clear();
-    for (auto& w : all) {
-      loop_.cancel(w.timer);
-      w.reply(VersionedSnapshot{&reg_});
+    loop_.cancel(retry_timer_);
+    retry_timer_ = 0;
+    bool deferred = false;
+    for (auto s = watchers_.begin(); s != watchers_.end();) {
+      Watchers& list = s->second;
+      for (auto it = list.begin(); it != list.end();) {
+        if (it->version == reg_.version() && !draining_) {
+          ++it;
+          continue;
+        }
+        if (!draining_ && it->reply.peerOutputBytes() > high_water_) {
+          deferred = true;
+          ++it;
+          continue;
+        }
+        loop_.cancel(it->timer);
+        auto w = std::move(*it);
+        it = list.erase(it);
+        w.reply.reply(rpc::Raw{encodedWatch()});
+      }
+      s = list.empty() ? watchers_.erase(s) : std::next(s);
     }
+    if (deferred)
+      retry_timer_ = loop_.after(0.1, [this] {
+        retry_timer_ = 0;
+        changed();
+      });
   }
 
   core::Loop& loop_;
   rpc::Service svc_;
   Registry reg_;
-  std::list<Watcher> watchers_;  // idle watchers cost a list node and a timer each
+  std::unordered_map<uint64_t, Watchers> watchers_;  // by session id
+  std::string encoded_;
+  uint64_t encoded_version_ = 0;
+  size_t high_water_ = 4u << 20;
+  core::Loop::TimerId retry_timer_ = 0;
   core::TimerWatcher expiry_;
   bool draining_ = false;
   Audit audit_;

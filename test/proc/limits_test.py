@@ -118,4 +118,89 @@ def test_backend_that_never_reads_is_treated_as_broken():
         assert r.call("invoke", ["sample.foo", "echo", [i]], msgid=10 + i)[3] == [i]
 
 
+
+def test_watch_fan_out_respects_each_connection():
+    ka = keepalive()
+    k = Raw(ka)
+    for base in range(0, 10000, 1000):  # 10,000 records (a snapshot of ~400 KB)
+        k.send(*[[0, i, "heartbeat", ["svc%d" % (i % 100), "127.0.0.%d" % (1 + i % 250),
+                                      1 + i // 250]] for i in range(base, base + 1000)])
+        k.recv(1000, timeout=30)
+    v = k.call("watch", [0])[3]["version"]
+    before = rss_mib(ka)
+    s = silent_client(ka)  # 2,000 pipelined watches on a connection that never reads
+    s.sendall(b"".join(msgpack.packb([0, i, "watch", [v, 60000]]) for i in range(2000)))
+    reader = Raw(ka)  # a well-behaved watcher beside it
+    reader.send([0, 1, "watch", [v, 60000]])
+    time.sleep(0.5)
+    k.call("heartbeat", ["svc-new", "127.0.0.1", 1])  # one change wakes them all
+    got = reader.recv(1)[0]
+    assert got[3]["version"] > v  # answered at once, not held up by the silent one
+    time.sleep(1)
+    after = rss_mib(ka)
+    print(f"keepalive RSS {before:.0f} -> {after:.0f} MiB: 10,000 records, 2,000 watches on a "
+          "connection that never reads, one change")
+    assert after - before < 48, (before, after)
+    st = Raw(ka).call("\0stats", None)[3]
+    assert st["errors"].get("Overloaded", 0) == 2000 - 32, st["errors"]  # per-connection cap
+    s.close()
+
+
+def test_idle_watches_cost_little_and_go_with_their_connection():
+    ka = keepalive()
+    v = Raw(ka).call("watch", [0])[3]["version"]
+    conns = [Raw(ka) for _ in range(400)]
+    for c in conns:  # each connection's own buffers exist before we measure
+        c.call("get_services", [])
+    before = rss_mib(ka)
+    for c in conns:
+        c.send(*[[0, i, "watch", [v, 60000]] for i in range(20)])  # 8,000 idle watches
+    time.sleep(1.0)
+    after = rss_mib(ka)
+    per_watch = (after - before) * 1024 * 1024 / 8000
+    print(f"idle watch: {per_watch:.0f} bytes each (8,000 over 400 connections)")
+    assert per_watch < 2048, per_watch
+    for c in conns:  # closing a connection drops its watches at once
+        c.close()
+    k = Raw(ka)
+    k.call("heartbeat", ["after", "127.0.0.1", 1])  # a change: nothing left to answer
+    assert k.call("\0stats", None)[3]["in_flight"] <= 1
+
+
+def test_requests_in_progress_per_connection_are_capped():
+    srv = daemon("--role=demo", "--bind", "127.0.0.1:0", "--max-pending", "50")
+    r = Raw(srv)
+    r.send(*[[0, i, "sleep", [0.3]] for i in range(200)])
+    peak = 0
+    got = []
+    deadline = time.time() + 20
+    r.sock.settimeout(0.05)
+    while len(got) < 200 and time.time() < deadline:
+        peak = max(peak, stats(srv)["in_flight"])
+        try:
+            r.unpacker.feed(r.sock.recv(1 << 20))
+        except OSError:  # nothing yet
+            pass
+        got.extend(r.unpacker)
+    assert sorted(m[1] for m in got) == list(range(200))  # all answered, in batches
+    assert 0 < peak <= 50, peak
+    other = Raw(srv)  # the cap is per connection: others are served meanwhile
+    assert other.call("echo", [1])[3] == [1]
+
+
+def test_pending_cap_bounds_memory_by_default():
+    srv = daemon("--role=demo", "--bind", "127.0.0.1:0")
+    before = rss_mib(srv)
+    s = silent_client(srv)
+    s.sendall(b"".join(msgpack.packb([0, i, "sleep", [30]]) for i in range(20000)))
+    time.sleep(1)
+    st = stats(srv)
+    after = rss_mib(srv)
+    print(f"demo RSS {before:.0f} -> {after:.0f} MiB with 20,000 sleep(30) sent on one "
+          f"connection ({st['in_flight']} in progress)")
+    assert st["in_flight"] == 2048, st["in_flight"]
+    assert after - before < 40, (before, after)
+    s.close()
+
+
 run(globals())
