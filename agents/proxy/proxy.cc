@@ -7,6 +7,7 @@
 
 #include "agents/proxy/backend.h"
 #include "core/log.h"
+#include "core/resolver.h"
 #include "rpc/server.h"
 
 namespace aiorpc::agents::proxy {
@@ -110,7 +111,8 @@ class ProxyRole final : public RoleInstance {
   void scheduleProbe(Backend& b);
   void probe(Backend& b);
   void refresh();
-  void applyTable(Object services);
+  void applyTable(Object services, bool keep = true);
+  void onResolved(const std::string& name);
   Backend* backendFor(std::string_view host, int64_t port);
   void sweepBackends();
   void packBackends(rpc::Packer& p) const;
@@ -126,6 +128,8 @@ class ProxyRole final : public RoleInstance {
   // bound on backends is the table's size plus those still answering).
   std::map<std::string, std::unique_ptr<Backend>, std::less<>> backends_;
   core::AllowList backend_allow_;  // instances outside are never dialled (empty: any)
+  core::Resolver resolver_;        // names keepalive lists: c-ares, cached
+  rpc::Value last_services_;       // the last table, applied again when a name resolves
   std::string token_;              // sent to the keepalive as __auth__ when set
   uint64_t next_backend_id_ = 1;
   uint64_t version_ = 0;
@@ -143,7 +147,10 @@ ProxyRole::ProxyRole(RoleEnv& env)
       max_backend_bytes_(static_cast<size_t>(env.flags.count("max-backend-bytes"))),
       eject_{static_cast<int>(env.flags.count("eject-after")), env.flags.seconds("eject-for"), 60},
       backend_allow_(*core::AllowList::parse(env.flags.str("backend-allow"))),
+      resolver_(env.loop, core::ResolverOptions{.servers = env.flags.str("dns-servers")}),
       token_(env.auth_token) {
+  if (!resolver_.ok()) throw std::invalid_argument(resolver_.error());
+  resolver_.on_update = [this](const std::string& name) { onResolved(name); };
   svc_.def(
       "invoke",
       [this](const rpc::Context& ctx, std::string_view service, std::string_view method,
@@ -210,6 +217,12 @@ ProxyRole::ProxyRole(RoleEnv& env)
         }
       },
       rpc::arg("batches"));
+}
+
+void ProxyRole::onResolved(const std::string& name) {
+  core::log::debug("proxy: name {} resolved", name);
+  Object last = last_services_.view();
+  if (last.isMap()) applyTable(last, false);
 }
 
 ProxyRole::~ProxyRole() {
@@ -419,7 +432,17 @@ Backend* ProxyRole::backendFor(std::string_view host, int64_t port) {
   // a record cannot name a unix socket or anything else. Names that need DNS are skipped (no
   // blocking resolver on the loop).
   auto addr = core::Address::fromIp(host, static_cast<int>(port));
-  if (!addr) return nullptr;
+  if (!addr) {
+    // A DNS name: resolved by c-ares on the loop, never blocking it. Until its first answer
+    // (and while it does not resolve) the instance is skipped like one that refuses; the
+    // table is applied again when the answer comes.
+    std::string name(host);
+    if (!core::Resolver::isName(name)) return nullptr;
+    const auto* addrs = resolver_.lookup(name);
+    if (!addrs || addrs->empty()) return nullptr;
+    addr = (*addrs)[0];
+    addr->setPort(static_cast<int>(port));
+  }
   std::string name = addr->toString();
   auto it = backends_.find(name);
   if (it != backends_.end()) return it->second.get();
@@ -438,8 +461,9 @@ Backend* ProxyRole::backendFor(std::string_view host, int64_t port) {
   return bp;
 }
 
-void ProxyRole::applyTable(Object services) {
+void ProxyRole::applyTable(Object services, bool keep) {
   if (!services.isMap()) return;
+  if (keep) last_services_ = rpc::Value::copyOf(services);  // applied again when a name resolves
   Table next;
   for (auto& [name, b] : backends_) b->listed = 0;
   size_t skipped = 0;
@@ -562,7 +586,9 @@ void ProxyRole::started(rpc::Server& server, const core::Address&) {
   refresh();
 }
 
-const FlagSpec kFlags[7] = {
+const FlagSpec kFlags[8] = {
+    {"dns-servers", FlagType::kString, "",
+     "IP[:PORT],... to resolve instance names with (default: the system's resolv.conf)"},
     {"max-backend-bytes", FlagType::kBytes, "71303168",
      "bytes of requests queued for one instance before it counts as broken (68 MiB)"},
     {"backend-allow", FlagType::kAllowList, "",

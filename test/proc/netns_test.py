@@ -46,4 +46,71 @@ def test_unresolvable_and_odd_hosts_never_crash_the_proxy():
     assert all(n.startswith("127.0.0.1:") or n.startswith("[::1]:") for n in names), names
 
 
+
+def fake_dns(answers, silent=()):
+    """A DNS server on loopback: A records from `answers`, no answer at all for `silent`,
+    NXDOMAIN for anything else. Returns (port, queries seen)."""
+    import socket
+    import struct
+    import threading
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    seen = []
+
+    def serve():
+        while True:
+            data, peer = s.recvfrom(512)
+            qid = struct.unpack(">H", data[:2])[0]
+            i, labels = 12, []
+            while data[i]:
+                labels.append(data[i + 1:i + 1 + data[i]].decode())
+                i += 1 + data[i]
+            qtype = struct.unpack(">H", data[i + 1:i + 3])[0]
+            question = data[12:i + 5]
+            name = ".".join(labels).lower()
+            seen.append((name, qtype))
+            if name in silent:
+                continue
+            if name in answers and qtype == 1:
+                rr = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 2, 4) + socket.inet_aton(answers[name])
+                reply = struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + rr
+            elif name in answers:  # AAAA and others: no data
+                reply = struct.pack(">HHHHHH", qid, 0x8180, 1, 0, 0, 0) + question
+            else:
+                reply = struct.pack(">HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question
+            s.sendto(reply, peer)
+    threading.Thread(target=serve, daemon=True).start()
+    return s.getsockname()[1], seen
+
+
+def test_instance_names_resolve_without_blocking_the_loop():
+    dns_port, seen = fake_dns({"svc.test": "127.0.0.3"}, silent={"slow.test"})
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--ttl", "30")
+    direct = daemon("--role=demo", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                    "--heartbeat-interval", "0.2")
+    named = daemon("--role=demo", "--bind", "127.0.0.3:0")
+    k = Raw(ka)
+    k.call("heartbeat", ["sample.foo", "svc.test", named.port])
+    k.call("heartbeat", ["sample.foo", "slow.test", 4000])  # its resolver never answers
+    k.call("heartbeat", ["sample.foo", "nx.test", 4001])    # no such name
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2", "--dns-servers", f"127.0.0.1:{dns_port}")
+    r = Raw(px)
+    # while slow.test waits on its resolver, every call is answered at once
+    assert wait_until(lambda: r.call("invoke", ["sample.foo", "echo", [0]])[3] == [0])
+    for i in range(20):
+        t0 = time.time()
+        assert r.call("invoke", ["sample.foo", "echo", [i]], msgid=i)[3] == [i]
+        assert time.time() - t0 < 0.5
+    # the name's answer brings its instance in
+    assert wait_until(lambda: f"127.0.0.3:{named.port}" in r.call("\0stats", None)[3]["backends"])
+    assert ("svc.test", 1) in seen and ("slow.test", 1) in seen and ("nx.test", 1) in seen
+    names = set(r.call("\0stats", None)[3]["backends"])
+    assert names == {f"127.0.0.1:{direct.port}", f"127.0.0.3:{named.port}"}, names
+    for i in range(6):  # round robin reaches the named instance too
+        assert r.call("invoke", ["sample.foo", "echo", [i]], msgid=100 + i)[3] == [i]
+    b = r.call("\0stats", None)[3]["backends"]
+    assert b[f"127.0.0.3:{named.port}"]["requests"] >= 2, b
+
+
 run(globals())
