@@ -314,7 +314,7 @@ void Server::Session::request(Object msgid, Object method, Object params, bool n
   }
   inv.params = params;
   if (!m->context_name.empty() || srv_.service_.guard()) {
-    Context ctx(params, &conn_.peer(), &conn_.local());
+    Context ctx(params, conn_.peer(), conn_.local());
     if (const auto& guard = srv_.service_.guard()) {
       if (auto denied = guard(name, ctx)) return inv.replyError(denied->first, denied->second);
     }

@@ -13,8 +13,8 @@ bool isDunder(Object key) noexcept { return key.isStrOrBin() && isDunder(key.str
 
 Value Context::operator()(std::string_view key) const {
   if (key == "peername" || key == "sockname") {
-    const core::Address* a = key == "peername" ? peer_ : local_;
-    if (!a || a->isUnix() || a->family() == 0) return Value();
+    const core::Address* a = key == "peername" ? &peer_ : &local_;
+    if (a->isUnix() || a->family() == 0) return Value();
     return toValue(std::tuple<std::string, int>(a->host(), a->port()));
   }
   if (!params_.isMap()) return Value();

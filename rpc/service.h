@@ -35,9 +35,13 @@ inline Arg arg(std::string name) { return Arg{std::move(name), std::nullopt}; }
 // What a context method (first parameter `Context`) gets: ctx("__ident__") or ctx("ident") is
 // the value sent under that dunder key; ctx("peername") / ctx("sockname") are [ip, port] of the
 // connection (nil on unix sockets) and cannot be spoofed; unknown keys give nil.
+//
+// A Context owns what it shows: the addresses are copies, so a handler may keep its Context
+// (by value, across co_await) after the connection has gone. The dunder values are views into
+// the request, valid while the request's reply is owed (the responder keeps them alive).
 class Context {
  public:
-  Context(Object params, const core::Address* peer, const core::Address* local)
+  Context(Object params, const core::Address& peer, const core::Address& local)
       : params_(params), peer_(peer), local_(local) {}
   Value operator()(std::string_view key) const;
   Value operator[](std::string_view key) const { return (*this)(key); }
@@ -46,12 +50,11 @@ class Context {
   std::optional<Object> find(std::string_view dunder_key) const noexcept {
     return params_.find(dunder_key);
   }
-  const core::Address* peer() const noexcept { return peer_; }
+  const core::Address* peer() const noexcept { return &peer_; }
 
  private:
   Object params_;
-  const core::Address* peer_;
-  const core::Address* local_;
+  core::Address peer_, local_;
 };
 
 // Map keys that start and end with "__" are context, never arguments.

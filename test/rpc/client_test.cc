@@ -99,6 +99,34 @@ Service demoService(core::Loop& loop) {
 }  // namespace
 
 TEST_SUITE("client") {
+  TEST_CASE("a Context kept across co_await outlives its connection (no pointer into it)") {
+    core::Loop loop;
+    Service svc("ctx");
+    std::string seen = "not yet";
+    svc.def(
+        "later_peer",
+        [&](Context ctx) -> core::Task<bool> {  // kept by value, as embedding.md advises
+          co_await loop.sleep(0.05);
+          Value v = ctx("peername");  // the connection has been reset meanwhile
+          seen = v.view().isArray() ? std::string(v.view()[0].str()) : "nil";
+          co_return true;
+        },
+        arg("ctx"));
+    Server server(loop, svc);
+    auto bound = server.listen("127.0.0.1:0");
+    REQUIRE(bound.ok());
+    {
+      Client c(loop, *bound);
+      c.send(
+          "later_peer", [](Packer& p) { p.nil(); }, [](Response&) {});
+      REQUIRE(runUntil(loop, [&] { return server.stats().requests == 1; }));
+      c.close();  // the peer goes away with the handler suspended
+    }
+    REQUIRE(runUntil(loop, [&] { return server.connectionCount() == 0; }));
+    REQUIRE(runUntil(loop, [&] { return seen != "not yet"; }));
+    CHECK(seen == "127.0.0.1");  // read from the Context's own copy, under ASan too
+  }
+
   TEST_CASE("calls through a real server: values, errors, async handlers, context") {
     core::Loop loop;
     Service svc = demoService(loop);
