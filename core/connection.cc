@@ -1,6 +1,7 @@
 // Connection: the read path, the batched write path and close.
 #include "core/connection.h"
 
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -54,6 +55,28 @@ void Connection::sent() noexcept {
     above_high_ = true;
     handler_->onHighWater(*this);
   }
+}
+
+void Connection::checkPeer() noexcept {
+  if (closed_ || eof_ || !paused_) return;
+  // A reset is a pending socket error even while unread input remains queued before it.
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (::getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) {
+    close(sysError(err));
+    return;
+  }
+  char c;
+  ssize_t n = ::recv(fd_.get(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n > 0) return;  // alive, with input waiting for us
+  if (n == 0) {
+    eof_ = true;
+    updateIo();
+    handler_->onEof(*this);
+    return;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+  close(sysError(errno));
 }
 
 void Connection::pauseReading() noexcept {

@@ -52,6 +52,10 @@ class Connection final : private Flushable {
   OutQueue& out() noexcept { return out_; }
   void sent() noexcept;
 
+  // While reading is paused the peer's reset or EOF goes unseen; the owner calls this from
+  // time to time to find out (a MSG_PEEK, nothing consumed): a reset closes the connection, an
+  // EOF with nothing left to read is reported through onEof as usual.
+  void checkPeer() noexcept;
   void pauseReading() noexcept;
   void resumeReading() noexcept;
   bool readingPaused() const noexcept { return paused_; }

@@ -14,7 +14,7 @@
 
 namespace aiorpc::core {
 
-struct Loop::OneShot {
+struct Loop::OneShot : ListNode {  // in its owner's list while it has one (sleep())
   Loop* loop;
   TimerId id;
   Callback<void()> cb;
@@ -152,32 +152,53 @@ void Loop::onPrepare(int) noexcept {
   if (posted_.empty()) idle_.stop();
 }
 
-Loop::TimerId Loop::after(double sec, Callback<void()> cb) {
+Loop::TimerId Loop::after(double sec, Callback<void()> cb) { return start(sec, std::move(cb), 0); }
+
+Loop::TimerId Loop::start(double sec, Callback<void()> cb, Owner owner) {
   if (!std::isfinite(sec)) throw std::invalid_argument("timer duration is not a finite number");
   if (cancelling_) return 0;  // shutting down: `cb` is dropped
-  TimerId id;
+  // An id is its slot (low 32 bits) and the slot's generation (high bits): an id kept after
+  // its timer ended never cancels the next timer in that slot.
+  uint32_t slot;
   if (!free_timer_ids_.empty()) {
-    id = free_timer_ids_.back();
+    slot = static_cast<uint32_t>(free_timer_ids_.back());
     free_timer_ids_.pop_back();
   } else {
     timers_.emplace_back();
-    id = timers_.size();
+    generations_.push_back(0);
+    slot = static_cast<uint32_t>(timers_.size());
   }
+  TimerId id = (static_cast<TimerId>(++generations_[slot - 1]) << 32) | slot;
   auto t = std::make_unique<OneShot>();
   t->loop = this;
   t->id = id;
   t->cb = std::move(cb);
   t->w.bind<&OneShot::fire>(loop_, t.get());
   t->w.start(sec < 0 ? 0 : sec);
-  timers_[id - 1] = std::move(t);
+  if (owner) owned_[owner].pushBack(t.get());
+  timers_[slot - 1] = std::move(t);
   return id;
 }
 
 Future<void> Loop::sleep(double sec) {
   Promise<void> p;
   auto f = p.future();
-  after(sec, [p = std::move(p)]() mutable { p.setValue(); });
+  start(
+      sec, [p = std::move(p)]() mutable { p.setValue(); }, owner_);
   return f;
+}
+
+void Loop::cancelOwned(Owner owner) noexcept {
+  auto it = owned_.find(owner);
+  if (it == owned_.end()) return;
+  // Dropping a sleep's callback fails its future (BrokenPromise): the coroutine waiting on it
+  // resumes, and may set timers of its own meanwhile; take the ids first.
+  std::vector<TimerId> ids;
+  for (ListNode* n = it->second.front(); n != &it->second; n = n->next)
+    ids.push_back(static_cast<OneShot*>(n)->id);
+  for (TimerId id : ids) cancel(id);
+  it = owned_.find(owner);
+  if (it != owned_.end() && it->second.empty()) owned_.erase(it);
 }
 
 void Loop::cancelAll() noexcept {
@@ -188,12 +209,15 @@ void Loop::cancelAll() noexcept {
     free_timer_ids_.clear();
     timers.clear();
   }
+  owned_.clear();
 }
 
 void Loop::cancel(TimerId id) noexcept {
-  if (id == 0 || id > timers_.size() || !timers_[id - 1]) return;
-  timers_[id - 1].reset();
-  free_timer_ids_.push_back(id);
+  uint64_t slot = id & 0xffffffffu;
+  if (slot == 0 || slot > timers_.size() || !timers_[slot - 1] || timers_[slot - 1]->id != id)
+    return;
+  timers_[slot - 1].reset();
+  free_timer_ids_.push_back(slot);
 }
 
 void Loop::onSignal(int signo, Callback<void(int)> cb) {

@@ -3,7 +3,9 @@
 
 #include <ev.h>
 
+#include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "core/callback.h"
@@ -55,17 +57,38 @@ class Loop {
   }
 
   // One-shot timer owned by the loop; `cb` runs once after `sec` seconds of loop time (negative:
-  // at once). The returned id cancels it. A NaN or infinite `sec` is refused with
-  // std::invalid_argument: durations from outside must be checked where they come in.
-  using TimerId = unsigned long;
+  // at once). The returned id cancels it (never another timer: ids are not reused). A NaN or
+  // infinite `sec` is refused with std::invalid_argument: durations from outside must be checked
+  // where they come in.
+  using TimerId = uint64_t;
   TimerId after(double sec, Callback<void()> cb);
   void cancel(TimerId id) noexcept;
   // Drops every one-shot timer without running it (sleeps then fail with BrokenPromise). The
   // owner calls it at shutdown while what those callbacks touch is still alive; ~Loop does too.
   void cancelAll() noexcept;
   // co_await loop.sleep(s): completes after `s` seconds without blocking the loop (NaN or
-  // infinite: refused, std::invalid_argument).
+  // infinite: refused, std::invalid_argument). A sleep started inside an OwnerScope belongs to
+  // that owner (see cancelOwned).
   Future<void> sleep(double sec);
+
+  // Owners of sleeps: the rpc server opens an OwnerScope for a connection while it dispatches
+  // that connection's requests, and calls cancelOwned when the connection goes, so a handler's
+  // sleep that only that connection was waiting for ends at once (its future fails with
+  // BrokenPromise) instead of holding memory until it would have fired.
+  using Owner = uint64_t;
+  Owner newOwner() noexcept { return ++last_owner_; }
+  class OwnerScope {
+   public:
+    OwnerScope(Loop& loop, Owner o) noexcept : loop_(loop), prev_(loop.owner_) { loop.owner_ = o; }
+    ~OwnerScope() { loop_.owner_ = prev_; }
+    OwnerScope(const OwnerScope&) = delete;
+    OwnerScope& operator=(const OwnerScope&) = delete;
+
+   private:
+    Loop& loop_;
+    Owner prev_;
+  };
+  void cancelOwned(Owner owner) noexcept;
 
   // Handles `signo` (replacing an earlier handler for it).
   void onSignal(int signo, Callback<void(int)> cb);
@@ -90,6 +113,7 @@ class Loop {
   void onIdle(int) noexcept;
   void runPosted() noexcept;
   void endLinger(Linger* l) noexcept;
+  TimerId start(double sec, Callback<void()> cb, Owner owner);
 
   struct ev_loop* loop_;
   PrepareWatcher prepare_;  // before sleeping: posted work, then the batched flush
@@ -98,7 +122,10 @@ class Loop {
   std::vector<Callback<void()>> posted_, running_;
   ListNode flush_list_;
   std::vector<std::unique_ptr<OneShot>> timers_;  // slot = id - 1; freed slots reused
-  std::vector<TimerId> free_timer_ids_;
+  std::vector<TimerId> free_timer_ids_;           // free slots
+  std::vector<uint32_t> generations_;             // per slot
+  Owner owner_ = 0, last_owner_ = 0;
+  std::unordered_map<Owner, ListNode> owned_;  // sleeps by owner (heads of intrusive lists)
   bool cancelling_ = false;
   std::vector<std::unique_ptr<Sig>> signals_;
   std::vector<std::unique_ptr<Linger>> lingering_;  // unordered; erased by swap with the last

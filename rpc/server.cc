@@ -34,7 +34,7 @@ class Server::Hub final : public ReplyHub {
 class Server::Session final : public core::ConnectionHandler {
  public:
   Session(Server& srv, uint64_t id, core::Fd fd)
-      : srv_(srv), id_(id), conn_(srv.loop_, std::move(fd), this) {
+      : srv_(srv), id_(id), owner_(srv.loop_.newOwner()), conn_(srv.loop_, std::move(fd), this) {
     conn_.setWaterMarks(srv.opts_.high_water, srv.opts_.low_water);
     conn_.setOutputLimit(srv.opts_.max_output);
   }
@@ -117,6 +117,7 @@ class Server::Session final : public core::ConnectionHandler {
 
   Server& srv_;
   uint64_t id_;
+  core::Loop::Owner owner_;  // sleeps its handlers start end when it closes
   // Created on the first read, freed by the server's sweep once the connection has been quiet
   // with nothing buffered (an unpacker holds ~24 KiB: its buffer and an 8 KiB zone chunk).
   std::unique_ptr<Decoder> dec_;
@@ -313,6 +314,7 @@ void Server::Session::request(Object msgid, Object method, Object params, bool n
     return;
   }
   inv.params = params;
+  core::Loop::OwnerScope scope(srv_.loop_, owner_);
   if (!m->context_name.empty() || srv_.service_.guard()) {
     Context ctx(params, conn_.peer(), conn_.local());
     if (const auto& guard = srv_.service_.guard()) {
@@ -352,12 +354,20 @@ void Server::onSweep(int) noexcept {
   // O(connections) every few seconds: frees the decoder of every connection that read nothing
   // since the last sweep and holds no partial message.
   size_t freed = 0;
+  std::vector<uint64_t> paused;
   for (auto& [id, s] : hub_->sessions) {
+    if (s->conn_.readingPaused()) paused.push_back(id);
     if (!s->active_ && s->dec_ && !s->dec_->midMessage() && !s->scheduled_) {
       s->dec_.reset();
       ++freed;
     }
     s->active_ = false;
+  }
+  // A connection we do not read (at its limit of requests in progress, or over its high-water
+  // mark) would never notice its peer's reset: look, so that what only it was waiting for ends.
+  for (uint64_t id : paused) {
+    auto it = hub_->sessions.find(id);
+    if (it != hub_->sessions.end()) it->second->conn_.checkPeer();
   }
 #ifdef __GLIBC__
   // glibc keeps freed small chunks in the heap; hand the pages back (madvise) after a big sweep.
@@ -409,6 +419,8 @@ void Server::closed(Session* s) {
   loop_.deferDelete(std::move(it->second));
   hub_->sessions.erase(it);
   for (auto& fn : close_hooks_) fn(s->id_);
+  // What only this connection was waiting for ends now (from the loop: not inside its close).
+  loop_.post([&loop = loop_, owner = s->owner_] { loop.cancelOwned(owner); });
   if (draining_) maybeDrained();
 }
 

@@ -7,6 +7,8 @@
 #include <csignal>
 #include <memory>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "test/support/run_until.h"
 
@@ -79,6 +81,51 @@ TEST_SUITE("loop") {
     nan_timer.w.start(std::nan(""));
     later.w.start(0.02);
     REQUIRE(runUntil(loop, [&] { return nan_timer.fired == 1 && later.fired == 1; }));
+  }
+
+  TEST_CASE("a timer id outlives its timer harmlessly: it never cancels the next one") {
+    Loop loop;
+    int fired = 0;
+    auto old = loop.after(0, [&] { ++fired; });
+    REQUIRE(runUntil(loop, [&] { return fired == 1; }));
+    int made = 0;
+    bool reused = false;
+    while (!reused && made < 8) {  // new timers until one lands in old's slot
+      auto fresh = loop.after(0.01, [&] { fired += 10; });
+      ++made;
+      reused = (fresh & 0xffffffffu) == (old & 0xffffffffu);
+      CHECK(fresh != old);
+    }
+    REQUIRE(reused);
+    loop.cancel(old);  // stale: must not touch the timer now in its slot
+    REQUIRE(runUntil(loop, [&] { return fired == 1 + 10 * made; }));
+  }
+
+  TEST_CASE("sleeps started in an owner's scope end with cancelOwned; others go on") {
+    Loop loop;
+    auto a = loop.newOwner(), b = loop.newOwner();
+    std::vector<std::string> seen;
+    std::vector<Future<void>> held;  // a waiter holds its future, as a coroutine frame does
+    auto watch = [&](Future<void> f, std::string name) {
+      f.then([&seen, name](Future<void>& r) { seen.push_back(name + (r.failed() ? "!" : "")); });
+      held.push_back(std::move(f));
+    };
+    {
+      Loop::OwnerScope scope(loop, a);
+      watch(loop.sleep(30), "a1");
+      watch(loop.sleep(30), "a2");
+      loop.after(0.02, [&] { seen.push_back("timer"); });  // after(): never owned
+    }
+    {
+      Loop::OwnerScope scope(loop, b);
+      watch(loop.sleep(0.01), "b");
+    }
+    loop.cancelOwned(a);
+    CHECK(seen == std::vector<std::string>{"a1!", "a2!"});  // failed at once (BrokenPromise)
+    REQUIRE(runUntil(loop, [&] { return seen.size() == 4; }));
+    CHECK(seen[2] == "b");
+    CHECK(seen[3] == "timer");
+    loop.cancelOwned(a);  // nothing left: harmless
   }
 
   struct Ticker {

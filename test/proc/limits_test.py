@@ -2,6 +2,7 @@
 client never reads, requests a backend never reads, backends seen once, requests in progress
 per connection, watches. Real daemons on loopback; memory read from /proc."""
 import socket
+import struct
 import threading
 import time
 
@@ -200,7 +201,12 @@ def test_pending_cap_bounds_memory_by_default():
           f"connection ({st['in_flight']} in progress)")
     assert st["in_flight"] == 2048, st["in_flight"]
     assert after - before < 40, (before, after)
+    # a reset: the sleeps only this connection was waiting for end now, not in 30 s (the server
+    # reads nothing from it meanwhile: it looks at the paused connection's state)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
+    assert wait_until(lambda: stats(srv)["in_flight"] == 0, timeout=5), stats(srv)["in_flight"]
+    print(f"demo RSS {rss_mib(srv):.0f} MiB once the connection closed")
 
 
 run(globals())
