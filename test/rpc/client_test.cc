@@ -3,6 +3,8 @@
 #include "rpc/client.h"
 
 #include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <map>
 
@@ -99,6 +101,26 @@ Service demoService(core::Loop& loop) {
 }  // namespace
 
 TEST_SUITE("client") {
+  TEST_CASE("a foreign error object passed on is counted as ApplicationError in \\0stats") {
+    core::Loop loop;
+    Service svc("relay");
+    svc.def(
+        "relay", [](Object err, Reply<Object> reply) { reply.raw().errorObject(err); }, arg("err"));
+    Server server(loop, svc);
+    auto bound = server.listen("127.0.0.1:0");
+    REQUIRE(bound.ok());
+    Client c(loop, *bound);
+    auto python = c.call("relay", std::tuple{"<class 'ValueError'>", "bad"});  // foreign
+    auto ours = c.call("relay", std::tuple{"ServiceUnavailable", "draining"});
+    auto odd = c.call("relay", 42);
+    REQUIRE(runUntil(loop, [&] { return python.done() && ours.done() && odd.done(); }));
+    const auto& e = server.stats().errors;
+    CHECK(e[static_cast<size_t>(Kind::kApplication)] == 2);
+    CHECK(e[static_cast<size_t>(Kind::kServiceUnavailable)] == 1);
+    CHECK(e[static_cast<size_t>(Kind::kOther)] == 0);  // "Error" is no kind of SPEC §1
+    CHECK(countedKind(Value::copyOf(Object()).view()) == Kind::kApplication);
+  }
+
   TEST_CASE("a Context kept across co_await outlives its connection (no pointer into it)") {
     core::Loop loop;
     Service svc("ctx");
@@ -106,7 +128,11 @@ TEST_SUITE("client") {
     svc.def(
         "later_peer",
         [&](Context ctx) -> core::Task<bool> {  // kept by value, as embedding.md advises
-          co_await loop.sleep(0.05);
+          // waits on something the connection does not own (a downstream call, say)
+          core::Promise<void> p;
+          auto later = p.future();
+          loop.after(0.05, [p = std::move(p)]() mutable { p.setValue(); });
+          co_await later;
           Value v = ctx("peername");  // the connection has been reset meanwhile
           seen = v.view().isArray() ? std::string(v.view()[0].str()) : "nil";
           co_return true;
@@ -116,11 +142,16 @@ TEST_SUITE("client") {
     auto bound = server.listen("127.0.0.1:0");
     REQUIRE(bound.ok());
     {
-      Client c(loop, *bound);
-      c.send(
-          "later_peer", [](Packer& p) { p.nil(); }, [](Response&) {});
+      // A raw peer that sends the request, then resets (SO_LINGER 0): the server closes the
+      // connection at once, with the handler still asleep.
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      REQUIRE(::connect(fd, bound->sockaddr_ptr(), bound->length()) == 0);
+      std::string req = packToString(std::tuple{0, 1, "later_peer", nullptr});
+      REQUIRE(::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size()));
       REQUIRE(runUntil(loop, [&] { return server.stats().requests == 1; }));
-      c.close();  // the peer goes away with the handler suspended
+      linger lg{1, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+      ::close(fd);
     }
     REQUIRE(runUntil(loop, [&] { return server.connectionCount() == 0; }));
     REQUIRE(runUntil(loop, [&] { return seen != "not yet"; }));
