@@ -11,6 +11,32 @@ namespace {
 
 LogLevel g_level = LogLevel::kInfo;
 std::FILE* g_file = nullptr;  // nullptr: stderr
+std::string g_path;
+Format g_format = Format::kText;
+
+// JSON string contents: quotes, backslashes and control bytes escaped; other bytes as they are
+// (messages are valid UTF-8 where they carry peer text: rpc::validUtf8).
+void appendJson(std::string& out, std::string_view s) {
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
+        } else {
+          out += c;
+        }
+    }
+  }
+}
 
 const char* name(LogLevel l) {
   switch (l) {
@@ -47,8 +73,17 @@ Result<void> setFile(const std::string& path) {
   }
   if (g_file) std::fclose(g_file);
   g_file = f;
+  g_path = path;
   return {};
 }
+
+Result<void> reopen() {
+  if (g_path.empty()) return {};
+  std::string path = g_path;
+  return setFile(path);
+}
+
+void setFormat(Format f) noexcept { g_format = f; }
 
 void write(LogLevel l, std::string_view msg) noexcept {
   timeval tv{};
@@ -58,6 +93,18 @@ void write(LogLevel l, std::string_view msg) noexcept {
   char ts[32];
   std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &t);
   std::FILE* out = g_file ? g_file : stderr;
+  if (g_format == Format::kJson) {
+    try {
+      std::string line = fmt::format("{{\"ts\":\"{}.{:03d}Z\",\"level\":\"{}\",\"msg\":\"", ts,
+                                     static_cast<int>(tv.tv_usec / 1000), name(l));
+      appendJson(line, msg);
+      line += "\"}\n";
+      std::fwrite(line.data(), 1, line.size(), out);
+      std::fflush(out);
+      return;
+    } catch (...) {  // out of memory: the plain line below
+    }
+  }
   std::fprintf(out, "%s.%03dZ %-5s %.*s\n", ts, static_cast<int>(tv.tv_usec / 1000), name(l),
                static_cast<int>(msg.size()), msg.data());
   std::fflush(out);

@@ -20,6 +20,12 @@ LogLevel level() noexcept;
 Result<LogLevel> parseLevel(std::string_view s);
 // Appends to `path`; an empty path means stderr.
 Result<void> setFile(const std::string& path);
+// Opens the log file again under its name (after logrotate moved it away; SIGHUP).
+Result<void> reopen();
+// One line per message: `TIME LEVEL message` (text), or a JSON object
+// {"ts": "...", "level": "...", "msg": "..."} for log shippers.
+enum class Format { kText, kJson };
+void setFormat(Format f) noexcept;
 void write(LogLevel l, std::string_view msg) noexcept;
 
 template <class... T>

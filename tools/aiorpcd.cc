@@ -1,6 +1,7 @@
 // aiorpcd: the aiorpc daemon. `aiorpcd --role=NAME [flags]`; roles come from agents/registry.cc.
 #include <fcntl.h>
 #include <sys/file.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -26,7 +27,9 @@ const agents::FlagSpec kCommon[] = {
     {"bind", agents::FlagType::kEndpoint, "",
      "HOST:PORT, [V6]:PORT or unix:/path (port 0: any free)"},
     {"log-level", agents::FlagType::kLogLevel, "info", "debug, info, warn or error"},
-    {"log-file", agents::FlagType::kString, "", "append logs here instead of stderr"},
+    {"log-file", agents::FlagType::kString, "",
+     "append logs here instead of stderr (SIGHUP reopens it: logrotate)"},
+    {"log-format", agents::FlagType::kString, "text", "text or json (one object per line)"},
     {"pid-file", agents::FlagType::kString, "", "write the process id here"},
     {"drain-timeout", agents::FlagType::kSeconds, "10",
      "seconds to finish owed replies on shutdown"},
@@ -126,6 +129,10 @@ int main(int argc, char** argv) {
   clog::setLevel(*clog::parseLevel(flags.str("log-level")));
   if (auto r = clog::setFile(flags.str("log-file")); !r)
     return fail("cannot open --log-file: " + r.error().message());
+  std::string log_format = flags.str("log-format");
+  if (log_format != "text" && log_format != "json")
+    return fail("bad value '" + log_format + "' for --log-format: expected text or json");
+  clog::setFormat(log_format == "json" ? clog::Format::kJson : clog::Format::kText);
   core::prepareProcess();
 
   rpc::ServerOptions opts;
@@ -172,6 +179,7 @@ int main(int argc, char** argv) {
   auto shutdown = [&](int sig) {
     if (stopping) return;
     stopping = true;
+    sd_notify(0, "STOPPING=1");
     core::Callback<void()> left = [&] {
       if (grace <= 0) return drain();
       clog::info("unregistered; serving {} s more before draining", grace);
@@ -183,11 +191,22 @@ int main(int argc, char** argv) {
   // Handlers before the "listening on" line: a supervisor may signal as soon as it sees it.
   loop.onSignal(SIGINT, shutdown);
   loop.onSignal(SIGTERM, shutdown);
+  loop.onSignal(SIGHUP, [](int) {  // logrotate: reopen the log file; the daemon goes on
+    if (auto r = clog::reopen(); !r) {
+      clog::error("SIGHUP: cannot reopen --log-file: {}", r.error().message());
+      return;
+    }
+    clog::info("SIGHUP: log file reopened");
+  });
   std::printf("listening on %s\n", bound->toString().c_str());
   std::fflush(stdout);
   clog::info("aiorpcd role {} listening on {}", role->name, bound->toString());
 
   instance->started(server, *bound);
+  // Readiness for systemd (Type=notify); does nothing without NOTIFY_SOCKET.
+  sd_notify(
+      0, fmt::format("READY=1\nSTATUS=listening on {}\nMAINPID={}", bound->toString(), ::getpid())
+             .c_str());
   loop.run();
   // Sockets closed gracefully are still lingering (their peers read the last replies): exiting
   // now would reset them. Bounded by Loop::kLingerSeconds.
