@@ -62,6 +62,26 @@ Loop::Loop()
   check_.start();
   ev_unref(loop_);
   idle_.bind<&Loop::onIdle>(loop_, this);
+  async_.bind<&Loop::onAsync>(loop_, this);
+  async_.keepLoopAlive(false);  // waiting for worker threads alone does not keep run() going
+  async_.start();
+}
+
+void Loop::postFromThread(Callback<void()> cb) {
+  {
+    std::lock_guard<std::mutex> lock(remote_mu_);
+    remote_.push_back(std::move(cb));
+  }
+  async_.send();
+}
+
+void Loop::onAsync(int) noexcept {
+  std::vector<Callback<void()>> batch;
+  {
+    std::lock_guard<std::mutex> lock(remote_mu_);
+    batch.swap(remote_);
+  }
+  for (auto& cb : batch) cb();
 }
 
 Loop::~Loop() {
@@ -77,6 +97,11 @@ Loop::~Loop() {
     s->w.stop();
   }
   signals_.clear();
+  async_.stop();
+  {
+    std::lock_guard<std::mutex> lock(remote_mu_);
+    remote_.clear();
+  }
   ev_ref(loop_);
   prepare_.stop();
   ev_ref(loop_);
@@ -115,6 +140,10 @@ void Loop::endLinger(Linger* l) noexcept {
     lingering_.pop_back();  // closes the socket
     return;
   }
+}
+
+struct ev_loop* rawLoop(Loop& loop) noexcept {
+  return loop.raw();
 }
 
 void Loop::run() { ev_run(loop_, 0); }

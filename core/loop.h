@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 #include <vector>
 
@@ -47,6 +48,10 @@ class Loop {
   double now() const noexcept { return ev_now(loop_); }
 
   void post(Callback<void()> cb);
+  // The one call that is safe from any thread: runs `cb` on the loop's thread soon (libev's
+  // ev_async wakes the loop). For worker threads handing results back; `cb` must own what it
+  // uses (move it in). Callbacks still queued when the loop is destroyed are dropped.
+  void postFromThread(Callback<void()> cb);
   // Frees `p` once the callback stack has unwound (Envoy's deferredDelete).
   template <class T>
   void deferDelete(std::unique_ptr<T> p) {
@@ -111,6 +116,7 @@ class Loop {
   void onPrepare(int) noexcept;
   void onCheck(int) noexcept;
   void onIdle(int) noexcept;
+  void onAsync(int) noexcept;
   void runPosted() noexcept;
   void endLinger(Linger* l) noexcept;
   TimerId start(double sec, Callback<void()> cb, Owner owner);
@@ -119,6 +125,9 @@ class Loop {
   PrepareWatcher prepare_;  // before sleeping: posted work, then the batched flush
   CheckWatcher check_;      // after polling: posted work
   IdleWatcher idle_;        // keeps the poll from blocking while posted work is waiting
+  AsyncWatcher async_;      // postFromThread's wake-up
+  std::mutex remote_mu_;
+  std::vector<Callback<void()>> remote_;  // guarded by remote_mu_
   std::vector<Callback<void()>> posted_, running_;
   ListNode flush_list_;
   std::vector<std::unique_ptr<OneShot>> timers_;  // slot = id - 1; freed slots reused

@@ -5,6 +5,9 @@
 
 namespace aiorpc::core {
 
+class Loop;
+struct ev_loop* rawLoop(Loop& loop) noexcept;  // (loop.cc) so that bind(Loop&) needs no ev.h user
+
 namespace detail {
 template <class P>
 struct ClassOf;
@@ -40,12 +43,24 @@ class Watcher {
     ev_init(&w_, (&thunk<typename detail::MemberOf<M>::type, M>));
     w_.data = obj;
   }
+  // Layers above core bind to a Loop, never to libev's loop.
+  template <auto M>
+  void bind(Loop& loop, typename detail::MemberOf<M>::type* obj) noexcept {
+    bind<M>(rawLoop(loop), obj);
+  }
   void start() noexcept {
-    if (!ev_is_active(&w_)) Start(loop_, &w_);
+    if (ev_is_active(&w_)) return;
+    Start(loop_, &w_);
+    afterStart();
   }
   void stop() noexcept {
-    if (loop_) Stop(loop_, &w_);  // also clears a pending event
+    if (!loop_) return;
+    beforeStop();
+    Stop(loop_, &w_);  // also clears a pending event
   }
+  // false: this watcher alone does not keep Loop::run() going (libev's ev_unref), e.g. a
+  // housekeeping timer. Set before start(); owners above core never call libev for it.
+  void keepLoopAlive(bool yes) noexcept { keeps_alive_ = yes; }
   bool active() const noexcept { return ev_is_active(&w_); }
   W* raw() noexcept { return &w_; }
   struct ev_loop* loop() const noexcept {
@@ -59,6 +74,13 @@ class Watcher {
   }
 
  protected:
+  void afterStart() noexcept {
+    if (!keeps_alive_ && ev_is_active(&w_)) ev_unref(loop_);
+  }
+  void beforeStop() noexcept {
+    if (!keeps_alive_ && ev_is_active(&w_)) ev_ref(loop_);
+  }
+  bool keeps_alive_ = true;
   W w_{};
   struct ev_loop* loop_ = nullptr;
 };
@@ -69,6 +91,8 @@ inline void evTimerStart(struct ev_loop* l, ev_timer* w) { ev_timer_start(l, w);
 inline void evTimerStop(struct ev_loop* l, ev_timer* w) { ev_timer_stop(l, w); }
 inline void evSignalStart(struct ev_loop* l, ev_signal* w) { ev_signal_start(l, w); }
 inline void evSignalStop(struct ev_loop* l, ev_signal* w) { ev_signal_stop(l, w); }
+inline void evAsyncStart(struct ev_loop* l, ev_async* w) { ev_async_start(l, w); }
+inline void evAsyncStop(struct ev_loop* l, ev_async* w) { ev_async_stop(l, w); }
 inline void evPrepareStart(struct ev_loop* l, ev_prepare* w) { ev_prepare_start(l, w); }
 inline void evPrepareStop(struct ev_loop* l, ev_prepare* w) { ev_prepare_stop(l, w); }
 inline void evCheckStart(struct ev_loop* l, ev_check* w) { ev_check_start(l, w); }
@@ -103,10 +127,13 @@ class TimerWatcher : public Watcher<ev_timer, evTimerStart, evTimerStop> {
     stop();
     ev_timer_set(&w_, after, repeat);
     ev_timer_start(loop_, &w_);
+    afterStart();
   }
   void restart(double repeat) noexcept {
+    beforeStop();
     w_.repeat = sane(repeat);
     ev_timer_again(loop_, &w_);
+    afterStart();
   }
   double remaining() const noexcept {
     return ev_timer_remaining(loop_, const_cast<ev_timer*>(&w_));
@@ -116,6 +143,12 @@ class TimerWatcher : public Watcher<ev_timer, evTimerStart, evTimerStop> {
 class SignalWatcher : public Watcher<ev_signal, evSignalStart, evSignalStop> {
  public:
   void set(int signo) noexcept { ev_signal_set(&w_, signo); }
+};
+
+// Thread-safe wake-up: send() may be called from any thread (Loop::postFromThread uses it).
+class AsyncWatcher : public Watcher<ev_async, evAsyncStart, evAsyncStop> {
+ public:
+  void send() noexcept { ev_async_send(loop(), &w_); }
 };
 
 using PrepareWatcher = Watcher<ev_prepare, evPrepareStart, evPrepareStop>;

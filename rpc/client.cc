@@ -49,7 +49,7 @@ core::Address parseOrThrow(std::string_view spec) {
 
 Client::Client(core::Loop& loop, core::Address addr, ClientOptions opts)
     : loop_(loop), addr_(addr), opts_(opts), connector_(loop) {
-  timer_.bind<&Client::onTimer>(loop.raw(), this);
+  timer_.bind<&Client::onTimer>(loop, this);
 }
 
 Client::Client(core::Loop& loop, std::string_view spec, ClientOptions opts)
@@ -456,15 +456,12 @@ void Client::onTimer(int) noexcept {
 
 ClientPool::ClientPool(core::Loop& loop, ClientOptions opts, double idle_close)
     : loop_(loop), opts_(opts), idle_close_(idle_close) {
-  sweep_.bind<&ClientPool::onSweep>(loop.raw(), this);
+  sweep_.bind<&ClientPool::onSweep>(loop, this);
+  sweep_.keepLoopAlive(false);  // the sweep alone does not keep the loop running
   sweep_.start(idle_close / 2, idle_close / 2);
-  ev_unref(loop.raw());  // the sweep alone does not keep the loop running
 }
 
-ClientPool::~ClientPool() {
-  ev_ref(loop_.raw());
-  sweep_.stop();
-}
+ClientPool::~ClientPool() { sweep_.stop(); }
 
 Client& ClientPool::get(const core::Address& addr) {
   auto& c = clients_[addr.toString()];

@@ -345,9 +345,9 @@ void Server::Session::control(std::string_view cmd, Object msgid, Object params)
 Server::Server(core::Loop& loop, Service& service, ServerOptions opts)
     : loop_(loop), service_(service), opts_(opts), hub_(std::make_shared<Hub>(this)) {
   stats_.started = loop.now();
-  sweep_.bind<&Server::onSweep>(loop.raw(), this);
+  sweep_.bind<&Server::onSweep>(loop, this);
+  sweep_.keepLoopAlive(false);  // the sweep alone does not keep the loop running
   sweep_.start(kSweepEvery, kSweepEvery);
-  ev_unref(loop.raw());  // the sweep alone does not keep the loop running
 }
 
 void Server::onSweep(int) noexcept {
@@ -376,7 +376,6 @@ void Server::onSweep(int) noexcept {
 }
 
 Server::~Server() {
-  ev_ref(loop_.raw());
   sweep_.stop();
   loop_.cancel(drain_timer_);
   auto sessions = std::move(hub_->sessions);  // freed here, not deferred: the loop may be idle

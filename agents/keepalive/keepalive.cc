@@ -142,7 +142,7 @@ class KeepaliveRole final : public RoleInstance {
           addWatcher(std::move(reply.raw()), std::min(wait_ms, 60000.0) / 1000);
         },
         arg("version"), arg("wait_ms") = 30000);
-    expiry_.bind<&KeepaliveRole::onCheck>(loop_.raw(), this);
+    expiry_.bind<&KeepaliveRole::onCheck>(loop_, this);
     double every = env.flags.seconds("check-interval");
     expiry_.start(every, every);
   }

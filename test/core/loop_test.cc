@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "test/support/run_until.h"
@@ -126,6 +127,25 @@ TEST_SUITE("loop") {
     CHECK(seen[2] == "b");
     CHECK(seen[3] == "timer");
     loop.cancelOwned(a);  // nothing left: harmless
+  }
+
+  TEST_CASE("postFromThread: callbacks from many threads all run, on the loop's thread") {
+    Loop loop;
+    int ran = 0;
+    bool all_on_loop_thread = true;
+    auto loop_thread = std::this_thread::get_id();
+    std::vector<std::thread> workers;
+    for (int t = 0; t < 4; ++t)
+      workers.emplace_back([&] {
+        for (int i = 0; i < 10000; ++i)
+          loop.postFromThread([&] {
+            ++ran;  // no lock: only the loop's thread runs these
+            all_on_loop_thread &= std::this_thread::get_id() == loop_thread;
+          });
+      });
+    REQUIRE(runUntil(loop, [&] { return ran == 40000; }));
+    for (auto& w : workers) w.join();
+    CHECK(all_on_loop_thread);
   }
 
   struct Ticker {

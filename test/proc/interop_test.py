@@ -1,6 +1,7 @@
 """Interop with another msgpack implementation (python3-msgpack) in both directions, and the
 tested examples of docs/examples."""
 import json
+import signal
 import socket
 import subprocess
 import threading
@@ -159,6 +160,25 @@ def test_python_client_pipelines_against_our_server():
     assert got[1][3] == ["a"]
     assert got[2][3][1:] == ["py", "m"]
     assert "echo" in got[3][3]["methods"]
+
+
+def test_examples_thread_pool_replies_from_the_loop():
+    from harness import Proc
+    srv = Proc([binary("thread_pool")])
+    r = Raw(srv)
+    n = 2000
+    r.send(*[[0, i, "collatz", [i + 1]] for i in range(n)])  # computed on 4 worker threads
+    got = {m[1]: m[3] for m in r.recv(n, timeout=30)}
+
+    def steps(x):
+        k = 0
+        while x != 1:
+            x = 3 * x + 1 if x % 2 else x // 2
+            k += 1
+        return k
+    assert all(got[i] == steps(i + 1) for i in range(n))
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(timeout=10) == 0
 
 
 def test_examples_aggregation():
