@@ -5,7 +5,9 @@ FUZZ ?= build-fuzz
 FUZZ_SECONDS ?= 60
 SOURCES = $(shell git ls-files '*.cc' '*.h' 2>/dev/null)
 
-.PHONY: all build deps test asan run format format-check tidy bench fuzz clean
+PREFIX ?= /usr/local
+
+.PHONY: all build deps test asan run format format-check tidy bench fuzz install clean
 
 all: build
 
@@ -28,16 +30,25 @@ asan:
 	  -Db_lundef=false -Dcpp_args=-fno-sanitize-recover=all
 	ninja -C $(ASAN) && meson test -C $(ASAN) --print-errorlogs
 
-run: build
+# Builds only the two binaries it runs (not every test): a first run is a few minutes on 2 cores.
+run: $(BUILD)/build.ninja
+	ninja -C $(BUILD) aiorpcd aiorpc
 	@scripts/run-demo $(BUILD)
 
+install: build
+	meson configure $(BUILD) -Dprefix=$(PREFIX) >/dev/null
+	meson install -C $(BUILD)
+
 format:
+	@scripts/install-deps --dev
 	clang-format -i $(SOURCES)
 
 format-check:
+	@scripts/install-deps --dev
 	clang-format --dry-run --Werror $(SOURCES)
 
 tidy: build
+	@scripts/install-deps --dev
 	clang-tidy -p $(BUILD) --quiet $(filter %.cc,$(SOURCES))
 
 bench: build

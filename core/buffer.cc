@@ -6,6 +6,8 @@
 
 #include <cerrno>
 
+#include "core/platform.h"
+
 namespace aiorpc::core {
 
 void Buffer::consume(size_t n) noexcept {
@@ -117,7 +119,7 @@ ssize_t OutQueue::writeTo(int fd) {
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<size_t>(n);
-    ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL);  // no SIGPIPE even for embedders
+    ssize_t w = ::sendmsg(fd, &msg, platform::kSendFlags);  // no SIGPIPE even for embedders
     if (w < 0) {
       if (errno == EINTR) continue;
       if (total > 0 && errno == EAGAIN) return static_cast<ssize_t>(total);

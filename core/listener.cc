@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "core/log.h"
+#include "core/platform.h"
 
 namespace aiorpc::core {
 
@@ -91,8 +92,7 @@ void Listener::onReadable(int) noexcept {
   for (int i = 0; i < 64 && fd_; ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
-    int c =
-        ::accept4(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int c = platform::acceptStream(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len);
     if (c < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;

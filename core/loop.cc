@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <stdexcept>
+#include <string_view>
 
 #include "core/log.h"
 
@@ -51,10 +53,36 @@ struct Loop::Linger {
   void done() noexcept { loop->endLinger(this); }
 };
 
-Loop::Loop()
-    : loop_(ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV) |
-                        static_cast<unsigned>(ev_recommended_backends()))) {
-  if (!loop_) loop_ = ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV));
+namespace {
+unsigned backendFlags(LoopBackend b) noexcept {
+  if (b == LoopBackend::kAuto) {
+    const char* env = std::getenv("AIORPC_LOOP_BACKEND");
+    std::string_view e = env ? env : "";
+    b = e == "poll"     ? LoopBackend::kPoll
+        : e == "select" ? LoopBackend::kSelect
+        : e == "epoll"  ? LoopBackend::kEpoll
+        : e == "kqueue" ? LoopBackend::kKqueue
+                        : LoopBackend::kAuto;
+  }
+  switch (b) {
+    case LoopBackend::kPoll:
+      return EVBACKEND_POLL;
+    case LoopBackend::kSelect:
+      return EVBACKEND_SELECT;
+    case LoopBackend::kEpoll:
+      return EVBACKEND_EPOLL;
+    case LoopBackend::kKqueue:
+      return EVBACKEND_KQUEUE;
+    case LoopBackend::kAuto:
+      break;
+  }
+  return ev_recommended_backends();
+}
+}  // namespace
+
+Loop::Loop(LoopBackend backend)
+    : loop_(ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV) | backendFlags(backend))) {
+  if (!loop_) loop_ = ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV));  // not available here
   prepare_.bind<&Loop::onPrepare>(loop_, this);
   prepare_.start();
   ev_unref(loop_);  // the prepare watcher alone must not keep run() going
@@ -144,6 +172,21 @@ void Loop::endLinger(Linger* l) noexcept {
 
 struct ev_loop* rawLoop(Loop& loop) noexcept {
   return loop.raw();
+}
+
+const char* Loop::backendName() const noexcept {
+  switch (ev_backend(loop_)) {
+    case EVBACKEND_SELECT:
+      return "select";
+    case EVBACKEND_POLL:
+      return "poll";
+    case EVBACKEND_EPOLL:
+      return "epoll";
+    case EVBACKEND_KQUEUE:
+      return "kqueue";
+    default:
+      return "other";
+  }
 }
 
 void Loop::run() { ev_run(loop_, 0); }

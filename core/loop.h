@@ -30,9 +30,14 @@ class Flushable : public ListNode {
 // Single-threaded. Every method must be called from the thread running the loop.
 // Callbacks never run inside the call that schedules them: post() runs them later in the same
 // iteration, once the current callback stack has unwound.
+// libev's backend. kAuto: the platform's best (epoll on Linux, kqueue on the BSDs and macOS),
+// unless the environment variable AIORPC_LOOP_BACKEND names one (poll, select, epoll, kqueue):
+// the test run uses it to run the suites once more on poll.
+enum class LoopBackend { kAuto, kPoll, kSelect, kEpoll, kKqueue };
+
 class Loop {
  public:
-  Loop();
+  explicit Loop(LoopBackend backend = LoopBackend::kAuto);
   ~Loop();
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
@@ -46,6 +51,7 @@ class Loop {
   void runOnce();
   void stop() noexcept;
   double now() const noexcept { return ev_now(loop_); }
+  const char* backendName() const noexcept;
 
   void post(Callback<void()> cb);
   // The one call that is safe from any thread: runs `cb` on the loop's thread soon (libev's

@@ -6,6 +6,8 @@
 
 #include <cerrno>
 
+#include "core/platform.h"
+
 namespace aiorpc::core {
 
 void Fd::reset(int fd) noexcept {
@@ -14,7 +16,7 @@ void Fd::reset(int fd) noexcept {
 }
 
 Result<Fd> newSocket(int family) noexcept {
-  int fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = platform::streamSocket(family);
   if (fd < 0) return sysError(errno);
   return Fd(fd);
 }

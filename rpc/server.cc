@@ -1,14 +1,11 @@
 // Server: sessions, dispatch, control commands, drain.
 #include "rpc/server.h"
 
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
-
 #include <fmt/format.h>
 
 #include "core/connection.h"
 #include "core/log.h"
+#include "core/platform.h"
 
 namespace aiorpc::rpc {
 
@@ -369,10 +366,8 @@ void Server::onSweep(int) noexcept {
     auto it = hub_->sessions.find(id);
     if (it != hub_->sessions.end()) it->second->conn_.checkPeer();
   }
-#ifdef __GLIBC__
-  // glibc keeps freed small chunks in the heap; hand the pages back (madvise) after a big sweep.
-  if (freed >= 64) malloc_trim(0);
-#endif
+  // glibc keeps freed small chunks in the heap; hand the pages back after a big sweep.
+  if (freed >= 64) core::platform::trimHeap();
 }
 
 Server::~Server() {

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -166,6 +167,17 @@ TEST_SUITE("loop") {
     runUntil(
         loop, [] { return false; }, 0.03);
     CHECK(k.ticks == at);
+  }
+
+  TEST_CASE("the backend can be chosen, by option or by AIORPC_LOOP_BACKEND") {
+    Loop poll(LoopBackend::kPoll);
+    CHECK(std::string(poll.backendName()) == "poll");
+    Loop select(LoopBackend::kSelect);
+    CHECK(std::string(select.backendName()) == "select");
+    Loop any;
+    const char* env = std::getenv("AIORPC_LOOP_BACKEND");
+    if (env) CHECK(std::string(any.backendName()) == env);
+    MESSAGE("default loop backend here: " << any.backendName());
   }
 
   TEST_CASE("run() returns when only the loop's own watchers remain") {
