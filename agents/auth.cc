@@ -1,12 +1,12 @@
 // Token file, constant-time comparison, rate-limited audit log.
-#include "agents/auth.h"
+#include "aiorpc/agents/auth.h"
 
 #include <sys/stat.h>
 
 #include <cmath>
 #include <fstream>
 
-#include "core/log.h"
+#include "aiorpc/core/log.h"
 
 namespace aiorpc::agents {
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <string_view>
 
-#include "core/log.h"
-#include "core/loop.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/core/loop.h"
 
 namespace aiorpc::agents {
 

@@ -1,13 +1,13 @@
 // Flag parsing and value checks.
-#include "agents/flags.h"
+#include "aiorpc/agents/flags.h"
 
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 
-#include "core/address.h"
-#include "core/cidr.h"
-#include "core/log.h"
+#include "aiorpc/core/address.h"
+#include "aiorpc/core/cidr.h"
+#include "aiorpc/core/log.h"
 
 namespace aiorpc::agents {
 

@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "core/error.h"
+#include "aiorpc/core/error.h"
 
 namespace aiorpc::agents {
 

@@ -1,7 +1,7 @@
 // Heartbeat sender.
-#include "agents/heartbeat.h"
+#include "aiorpc/agents/heartbeat.h"
 
-#include "core/log.h"
+#include "aiorpc/core/log.h"
 
 namespace aiorpc::agents {
 

@@ -4,8 +4,8 @@
 #include <memory>
 #include <string>
 
-#include "core/loop.h"
-#include "rpc/client.h"
+#include "aiorpc/core/loop.h"
+#include "aiorpc/rpc/client.h"
 
 namespace aiorpc::agents {
 

@@ -1,8 +1,8 @@
 // The role table of aiorpcd. One line per role.
-#include "agents/demo/demo.h"
-#include "agents/keepalive/keepalive.h"
-#include "agents/proxy/proxy.h"
-#include "agents/role.h"
+#include "aiorpc/agents/demo/demo.h"
+#include "aiorpc/agents/keepalive/keepalive.h"
+#include "aiorpc/agents/proxy/proxy.h"
+#include "aiorpc/agents/role.h"
 
 namespace aiorpc::agents {
 

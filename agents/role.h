@@ -6,9 +6,9 @@
 #include <string>
 #include <string_view>
 
-#include "agents/flags.h"
-#include "core/loop.h"
-#include "rpc/server.h"
+#include "aiorpc/agents/flags.h"
+#include "aiorpc/core/loop.h"
+#include "aiorpc/rpc/server.h"
 
 namespace aiorpc::agents {
 

@@ -1,12 +1,12 @@
 // Buffer and OutQueue.
-#include "core/buffer.h"
+#include "aiorpc/core/buffer.h"
 
 #include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <cerrno>
 
-#include "core/platform.h"
+#include "aiorpc/core/platform.h"
 
 namespace aiorpc::core {
 

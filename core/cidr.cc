@@ -1,5 +1,5 @@
 // Address ranges.
-#include "core/cidr.h"
+#include "aiorpc/core/cidr.h"
 
 #include <arpa/inet.h>
 

@@ -6,8 +6,8 @@
 #include <string_view>
 #include <vector>
 
-#include "core/address.h"
-#include "core/error.h"
+#include "aiorpc/core/address.h"
+#include "aiorpc/core/error.h"
 
 namespace aiorpc::core {
 

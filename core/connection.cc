@@ -1,5 +1,5 @@
 // Connection: the read path, the batched write path and close.
-#include "core/connection.h"
+#include "aiorpc/core/connection.h"
 
 #include <sys/socket.h>
 #include <unistd.h>

@@ -5,11 +5,11 @@
 #include <string_view>
 #include <system_error>
 
-#include "core/address.h"
-#include "core/buffer.h"
-#include "core/loop.h"
-#include "core/socket.h"
-#include "core/watcher.h"
+#include "aiorpc/core/address.h"
+#include "aiorpc/core/buffer.h"
+#include "aiorpc/core/loop.h"
+#include "aiorpc/core/socket.h"
+#include "aiorpc/core/watcher.h"
 
 namespace aiorpc::core {
 

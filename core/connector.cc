@@ -1,5 +1,5 @@
 // Connector: connect(2) in progress, completion by writability, timeout by timer.
-#include "core/connector.h"
+#include "aiorpc/core/connector.h"
 
 #include <cerrno>
 

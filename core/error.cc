@@ -1,5 +1,5 @@
 // The aiorpc::core error category.
-#include "core/error.h"
+#include "aiorpc/core/error.h"
 
 namespace aiorpc::core {
 namespace {

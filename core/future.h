@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/callback.h"
+#include "aiorpc/core/callback.h"
 
 namespace aiorpc::core {
 

@@ -1,5 +1,5 @@
 // Listener: accept loop and EMFILE/ENFILE handling (libev's "special problem of accept()ing").
-#include "core/listener.h"
+#include "aiorpc/core/listener.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -7,8 +7,8 @@
 
 #include <cerrno>
 
-#include "core/log.h"
-#include "core/platform.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/core/platform.h"
 
 namespace aiorpc::core {
 

@@ -3,10 +3,10 @@
 
 #include <sys/types.h>
 
-#include "core/address.h"
-#include "core/callback.h"
-#include "core/loop.h"
-#include "core/socket.h"
+#include "aiorpc/core/address.h"
+#include "aiorpc/core/callback.h"
+#include "aiorpc/core/loop.h"
+#include "aiorpc/core/socket.h"
 
 namespace aiorpc::core {
 

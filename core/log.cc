@@ -1,5 +1,5 @@
 // Levelled logging: a timestamp, the level and one line.
-#include "core/log.h"
+#include "aiorpc/core/log.h"
 
 #include <sys/time.h>
 

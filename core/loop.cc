@@ -1,5 +1,5 @@
 // The reactor loop.
-#include "core/loop.h"
+#include "aiorpc/core/loop.h"
 
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <string_view>
 
-#include "core/log.h"
+#include "aiorpc/core/log.h"
 
 namespace aiorpc::core {
 

@@ -9,11 +9,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/callback.h"
-#include "core/future.h"
-#include "core/list.h"
-#include "core/socket.h"
-#include "core/watcher.h"
+#include "aiorpc/core/callback.h"
+#include "aiorpc/core/future.h"
+#include "aiorpc/core/list.h"
+#include "aiorpc/core/socket.h"
+#include "aiorpc/core/watcher.h"
 
 namespace aiorpc::core {
 

@@ -1,5 +1,5 @@
 // Platform differences (see platform.h).
-#include "core/platform.h"
+#include "aiorpc/core/platform.h"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,5 +1,5 @@
 // Resolver: c-ares on libev (socket state callback → io watchers, ares_timeout → a timer).
-#include "core/resolver.h"
+#include "aiorpc/core/resolver.h"
 
 #include <ares.h>
 
@@ -7,7 +7,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "core/log.h"
+#include "aiorpc/core/log.h"
 
 namespace aiorpc::core {
 

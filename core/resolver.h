@@ -8,9 +8,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/address.h"
-#include "core/loop.h"
-#include "core/watcher.h"
+#include "aiorpc/core/address.h"
+#include "aiorpc/core/loop.h"
+#include "aiorpc/core/watcher.h"
 
 struct ares_channeldata;  // c-ares' channel (ares.h stays out of this header)
 struct ares_addrinfo;

@@ -1,12 +1,12 @@
 // Socket helpers.
-#include "core/socket.h"
+#include "aiorpc/core/socket.h"
 
 #include <netinet/tcp.h>
 #include <unistd.h>
 
 #include <cerrno>
 
-#include "core/platform.h"
+#include "aiorpc/core/platform.h"
 
 namespace aiorpc::core {
 

@@ -1,8 +1,8 @@
 // Thin, errno-preserving helpers over BSD sockets.
 #pragma once
 
-#include "core/address.h"
-#include "core/error.h"
+#include "aiorpc/core/address.h"
+#include "aiorpc/core/error.h"
 
 namespace aiorpc::core {
 

@@ -1,5 +1,5 @@
 // Client, ClientPool, SyncClient.
-#include "rpc/client.h"
+#include "aiorpc/rpc/client.h"
 
 #include <fmt/format.h>
 
@@ -7,8 +7,8 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "core/log.h"
-#include "rpc/zone_pool.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/rpc/zone_pool.h"
 
 namespace aiorpc::rpc {
 

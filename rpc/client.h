@@ -8,13 +8,13 @@
 #include <string>
 #include <unordered_map>
 
-#include "core/callback.h"
-#include "core/connection.h"
-#include "core/connector.h"
-#include "core/future.h"
-#include "rpc/codec.h"
-#include "rpc/decoder.h"
-#include "rpc/errors.h"
+#include "aiorpc/core/callback.h"
+#include "aiorpc/core/connection.h"
+#include "aiorpc/core/connector.h"
+#include "aiorpc/core/future.h"
+#include "aiorpc/rpc/codec.h"
+#include "aiorpc/rpc/decoder.h"
+#include "aiorpc/rpc/errors.h"
 
 namespace aiorpc::rpc {
 

@@ -1,5 +1,5 @@
 // Packer's out-of-line half (floats, ext, generic objects) and conversion error messages.
-#include "rpc/codec.h"
+#include "aiorpc/rpc/codec.h"
 
 #include <bit>
 

@@ -16,8 +16,8 @@
 #include <variant>
 #include <vector>
 
-#include "core/buffer.h"
-#include "rpc/object.h"
+#include "aiorpc/core/buffer.h"
+#include "aiorpc/rpc/object.h"
 
 namespace aiorpc::rpc {
 

@@ -1,11 +1,11 @@
 // Scanner (limits before allocation) and Decoder (msgpack_unpacker without per-message zones).
-#include "rpc/decoder.h"
+#include "aiorpc/rpc/decoder.h"
 
 #include <fmt/format.h>
 
 #include <cstring>
 
-#include "rpc/zone_pool.h"
+#include "aiorpc/rpc/zone_pool.h"
 
 namespace aiorpc::rpc {
 namespace {

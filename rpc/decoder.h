@@ -11,7 +11,7 @@
 #include <span>
 #include <string>
 
-#include "rpc/object.h"
+#include "aiorpc/rpc/object.h"
 
 namespace aiorpc::rpc {
 

@@ -1,11 +1,11 @@
 // Error kinds and RpcError.
-#include "rpc/errors.h"
+#include "aiorpc/rpc/errors.h"
 
 #include <fmt/format.h>
 
 #include <array>
 
-#include "rpc/codec.h"
+#include "aiorpc/rpc/codec.h"
 
 namespace aiorpc::rpc {
 namespace {

@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-#include "rpc/object.h"
+#include "aiorpc/rpc/object.h"
 
 namespace aiorpc::rpc {
 

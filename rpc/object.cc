@@ -1,12 +1,12 @@
 // Object accessors, printing, and Value ownership.
-#include "rpc/object.h"
+#include "aiorpc/rpc/object.h"
 
 #include <fmt/format.h>
 
 #include <cstring>
 
-#include "rpc/codec.h"
-#include "rpc/zone_pool.h"
+#include "aiorpc/rpc/codec.h"
+#include "aiorpc/rpc/zone_pool.h"
 
 namespace aiorpc::rpc {
 

@@ -1,11 +1,11 @@
 // Responder.
-#include "rpc/responder.h"
+#include "aiorpc/rpc/responder.h"
 
 #include <cstring>
 #include <new>
 #include <utility>
 
-#include "rpc/zone_pool.h"
+#include "aiorpc/rpc/zone_pool.h"
 
 namespace aiorpc::rpc {
 

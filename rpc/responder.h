@@ -5,8 +5,8 @@
 #include <memory>
 #include <string>
 
-#include "rpc/codec.h"
-#include "rpc/errors.h"
+#include "aiorpc/rpc/codec.h"
+#include "aiorpc/rpc/errors.h"
 
 namespace aiorpc::rpc {
 

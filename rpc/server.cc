@@ -1,11 +1,11 @@
 // Server: sessions, dispatch, control commands, drain.
-#include "rpc/server.h"
+#include "aiorpc/rpc/server.h"
 
 #include <fmt/format.h>
 
-#include "core/connection.h"
-#include "core/log.h"
-#include "core/platform.h"
+#include "aiorpc/core/connection.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/core/platform.h"
 
 namespace aiorpc::rpc {
 

@@ -8,11 +8,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/cidr.h"
-#include "core/listener.h"
-#include "core/loop.h"
-#include "rpc/decoder.h"
-#include "rpc/service.h"
+#include "aiorpc/core/cidr.h"
+#include "aiorpc/core/listener.h"
+#include "aiorpc/core/loop.h"
+#include "aiorpc/rpc/decoder.h"
+#include "aiorpc/rpc/service.h"
 
 namespace aiorpc::rpc {
 

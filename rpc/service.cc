@@ -1,5 +1,5 @@
 // Binding params to declared parameters, context lookup, variadic args, reflection.
-#include "rpc/service.h"
+#include "aiorpc/rpc/service.h"
 
 #include <fmt/format.h>
 

@@ -11,12 +11,12 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/address.h"
-#include "core/callback.h"
-#include "core/future.h"
-#include "rpc/codec.h"
-#include "rpc/errors.h"
-#include "rpc/responder.h"
+#include "aiorpc/core/address.h"
+#include "aiorpc/core/callback.h"
+#include "aiorpc/core/future.h"
+#include "aiorpc/rpc/codec.h"
+#include "aiorpc/rpc/errors.h"
+#include "aiorpc/rpc/responder.h"
 
 namespace aiorpc::rpc {
 

@@ -1,5 +1,5 @@
 // The zone pool.
-#include "rpc/zone_pool.h"
+#include "aiorpc/rpc/zone_pool.h"
 
 #include <new>
 #include <vector>

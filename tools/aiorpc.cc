@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "core/version.h"
-#include "rpc/client.h"
+#include "aiorpc/rpc/client.h"
+#include "aiorpc/version.h"
 #include "tools/bench.h"
 #include "tools/json.h"
 

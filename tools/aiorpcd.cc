@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "agents/auth.h"
-#include "agents/role.h"
-#include "core/log.h"
-#include "core/version.h"
-#include "rpc/server.h"
+#include "aiorpc/agents/auth.h"
+#include "aiorpc/agents/role.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/rpc/server.h"
+#include "aiorpc/version.h"
 
 using namespace aiorpc;
 namespace clog = core::log;

@@ -14,11 +14,11 @@
 #include <string>
 #include <vector>
 
-#include "core/connection.h"
-#include "core/connector.h"
-#include "core/log.h"
-#include "rpc/codec.h"
-#include "rpc/decoder.h"
+#include "aiorpc/core/connection.h"
+#include "aiorpc/core/connector.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/rpc/codec.h"
+#include "aiorpc/rpc/decoder.h"
 
 namespace aiorpc::tools {
 namespace {

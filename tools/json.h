@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "rpc/codec.h"
+#include "aiorpc/rpc/codec.h"
 
 namespace aiorpc::tools {
 

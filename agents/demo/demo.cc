@@ -1,8 +1,8 @@
 // sample.foo: echo, add, default_params, set_cache/get_cache, sleep, notify, context_holder.
-#include "agents/demo/demo.h"
+#include "aiorpc/agents/demo/demo.h"
 
-#include "agents/heartbeat.h"
-#include "core/log.h"
+#include "aiorpc/agents/heartbeat.h"
+#include "aiorpc/core/log.h"
 
 namespace aiorpc::agents::demo {
 

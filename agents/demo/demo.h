@@ -5,9 +5,9 @@
 #include <memory>
 #include <string>
 
-#include "agents/role.h"
-#include "core/loop.h"
-#include "rpc/service.h"
+#include "aiorpc/agents/role.h"
+#include "aiorpc/core/loop.h"
+#include "aiorpc/rpc/service.h"
 
 namespace aiorpc::agents::demo {
 

@@ -1,13 +1,13 @@
 // Keepalive: heartbeat / get_services / unregister / watch over a Registry.
-#include "agents/keepalive/keepalive.h"
+#include "aiorpc/agents/keepalive/keepalive.h"
 
 #include <cmath>
 #include <list>
 #include <unordered_map>
 
-#include "agents/auth.h"
-#include "core/log.h"
-#include "rpc/server.h"
+#include "aiorpc/agents/auth.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/rpc/server.h"
 
 namespace aiorpc::agents::keepalive {
 

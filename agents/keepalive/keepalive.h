@@ -3,8 +3,8 @@
 
 #include <memory>
 
-#include "agents/keepalive/registry.h"
-#include "agents/role.h"
+#include "aiorpc/agents/keepalive/registry.h"
+#include "aiorpc/agents/role.h"
 
 namespace aiorpc::agents::keepalive {
 

@@ -1,5 +1,5 @@
 // Registry: heartbeat, unregister, expiry, the get_services() shape.
-#include "agents/keepalive/registry.h"
+#include "aiorpc/agents/keepalive/registry.h"
 
 #include <cmath>
 

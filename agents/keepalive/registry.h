@@ -7,8 +7,8 @@
 #include <string>
 #include <utility>
 
-#include "core/list.h"
-#include "rpc/codec.h"
+#include "aiorpc/core/list.h"
+#include "aiorpc/rpc/codec.h"
 
 namespace aiorpc::agents::keepalive {
 

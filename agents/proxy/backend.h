@@ -6,7 +6,7 @@
 #include <functional>
 #include <string>
 
-#include "rpc/client.h"
+#include "aiorpc/rpc/client.h"
 
 namespace aiorpc::agents::proxy {
 

@@ -1,14 +1,14 @@
 // Proxy: the service table from keepalive, invoke / batch_invoke routing, per-backend stats.
-#include "agents/proxy/proxy.h"
+#include "aiorpc/agents/proxy/proxy.h"
 
 #include <algorithm>
 #include <map>
 #include <unordered_map>
 
-#include "agents/proxy/backend.h"
-#include "core/log.h"
-#include "core/resolver.h"
-#include "rpc/server.h"
+#include "aiorpc/agents/proxy/backend.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/core/resolver.h"
+#include "aiorpc/rpc/server.h"
 
 namespace aiorpc::agents::proxy {
 

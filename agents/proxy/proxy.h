@@ -3,7 +3,7 @@
 
 #include <memory>
 
-#include "agents/role.h"
+#include "aiorpc/agents/role.h"
 
 namespace aiorpc::agents::proxy {
 

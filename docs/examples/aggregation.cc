@@ -2,8 +2,8 @@
 // Runs city_finder, item_finder and bar on one loop, calls bar.aggregation, prints the result.
 #include <cstdio>
 
-#include "rpc/client.h"
-#include "rpc/server.h"
+#include "aiorpc/rpc/client.h"
+#include "aiorpc/rpc/server.h"
 
 using namespace aiorpc;
 using namespace aiorpc::rpc;

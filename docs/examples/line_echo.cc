@@ -4,9 +4,9 @@
 #include <map>
 #include <memory>
 
-#include "core/connection.h"
-#include "core/listener.h"
-#include "core/log.h"
+#include "aiorpc/core/connection.h"
+#include "aiorpc/core/listener.h"
+#include "aiorpc/core/log.h"
 
 using namespace aiorpc::core;
 

@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "rpc/server.h"
+#include "aiorpc/rpc/server.h"
 
 using namespace aiorpc;
 using namespace aiorpc::rpc;

@@ -2,8 +2,8 @@
 // sockets (a refused connect with many calls waiting counts once).
 #include <doctest/doctest.h>
 
-#include "agents/proxy/backend.h"
-#include "core/listener.h"
+#include "aiorpc/agents/proxy/backend.h"
+#include "aiorpc/core/listener.h"
 #include "test/support/run_until.h"
 
 using aiorpc::agents::proxy::Backend;

@@ -1,9 +1,9 @@
 // Keepalive Registry against a manual clock: refresh, expiry, sorting, versions.
-#include "agents/keepalive/registry.h"
+#include "aiorpc/agents/keepalive/registry.h"
 
 #include <doctest/doctest.h>
 
-#include "rpc/object.h"
+#include "aiorpc/rpc/object.h"
 
 using namespace aiorpc;
 using aiorpc::agents::keepalive::Registry;

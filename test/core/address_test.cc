@@ -1,5 +1,5 @@
 // Address parsing and printing.
-#include "core/address.h"
+#include "aiorpc/core/address.h"
 
 #include <doctest/doctest.h>
 

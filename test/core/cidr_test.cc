@@ -1,5 +1,5 @@
 // Allow-list ranges: IPv4, IPv6, IPv4-mapped peers, prefixes at byte and bit boundaries.
-#include "core/cidr.h"
+#include "aiorpc/core/cidr.h"
 
 #include <doctest/doctest.h>
 

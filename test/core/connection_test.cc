@@ -1,5 +1,5 @@
 // Connection, Listener, Connector on real sockets.
-#include "core/connection.h"
+#include "aiorpc/core/connection.h"
 
 #include <doctest/doctest.h>
 #include <netinet/in.h>
@@ -8,8 +8,8 @@
 #include <cerrno>
 #include <map>
 
-#include "core/connector.h"
-#include "core/listener.h"
+#include "aiorpc/core/connector.h"
+#include "aiorpc/core/listener.h"
 #include "test/support/core_peer.h"
 #include "test/support/run_until.h"
 

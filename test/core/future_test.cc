@@ -1,11 +1,11 @@
 // Future/Task: continuations, coroutines, and a million synchronous awaits without stack growth.
-#include "core/future.h"
+#include "aiorpc/core/future.h"
 
 #include <doctest/doctest.h>
 
 #include <stdexcept>
 
-#include "core/loop.h"
+#include "aiorpc/core/loop.h"
 #include "test/support/run_until.h"
 
 using namespace aiorpc::core;

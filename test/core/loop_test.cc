@@ -1,5 +1,5 @@
 // Loop: post ordering, deferred deletion, timers, signals.
-#include "core/loop.h"
+#include "aiorpc/core/loop.h"
 
 #include <doctest/doctest.h>
 

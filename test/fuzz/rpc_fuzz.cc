@@ -7,9 +7,9 @@
 #include <cstdint>
 #include <memory>
 
-#include "agents/demo/demo.h"
-#include "core/log.h"
-#include "rpc/server.h"
+#include "aiorpc/agents/demo/demo.h"
+#include "aiorpc/core/log.h"
+#include "aiorpc/rpc/server.h"
 
 using namespace aiorpc;
 

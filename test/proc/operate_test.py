@@ -83,4 +83,77 @@ def test_meson_install_puts_binaries_and_unit_under_the_prefix():
     assert Proc  # (harness import kept for symmetry)
 
 
+
+def sanitized():
+    with open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")) as f:
+        opts = {o["name"]: o["value"] for o in json.load(f)}
+    return opts.get("b_sanitize", "none") not in ("none", "")
+
+
+def test_out_of_tree_build_with_pkg_config_only():
+    """Installs into a temporary root, then builds and runs docs/examples against it with
+    nothing but `pkg-config --cflags --libs aiorpc` (the shared library, by SONAME)."""
+    if sanitized():
+        print("skipped here: a sanitizer build's library needs the sanitizer runtime; the "
+              "plain build runs this test")
+        return
+    dest = tempfile.mkdtemp()
+    r = subprocess.run(["meson", "install", "-C", BUILD, "--no-rebuild", "--destdir", dest,
+                        "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    pcs = [os.path.join(root, f) for root, _, fs in os.walk(dest) for f in fs if f == "aiorpc.pc"]
+    assert len(pcs) == 1, pcs
+    pc_dir = os.path.dirname(pcs[0])
+    prefix = open(pcs[0]).read().split("prefix=", 1)[1].split("\n", 1)[0]
+    env = dict(os.environ, PKG_CONFIG_PATH=pc_dir)
+    flags = subprocess.run(["pkg-config", "--define-variable=prefix=" + dest + prefix,
+                            "--cflags", "--libs", "aiorpc"], capture_output=True, text=True,
+                           env=env, check=True).stdout.split()
+    libdir = next(f[2:] for f in flags if f.startswith("-L"))
+    so = [f for f in os.listdir(libdir) if f.startswith("libaiorpc.so.")]
+    assert any(f == "libaiorpc.so.0" for f in so), so  # versioned, with its SONAME link
+    assert os.path.exists(os.path.join(libdir, "libaiorpc.a"))
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples")
+    out = os.path.join(dest, "aggregation")
+    cxx = os.environ.get("CXX", "c++")
+    r = subprocess.run([cxx, "-O0", os.path.join(src, "aggregation.cc"), "-o", out, *flags],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_env = dict(os.environ, LD_LIBRARY_PATH=libdir)
+    r = subprocess.run([out], capture_output=True, text=True, timeout=30, env=run_env)
+    assert r.returncode == 0 and '"price": 30' in r.stdout, (r.stdout, r.stderr)
+    linked = subprocess.run(["ldd", out], capture_output=True, text=True, env=run_env).stdout
+    assert "libaiorpc.so.0" in linked, linked
+
+
+
+def test_as_a_meson_subproject_it_is_one_dependency_and_nothing_else():
+    if sanitized():
+        print("skipped here: the plain build runs this test")
+        return
+    root = tempfile.mkdtemp()
+    os.makedirs(os.path.join(root, "subprojects"))
+    here = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    os.symlink(here, os.path.join(root, "subprojects", "aiorpc"))
+    with open(os.path.join(root, "meson.build"), "w") as f:
+        f.write("project('user', 'cpp', default_options : ['cpp_std=c++20'])\n"
+                "dep = dependency('aiorpc')\n"
+                "executable('user_app', 'main.cc', dependencies : dep)\n")
+    with open(os.path.join(root, "main.cc"), "w") as f:
+        f.write("#include <aiorpc/aiorpc.h>\nint main() { aiorpc::core::Loop loop; return 0; }\n")
+    r = subprocess.run(["meson", "setup", os.path.join(root, "b"), root], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    targets = json.loads(subprocess.run(["meson", "introspect", "--targets",
+                                         os.path.join(root, "b")],
+                                        capture_output=True, text=True, check=True).stdout)
+    names = {t["name"] for t in targets}
+    assert "user_app" in names and "aiorpc" in names, names
+    assert not names & {"aiorpcd", "aiorpc_cli", "core_tests", "rpc_tests", "thread_pool",
+                        "epoll_echo", "rpc_fuzz_replay"}, names
+    tests = json.loads(subprocess.run(["meson", "introspect", "--tests", os.path.join(root, "b")],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert tests == [], [t["name"] for t in tests]
+
+
 run(globals())

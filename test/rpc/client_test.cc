@@ -1,6 +1,6 @@
 // Client: pipelining, timeouts, late replies, disconnect semantics, dead detection; Server and
 // Service through the client; coroutine handlers calling downstream services.
-#include "rpc/client.h"
+#include "aiorpc/rpc/client.h"
 
 #include <doctest/doctest.h>
 #include <sys/socket.h>
@@ -8,8 +8,8 @@
 
 #include <map>
 
-#include "core/listener.h"
-#include "rpc/server.h"
+#include "aiorpc/core/listener.h"
+#include "aiorpc/rpc/server.h"
 #include "test/support/core_peer.h"
 #include "test/support/run_until.h"
 

@@ -1,5 +1,5 @@
 // Packer and decode(): every supported type, its limits, str vs bin, the smallest forms.
-#include "rpc/codec.h"
+#include "aiorpc/rpc/codec.h"
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "rpc/service.h"
+#include "aiorpc/rpc/service.h"
 
 using namespace aiorpc::rpc;
 

@@ -1,5 +1,5 @@
 // Decoder and Scanner: every split point, many messages per read, every limit.
-#include "rpc/decoder.h"
+#include "aiorpc/rpc/decoder.h"
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "rpc/codec.h"
+#include "aiorpc/rpc/codec.h"
 
 using namespace aiorpc::rpc;
 

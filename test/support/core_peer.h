@@ -8,7 +8,7 @@
 #include <memory>
 #include <string>
 
-#include "core/connection.h"
+#include "aiorpc/core/connection.h"
 
 namespace aiorpc::test {
 

@@ -3,7 +3,7 @@
 
 #include <functional>
 
-#include "core/loop.h"
+#include "aiorpc/core/loop.h"
 
 namespace aiorpc::test {
 
