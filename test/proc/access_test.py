@@ -189,4 +189,5 @@ def test_audit_flood_is_summarised():
     assert 20 <= len(refused) <= 40, len(refused)  # at most 20 a second
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())

@@ -155,4 +155,5 @@ def test_drain_answers_buffered_requests():
     assert srv.wait(timeout=10) == 0
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())

@@ -48,4 +48,5 @@ def test_thousands_of_concurrent_connections():
         s.close()
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())

@@ -467,4 +467,5 @@ def test_cli_refuses_non_finite_timeout():
         assert p.returncode != 0 and b"timeout" in p.stderr and time.time() - t0 < 5, (bad, p)
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())

@@ -187,4 +187,5 @@ def test_examples_aggregation():
     assert p.stdout.strip() == '[{"id": 1, "price": 10}, {"id": 2, "price": 20}, {"id": 3, "price": 30}]'
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())

@@ -159,4 +159,5 @@ def test_watch_refuses_nan_wait_and_keeps_expiring():
     assert wait_until(lambda: "svc" not in services(ka), timeout=5)  # expiry still runs
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())

@@ -209,4 +209,5 @@ def test_pending_cap_bounds_memory_by_default():
     print(f"demo RSS {rss_mib(srv):.0f} MiB once the connection closed")
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())

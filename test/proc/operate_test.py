@@ -156,4 +156,5 @@ def test_as_a_meson_subproject_it_is_one_dependency_and_nothing_else():
     assert tests == [], [t["name"] for t in tests]
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())

@@ -231,4 +231,5 @@ def test_backends_of_gone_instances_are_freed():
         assert wait_until(lambda: len(backends(r)) == 0, timeout=10), len(backends(r))
 
 
-run(globals())
+if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
+    run(globals())
