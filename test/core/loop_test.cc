@@ -63,7 +63,12 @@ TEST_SUITE("loop") {
     std::vector<int> seen;
     CHECK_THROWS_AS(loop.after(std::nan(""), [&] { seen.push_back(0); }), std::invalid_argument);
     CHECK_THROWS_AS(loop.after(INFINITY, [&] { seen.push_back(0); }), std::invalid_argument);
-    CHECK_THROWS_AS(loop.sleep(-std::nan("")), std::invalid_argument);
+    CHECK_THROWS_AS(
+        [&] {
+          auto f = loop.sleep(-std::nan(""));
+          (void)f;
+        }(),
+        std::invalid_argument);
     loop.after(0.02, [&] { seen.push_back(2); });
     loop.after(0.01, [&] { seen.push_back(1); });
     loop.after(-5, [&] { seen.push_back(0); });  // negative: at once

@@ -1,6 +1,8 @@
 """Every resource a peer can make a daemon hold is bounded (issue 11 items 5-10): replies a
 client never reads, requests a backend never reads, backends seen once, requests in progress
 per connection, watches. Real daemons on loopback; memory read from /proc."""
+import json
+import os
 import socket
 import struct
 import threading
@@ -8,7 +10,19 @@ import time
 
 import msgpack
 
-from harness import Raw, daemon, run, wait_until
+from harness import BUILD, Raw, daemon, run, wait_until
+
+
+def sanitized():
+    """ASan keeps freed memory in quarantine: RSS bounds are asserted in the plain builds."""
+    with open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")) as f:
+        opts = {o["name"]: o["value"] for o in json.load(f)}
+    return opts.get("b_sanitize", "none") not in ("none", "")
+
+
+def assert_grew_less(before, after, limit_mib):
+    if not sanitized():
+        assert after - before < limit_mib, (before, after)
 
 
 def rss_mib(proc):
@@ -68,7 +82,7 @@ def test_proxy_client_that_never_reads_is_cut_off():
     time.sleep(0.5)
     after = rss_mib(px)
     print(f"proxy RSS {before:.0f} -> {after:.0f} MiB after 150 x 1 MiB unread replies")
-    assert after - before < 64, (before, after)
+    assert_grew_less(before, after, 64)
     r = Raw(px)  # everyone else is served
     assert r.call("invoke", ["sample.foo", "echo", ["fine"]])[3] == ["fine"]
     s.close()
@@ -85,7 +99,7 @@ def test_server_client_that_never_reads_is_cut_off():
     t.join(30)
     after = rss_mib(srv)
     print(f"demo RSS {before:.0f} -> {after:.0f} MiB after 100 x 1 MiB unread replies")
-    assert after - before < 48, (before, after)
+    assert_grew_less(before, after, 48)
     s.close()
 
 
@@ -112,7 +126,7 @@ def test_backend_that_never_reads_is_treated_as_broken():
                                                      "TimeoutError") for m in got), got[:3]
     after = rss_mib(px)
     print(f"proxy RSS {before:.0f} -> {after:.0f} MiB after 4 x 25 x 256 KiB to a silent backend")
-    assert after - before < 48, (before, after)
+    assert_grew_less(before, after, 48)
     assert r.call("\0stats", None)[3]["backends"][trap_name]["errors"] > 0
     trap.close()  # now it refuses: calls without a hint go to the real instance
     for i in range(10):
@@ -141,7 +155,7 @@ def test_watch_fan_out_respects_each_connection():
     after = rss_mib(ka)
     print(f"keepalive RSS {before:.0f} -> {after:.0f} MiB: 10,000 records, 2,000 watches on a "
           "connection that never reads, one change")
-    assert after - before < 48, (before, after)
+    assert_grew_less(before, after, 48)
     st = Raw(ka).call("\0stats", None)[3]
     assert st["errors"].get("Overloaded", 0) == 2000 - 32, st["errors"]  # per-connection cap
     s.close()
@@ -200,7 +214,7 @@ def test_pending_cap_bounds_memory_by_default():
     print(f"demo RSS {before:.0f} -> {after:.0f} MiB with 20,000 sleep(30) sent on one "
           f"connection ({st['in_flight']} in progress)")
     assert st["in_flight"] == 2048, st["in_flight"]
-    assert after - before < 40, (before, after)
+    assert_grew_less(before, after, 40)
     # a reset: the sleeps only this connection was waiting for end now, not in 30 s (the server
     # reads nothing from it meanwhile: it looks at the paused connection's state)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
