@@ -57,11 +57,24 @@ struct Call {
   Instances* instances = nullptr;  // the table entry as of generation `table_gen`
   uint64_t table_gen = 0;
   size_t start = 0;
-  std::vector<uint64_t> tried;   // backend ids: each instance at most once per call
+  // Backend ids tried: each instance at most once per call. Most calls try one, so the first
+  // few live inline (no allocation per routed call).
+  uint64_t tried_inline[4];
+  uint8_t tried_n = 0;
+  std::vector<uint64_t> tried_more;
   std::shared_ptr<Batch> batch;  // batch_invoke: where the outcome goes instead of `reply`
   size_t item = 0;
+  void addTried(uint64_t id) {
+    if (tried_n < 4) {
+      tried_inline[tried_n++] = id;
+    } else {
+      tried_more.push_back(id);
+    }
+  }
   bool triedId(uint64_t id) const noexcept {
-    return std::find(tried.begin(), tried.end(), id) != tried.end();
+    for (uint8_t i = 0; i < tried_n; ++i)
+      if (tried_inline[i] == id) return true;
+    return std::find(tried_more.begin(), tried_more.end(), id) != tried_more.end();
   }
 };
 
@@ -296,7 +309,7 @@ void ProxyRole::route(std::unique_ptr<Call> c) {
 void ProxyRole::sendTo(Backend& b, std::unique_ptr<Call> c) {
   ++b.requests;
   ++b.in_flight;
-  c->tried.push_back(b.id);
+  c->addTried(b.id);
   Call* raw = c.get();  // stays valid: the callback owns the call until the reply
   std::string_view method = raw->method;
   // The callback is owned by b's client, so `b` outlives it (a client drops its callbacks,
