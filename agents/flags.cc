@@ -1,6 +1,8 @@
 // Flag parsing and value checks.
 #include "aiorpc/agents/flags.h"
 
+#include <CLI/CLI.hpp>
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -47,47 +49,48 @@ std::optional<std::string> Flags::check(FlagType type, std::string_view v) {
 }
 
 bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* argv) {
-  for (const auto& s : specs)
-    if (!s.def.empty()) values_[std::string(s.name)] = std::string(s.def);
+  // CLI11 (Debian's libcli11-dev): --flag=value and --flag value, strict checks per type, and
+  // --config FILE with `name = value` lines (TOML/INI); the command line overrides the file.
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
-    if (a == "--help" || a == "-h") {
-      help_ = true;
-      continue;
-    }
-    if (a.substr(0, 2) != "--") {
-      error_ = "unexpected argument '" + std::string(a) + "' (flags are --name=value)";
-      return false;
-    }
-    a.remove_prefix(2);
-    std::string_view name = a, value;
-    bool has_value = false;
-    if (auto eq = a.find('='); eq != std::string_view::npos) {
-      name = a.substr(0, eq);
-      value = a.substr(eq + 1);
-      has_value = true;
-    }
-    const FlagSpec* spec = nullptr;
-    for (const auto& s : specs)
-      if (s.name == name) spec = &s;
-    if (!spec) {
-      error_ = "unknown flag --" + std::string(name) + " (see --help)";
-      return false;
-    }
-    if (!has_value && spec->type == FlagType::kBool) {
-      value = "true";
-    } else if (!has_value) {
-      if (i + 1 >= argc) {
-        error_ = "flag --" + std::string(name) + " needs a value";
-        return false;
-      }
-      value = argv[++i];
-    }
-    if (auto bad = check(spec->type, value)) {
-      error_ = "bad value '" + std::string(value) + "' for --" + std::string(name) + ": " + *bad;
-      return false;
-    }
-    values_[std::string(name)] = std::string(value);
+    if (a == "--help" || a == "-h") help_ = true;
+  }
+  if (help_) return true;
+  CLI::App app{"aiorpcd"};
+  app.set_help_flag();
+  app.set_config("--config", "", "read flags from FILE (name = value lines)");
+  std::map<std::string, std::string, std::less<>> parsed;
+  for (const auto& s : specs) {
+    std::string name(s.name);
+    if (parsed.count(name)) continue;  // the same flag in two tables: one option
+    auto* opt = app.add_option("--" + name, parsed[name]);
+    opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
+    FlagType type = s.type;
+    if (type == FlagType::kBool) opt->expected(0, 1);  // --flag alone means true
+    opt->check(
+        [type](const std::string& v) -> std::string {
+          if (type == FlagType::kBool && v.empty()) return {};
+          auto bad = check(type, v);
+          return bad ? "bad value '" + v + "': " + *bad : std::string();
+        },
+        std::string(s.help));
+  }
+  try {
+    app.parse(argc, const_cast<char**>(argv));
+  } catch (const CLI::ParseError& e) {
+    error_ = e.what();
+    for (char& c : error_)
+      if (c == '\n') c = ' ';
+    if (error_.find("not expected") != std::string::npos) error_ += " (see --help)";
+    return false;
+  }
+  for (const auto& s : specs)
+    if (!s.def.empty()) values_[std::string(s.name)] = std::string(s.def);
+  for (auto& [name, value] : parsed) {
+    if (app.count("--" + name) == 0) continue;
+    given_.insert(name);
+    auto spec = std::find_if(specs.begin(), specs.end(), [&](auto& s) { return s.name == name; });
+    values_[name] = spec->type == FlagType::kBool && value.empty() ? "true" : value;
   }
   return true;
 }

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -29,6 +30,8 @@ class Flags {
   bool parse(std::span<const FlagSpec> specs, int argc, const char* const* argv);
   const std::string& error() const noexcept { return error_; }
   bool has(std::string_view name) const;
+  // Given on the command line or in --config (not merely defaulted).
+  bool given(std::string_view name) const { return given_.count(std::string(name)) > 0; }
   std::string str(std::string_view name) const;
   double seconds(std::string_view name) const;
   long long count(std::string_view name) const;
@@ -41,6 +44,7 @@ class Flags {
   std::map<std::string, std::string, std::less<>> values_;
   std::string error_;
   bool help_ = false;
+  std::set<std::string> given_;
 };
 
 }  // namespace aiorpc::agents

@@ -4,6 +4,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -63,6 +64,9 @@ void usage(std::FILE* out) {
                    static_cast<int>(f.def.size()), f.def.data(), f.def.empty() ? "" : ")");
   };
   std::fprintf(out, "\nflags of every role:\n");
+  std::fprintf(out, "  --%-20s %s\n", "config",
+               "read flags from FILE: `name = value` lines (TOML/INI), e.g. ttl = 10; "
+               "flags on the command line override it");
   flags(kCommon);
   for (const auto& r : agents::roles()) {
     if (r.flags.empty()) continue;
@@ -106,16 +110,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::string_view(argv[i]) == "--version")
       return std::printf("aiorpcd %s\n", AIORPC_VERSION_STRING), 0;
-  // Find the role first: its flags join the common ones.
-  std::string role_name;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--role=", 0) == 0) role_name = a.substr(7);
-    if (a == "--role" && i + 1 < argc) role_name = argv[i + 1];
-  }
-  const agents::Role* role = agents::findRole(role_name);
+  // Every role's flags are known to the parser (the role may come from --config); a flag of
+  // another role than the chosen one is refused afterwards.
   std::vector<agents::FlagSpec> specs(std::begin(kCommon), std::end(kCommon));
-  if (role) specs.insert(specs.end(), role->flags.begin(), role->flags.end());
+  for (const auto& r : agents::roles()) specs.insert(specs.end(), r.flags.begin(), r.flags.end());
   agents::Flags flags;
   bool ok = flags.parse(specs, argc, argv);
   if (flags.helpWanted()) {
@@ -123,8 +121,20 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!ok) return fail(flags.error());
+  std::string role_name = flags.str("role");
+  const agents::Role* role = agents::findRole(role_name);
   if (role_name.empty()) return fail("--role is required (see --help)");
   if (!role) return fail("unknown role '" + role_name + "' (see --help)");
+  for (const auto& r : agents::roles()) {
+    if (&r == role) continue;
+    for (const auto& f : r.flags) {
+      bool ours = std::any_of(role->flags.begin(), role->flags.end(),
+                              [&](const agents::FlagSpec& g) { return g.name == f.name; });
+      if (flags.given(f.name) && !ours)
+        return fail("--" + std::string(f.name) + " is a flag of role " + std::string(r.name) +
+                    ", not of " + role_name);
+    }
+  }
 
   clog::setLevel(*clog::parseLevel(flags.str("log-level")));
   if (auto r = clog::setFile(flags.str("log-file")); !r)

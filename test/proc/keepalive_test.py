@@ -159,5 +159,31 @@ def test_watch_refuses_nan_wait_and_keeps_expiring():
     assert wait_until(lambda: "svc" not in services(ka), timeout=5)  # expiry still runs
 
 
+def test_config_file_and_command_line_override():
+    import os
+    import subprocess
+    import tempfile
+    from harness import binary
+    conf = os.path.join(tempfile.mkdtemp(), "keepalive.conf")
+    with open(conf, "w") as f:
+        f.write('# every flag by its name\nrole = "keepalive"\nbind = "127.0.0.1:0"\n'
+                'ttl = 0.3\ncheck-interval = 0.1\n')
+    ka = daemon("--config", conf)
+    Raw(ka).call("heartbeat", ["svc", "127.0.0.1", 5004])
+    assert wait_until(lambda: "svc" not in services(ka), timeout=3)  # ttl 0.3 from the file
+    ka2 = daemon("--config", conf, "--ttl", "30")  # the command line wins
+    Raw(ka2).call("heartbeat", ["svc", "127.0.0.1", 5004])
+    time.sleep(0.8)
+    assert "svc" in services(ka2)
+    for args, why in ((["--config", conf, "--max-pending", "8x"], "max-pending"),
+                      (["--config", conf, "--eject-after", "3"], "flag of role proxy"),
+                      (["--config", conf + ".missing"], "not readable"),
+                      (["--role=demo", "--ttl", "5"], "flag of role keepalive"),
+                      (["--role=keepalive", "--ttl", "nan"], "ttl")):
+        p = subprocess.run([binary("aiorpcd"), *args], capture_output=True, timeout=10)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and why in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
 if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
     run(globals())

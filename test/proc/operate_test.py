@@ -76,7 +76,7 @@ def test_meson_install_puts_binaries_and_unit_under_the_prefix():
     unit = f"{prefix}/lib/systemd/system/aiorpcd@.service"
     assert unit in files, files
     text = open(os.path.join(dest, unit)).read()
-    assert "Type=notify" in text and f"ExecStart=/{prefix}/bin/aiorpcd $AIORPCD_ARGS" in text
+    assert "Type=notify" in text and f"ExecStart=/{prefix}/bin/aiorpcd --config /etc/aiorpc/%i.conf" in text
     v = subprocess.run([os.path.join(dest, prefix, "bin/aiorpcd"), "--version"],
                        capture_output=True, text=True)
     assert v.returncode == 0 and v.stdout.startswith("aiorpcd ")
