@@ -9,10 +9,10 @@ namespace aiorpc::agents {
 namespace {
 const Role kRoles[] = {
     {"keepalive", "service registry with heartbeats and expiry", "0.0.0.0:7999", keepalive::kFlags,
-     keepalive::create},
+     keepalive::create, false},
     {"proxy", "routes invoke/batch_invoke by service name (needs --keepalive)", "127.0.0.1:9999",
-     proxy::kFlags, proxy::create},
-    {"demo", "the sample service sample.foo", "127.0.0.1:10010", demo::kFlags, demo::create},
+     proxy::kFlags, proxy::create, false},
+    {"demo", "the sample service sample.foo", "127.0.0.1:10010", demo::kFlags, demo::create, true},
 };
 }  // namespace
 

@@ -41,6 +41,9 @@ struct Role {
   std::string_view default_bind;
   std::span<const FlagSpec> flags;  // the role's own flags
   std::unique_ptr<RoleInstance> (*create)(RoleEnv&);
+  // A service role: with --keepalive the daemon registers its service (heartbeats every
+  // --heartbeat-interval) and unregisters it first thing on shutdown (the drain handshake).
+  bool heartbeats;
 };
 
 // The role table (agents/registry.cc): adding a role is a folder, a subdir() line and one entry.

@@ -1,4 +1,5 @@
 // aiorpcd: the aiorpc daemon. `aiorpcd --role=NAME [flags]`; roles come from agents/registry.cc.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <systemd/sd-daemon.h>
@@ -9,10 +10,13 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "aiorpc/agents/auth.h"
+#include "aiorpc/agents/heartbeat.h"
+#include "aiorpc/agents/module.h"
 #include "aiorpc/agents/role.h"
 #include "aiorpc/core/log.h"
 #include "aiorpc/rpc/server.h"
@@ -49,14 +53,45 @@ const agents::FlagSpec kCommon[] = {
      "accept connections only from these CIDR ranges (unix peers always; default: all)"},
     {"auth-token-file", agents::FlagType::kString, "",
      "registry token: keepalive requires it for writes, services and proxies send it"},
+    {"heartbeat-interval", agents::FlagType::kSeconds, "3",
+     "service roles with --keepalive: seconds between heartbeats"},
+    {"module", agents::FlagType::kString, "",
+     "load roles from a module (PATH.so; on the command line, repeatable)"},
 };
+
+// Built-in roles, then those of the modules loaded with --module.
+std::vector<const agents::Role*> g_roles;
+
+const agents::Role* findRole(std::string_view name) {
+  for (const auto* r : g_roles)
+    if (r->name == name) return r;
+  return nullptr;
+}
+
+// dlopen()s a role module and checks it; the handle stays open for the process's life.
+std::optional<std::string> loadModule(const std::string& path) {
+  void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!h) return std::string("cannot load module: ") + ::dlerror();
+  auto entry = reinterpret_cast<const agents::ModuleInfo* (*)()>(::dlsym(h, "aiorpc_module"));
+  if (!entry) return "module " + path + " has no aiorpc_module() entry point (AIORPC_MODULE)";
+  const agents::ModuleInfo* info = entry();
+  if (!info || info->abi != agents::kModuleAbi)
+    return "module " + path + " was built against aiorpc " +
+           (info && info->version ? info->version : "?") + ", this aiorpcd is " +
+           AIORPC_VERSION_STRING + ": rebuild it against this version";
+  for (const auto& r : info->roles) {
+    if (findRole(r.name)) return "module " + path + ": role " + std::string(r.name) + " exists";
+    g_roles.push_back(&r);
+  }
+  return std::nullopt;
+}
 
 void usage(std::FILE* out) {
   std::fprintf(out, "usage: aiorpcd --role=NAME [--flag=value | --flag value]...\n\nroles:\n");
-  for (const auto& r : agents::roles())
-    std::fprintf(out, "  %-10s %.*s (default bind %.*s)\n", std::string(r.name).c_str(),
-                 static_cast<int>(r.summary.size()), r.summary.data(),
-                 static_cast<int>(r.default_bind.size()), r.default_bind.data());
+  for (const auto* r : g_roles)
+    std::fprintf(out, "  %-10s %.*s (default bind %.*s)\n", std::string(r->name).c_str(),
+                 static_cast<int>(r->summary.size()), r->summary.data(),
+                 static_cast<int>(r->default_bind.size()), r->default_bind.data());
   auto flags = [&](std::span<const agents::FlagSpec> specs) {
     for (const auto& f : specs)
       std::fprintf(out, "  --%-20s %.*s%s%.*s%s\n", std::string(f.name).c_str(),
@@ -68,10 +103,10 @@ void usage(std::FILE* out) {
                "read flags from FILE: `name = value` lines (TOML/INI), e.g. ttl = 10; "
                "flags on the command line override it");
   flags(kCommon);
-  for (const auto& r : agents::roles()) {
-    if (r.flags.empty()) continue;
-    std::fprintf(out, "\nflags of role %s:\n", std::string(r.name).c_str());
-    flags(r.flags);
+  for (const auto* r : g_roles) {
+    if (r->flags.empty()) continue;
+    std::fprintf(out, "\nflags of role %s:\n", std::string(r->name).c_str());
+    flags(r->flags);
   }
 }
 
@@ -112,8 +147,17 @@ int main(int argc, char** argv) {
       return std::printf("aiorpcd %s\n", AIORPC_VERSION_STRING), 0;
   // Every role's flags are known to the parser (the role may come from --config); a flag of
   // another role than the chosen one is refused afterwards.
+  for (const auto& r : agents::roles()) g_roles.push_back(&r);
+  for (int i = 1; i < argc; ++i) {  // modules first: their roles bring flags of their own
+    std::string_view a = argv[i];
+    std::string path;
+    if (a.substr(0, 9) == "--module=") path = std::string(a.substr(9));
+    if (a == "--module" && i + 1 < argc) path = argv[++i];
+    if (path.empty()) continue;
+    if (auto bad = loadModule(path)) return fail(*bad);
+  }
   std::vector<agents::FlagSpec> specs(std::begin(kCommon), std::end(kCommon));
-  for (const auto& r : agents::roles()) specs.insert(specs.end(), r.flags.begin(), r.flags.end());
+  for (const auto* r : g_roles) specs.insert(specs.end(), r->flags.begin(), r->flags.end());
   agents::Flags flags;
   bool ok = flags.parse(specs, argc, argv);
   if (flags.helpWanted()) {
@@ -122,16 +166,16 @@ int main(int argc, char** argv) {
   }
   if (!ok) return fail(flags.error());
   std::string role_name = flags.str("role");
-  const agents::Role* role = agents::findRole(role_name);
+  const agents::Role* role = findRole(role_name);
   if (role_name.empty()) return fail("--role is required (see --help)");
   if (!role) return fail("unknown role '" + role_name + "' (see --help)");
-  for (const auto& r : agents::roles()) {
-    if (&r == role) continue;
-    for (const auto& f : r.flags) {
+  for (const auto* r : g_roles) {
+    if (r == role) continue;
+    for (const auto& f : r->flags) {
       bool ours = std::any_of(role->flags.begin(), role->flags.end(),
                               [&](const agents::FlagSpec& g) { return g.name == f.name; });
       if (flags.given(f.name) && !ours)
-        return fail("--" + std::string(f.name) + " is a flag of role " + std::string(r.name) +
+        return fail("--" + std::string(f.name) + " is a flag of role " + std::string(r->name) +
                     ", not of " + role_name);
     }
   }
@@ -183,6 +227,7 @@ int main(int argc, char** argv) {
   if (!bound) return fail("cannot listen on " + bind + ": " + bound.error().message());
   // SPEC §7: unregister first, keep serving for --drain-grace so that proxies stop routing
   // here, then drain (requests that still arrive are answered ServiceUnavailable), then stop.
+  std::unique_ptr<agents::Heartbeat> heartbeat;  // service roles with --keepalive
   bool stopping = false;
   double grace = flags.seconds("drain-grace");
   auto drain = [&] { server.drain([&] { instance->stop([&] { loop.stop(); }); }); };
@@ -196,6 +241,7 @@ int main(int argc, char** argv) {
       loop.after(grace, drain);
     };
     clog::info("signal {}: leaving and draining", sig);
+    if (heartbeat) return heartbeat->stop(std::move(left));  // unregister, then the grace
     if (!instance->leave(left)) drain();
   };
   // Handlers before the "listening on" line: a supervisor may signal as soon as it sees it.
@@ -213,6 +259,11 @@ int main(int argc, char** argv) {
   clog::info("aiorpcd role {} listening on {}", role->name, bound->toString());
 
   instance->started(server, *bound);
+  if (role->heartbeats && flags.has("keepalive"))
+    heartbeat = std::make_unique<agents::Heartbeat>(
+        loop, agents::HeartbeatOptions{*core::Address::parse(flags.str("keepalive")),
+                                       instance->service().name(), bound->port(),
+                                       flags.seconds("heartbeat-interval"), env.auth_token});
   // Readiness for systemd (Type=notify); does nothing without NOTIFY_SOCKET.
   sd_notify(
       0, fmt::format("READY=1\nSTATUS=listening on {}\nMAINPID={}", bound->toString(), ::getpid())

@@ -1,7 +1,6 @@
 // sample.foo: echo, add, default_params, set_cache/get_cache, sleep, notify, context_holder.
 #include "aiorpc/agents/demo/demo.h"
 
-#include "aiorpc/agents/heartbeat.h"
 #include "aiorpc/core/log.h"
 
 namespace aiorpc::agents::demo {
@@ -83,34 +82,18 @@ namespace {
 
 class DemoRole final : public RoleInstance {
  public:
-  explicit DemoRole(RoleEnv& env)
-      : env_(env), svc_(env.flags.str("service-name")), foo_(env.loop, svc_) {}
+  explicit DemoRole(RoleEnv& env) : svc_(env.flags.str("service-name")), foo_(env.loop, svc_) {}
   rpc::Service& service() override { return svc_; }
-  void started(rpc::Server&, const core::Address& bound) override {
-    if (!env_.flags.has("keepalive")) return;
-    heartbeat_ = std::make_unique<Heartbeat>(
-        env_.loop,
-        HeartbeatOptions{*core::Address::parse(env_.flags.str("keepalive")), svc_.name(),
-                         bound.port(), env_.flags.seconds("heartbeat-interval"), env_.auth_token});
-  }
-  bool leave(core::Callback<void()>& done) override {
-    if (!heartbeat_) return false;
-    heartbeat_->stop(std::move(done));
-    return true;
-  }
 
  private:
-  RoleEnv& env_;
   rpc::Service svc_;
   SampleFoo foo_;
-  std::unique_ptr<Heartbeat> heartbeat_;
 };
 
 }  // namespace
 
-const FlagSpec kFlags[2] = {
-    {"service-name", FlagType::kString, "sample.foo", "name to register with the keepalive"},
-    {"heartbeat-interval", FlagType::kSeconds, "3", "seconds between heartbeats"},
+const FlagSpec kFlags[1] = {
+    {"service-name", FlagType::kString, "sample.foo", "the service's name (as registered)"},
 };
 
 std::unique_ptr<RoleInstance> create(RoleEnv& env) { return std::make_unique<DemoRole>(env); }

@@ -26,6 +26,6 @@ class SampleFoo {
 };
 
 std::unique_ptr<RoleInstance> create(RoleEnv& env);
-extern const FlagSpec kFlags[2];
+extern const FlagSpec kFlags[1];
 
 }  // namespace aiorpc::agents::demo

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "aiorpc/agents/heartbeat.h"
+#include "aiorpc/agents/module.h"
 #include "aiorpc/agents/role.h"
 #include "aiorpc/core/address.h"
 #include "aiorpc/core/callback.h"
