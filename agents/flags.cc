@@ -86,11 +86,12 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
   }
   for (const auto& s : specs)
     if (!s.def.empty()) values_[std::string(s.name)] = std::string(s.def);
-  for (auto& [name, value] : parsed) {
+  for (auto& entry : parsed) {
+    const std::string& name = entry.first;  // not a structured binding: lambdas capture it
     if (app.count("--" + name) == 0) continue;
     given_.insert(name);
     auto spec = std::find_if(specs.begin(), specs.end(), [&](auto& s) { return s.name == name; });
-    values_[name] = spec->type == FlagType::kBool && value.empty() ? "true" : value;
+    values_[name] = spec->type == FlagType::kBool && entry.second.empty() ? "true" : entry.second;
   }
   return true;
 }

@@ -40,7 +40,7 @@ def test_module_role_is_a_role_like_any_other():
 
 def test_modules_of_another_version_or_no_module_are_refused():
     for path, why in ((module("old_module"), "built against aiorpc 0.0.1"),
-                      (os.path.join(BUILD, "libaiorpc.so"), "no aiorpc_module() entry point"),
+                      (module("not_module"), "no aiorpc_module() entry point"),
                       ("/nonexistent/libx.so", "cannot load module")):
         p = subprocess.run([binary("aiorpcd"), "--module", path, "--role=demo"],
                            capture_output=True, text=True, timeout=10)
