@@ -46,14 +46,16 @@ void Connection::sent() noexcept {
     out_.clear();
     return;
   }
-  if (limit_ && out_.size() > limit_) {
-    close(sysError(ENOBUFS));
-    return;
-  }
   if (!want_write_) loop_.wantFlush(this);  // an armed write watcher will pick it up
-  if (!above_high_ && out_.size() > high_) {
-    above_high_ = true;
-    handler_->onHighWater(*this);
+  if (out_.size() > high_) [[unlikely]] {   // the hard limit is above the high-water mark
+    if (limit_ && out_.size() > limit_) {
+      close(sysError(ENOBUFS));
+      return;
+    }
+    if (!above_high_) {
+      above_high_ = true;
+      handler_->onHighWater(*this);
+    }
   }
 }
 

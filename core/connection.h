@@ -1,6 +1,7 @@
 // A non-blocking stream connection: reads into the owner's buffer, batches writes per iteration.
 #pragma once
 
+#include <algorithm>
 #include <span>
 #include <string_view>
 #include <system_error>
@@ -72,7 +73,10 @@ class Connection final : private Flushable {
   // Hard limit on queued output (0: none). A peer that lets more than this pile up (it does
   // not read) is disconnected at once with ENOBUFS and its queued bytes are dropped (Redis's
   // client-output-buffer-limit): one peer can never make us hold more than this.
-  void setOutputLimit(size_t bytes) noexcept { limit_ = bytes; }
+  void setOutputLimit(size_t bytes) noexcept {
+    limit_ = bytes;
+    if (limit_ && limit_ < high_) high_ = limit_, low_ = std::min(low_, limit_ / 2);  // see sent()
+  }
   size_t pendingBytes() const noexcept { return out_.size(); }
   int fd() const noexcept { return fd_.get(); }
   const Address& peer() const noexcept { return peer_; }

@@ -96,6 +96,7 @@ class Server::Session final : public core::ConnectionHandler {
   // owed keeps reading and answers what still arrives with ServiceUnavailable ("draining": it
   // did not run, a proxy sends it elsewhere), then closes once its owed replies are written.
   void drain() {
+    draining_ = true;
     if (conn_.closed()) return;
     process();  // what is buffered already is answered too
     if (!conn_.closed() && in_flight_ == 0) finish();
@@ -124,14 +125,15 @@ class Server::Session final : public core::ConnectionHandler {
   size_t read_size_ = kMinRead, offered_ = 0;
   size_t in_flight_ = 0;
   bool stopping_ = false, throttled_ = false, scheduled_ = false;
-  bool full_ = false;  // max_pending requests in progress: not reading until one finishes
+  bool full_ = false;      // max_pending requests in progress: not reading until one finishes
+  bool draining_ = false;  // the server's drain, kept here: one load on the request path
   core::Loop::TimerId drain_timer_ = 0;
 };
 
 namespace {
 
 // Writes "[1, msgid, " for a reply.
-void replyHead(Packer& p, Object msgid) {
+[[gnu::always_inline]] inline void replyHead(Packer& p, Object msgid) {
   p.array(4);
   p.uinteger(1);
   if (msgid.type() == MSGPACK_OBJECT_POSITIVE_INTEGER) {
@@ -247,7 +249,8 @@ void Server::Session::process() {
     if (st == Decoder::Status::kError) return protocolError(dec_->error());
     handle(msg);
     if (stopping_ && !conn_.eof()) return;  // a protocol error: nothing after it is read
-    if (srv_.draining_ && in_flight_ == 0 && dec_->pending() == 0) return finish();
+    if (draining_ && in_flight_ == 0 && dec_->pending() == 0) [[unlikely]]
+      return finish();
     if (--budget == 0 && !scheduled_) {
       // Let other connections run; continue with what is buffered on the next iteration.
       conn_.pauseReading();
@@ -301,7 +304,7 @@ void Server::Session::request(Object msgid, Object method, Object params, bool n
     if (notify) return;
     return control(name.substr(1), msgid, params);
   }
-  if (srv_.draining_) {
+  if (draining_) [[unlikely]] {
     if (!notify) inv.replyError(Kind::kServiceUnavailable, "draining");
     return;  // it did not run
   }
