@@ -41,27 +41,16 @@ Result<Address> Address::parse(std::string_view text) {
   if (ec != std::errc{} || end != port_text.data() + port_text.size() || port < 0 || port > 65535 ||
       host.empty())
     return Errc::kBadAddress;
+  if (auto ip = fromIp(host, port)) return ip;
+  // A name: resolved here, blocking (start-up and tools only; the loop uses core::Resolver).
   std::string h(host);
-  if (h == "localhost") h = "127.0.0.1";
-  sockaddr_in v4{};
-  sockaddr_in6 v6{};
-  if (inet_pton(AF_INET, h.c_str(), &v4.sin_addr) == 1) {
-    v4.sin_family = AF_INET;
-    std::memcpy(&a.storage_, &v4, sizeof v4);
-    a.len_ = sizeof v4;
-  } else if (inet_pton(AF_INET6, h.c_str(), &v6.sin6_addr) == 1) {
-    v6.sin6_family = AF_INET6;
-    std::memcpy(&a.storage_, &v6, sizeof v6);
-    a.len_ = sizeof v6;
-  } else {
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* res = nullptr;
-    if (getaddrinfo(h.c_str(), nullptr, &hints, &res) != 0 || !res) return Errc::kBadAddress;
-    std::memcpy(&a.storage_, res->ai_addr, res->ai_addrlen);
-    a.len_ = res->ai_addrlen;
-    freeaddrinfo(res);
-  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(h.c_str(), nullptr, &hints, &res) != 0 || !res) return Errc::kBadAddress;
+  std::memcpy(&a.storage_, res->ai_addr, res->ai_addrlen);
+  a.len_ = res->ai_addrlen;
+  freeaddrinfo(res);
   a.setPort(port);
   return a;
 }

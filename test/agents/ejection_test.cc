@@ -84,18 +84,17 @@ TEST_SUITE("proxy ejection") {
       ++changes;
     };
     int not_sent = 0;
-    for (int i = 0; i < 500; ++i)
-      b.client.send(
-          "m", [](rpc::Packer& p) { p.nil(); },
-          [&](rpc::Response& r) { not_sent += r.status == rpc::Response::Status::kNotSent; });
+    auto burst = [&] {  // 500 calls waiting on one connect attempt
+      for (int i = 0; i < 500; ++i)
+        b.client.send(
+            "m", [](rpc::Packer& p) { p.nil(); },
+            [&](rpc::Response& r) { not_sent += r.status == rpc::Response::Status::kNotSent; });
+    };
+    burst();
     REQUIRE(runUntil(loop, [&] { return not_sent == 500; }));
     CHECK(b.eject.connectFailures() == 1);
     CHECK_FALSE(b.eject.ejected());  // after = 2: one attempt is not enough
-    // a second attempt (another burst) ejects it
-    for (int i = 0; i < 500; ++i)
-      b.client.send(
-          "m", [](rpc::Packer& p) { p.nil(); },
-          [&](rpc::Response& r) { not_sent += r.status == rpc::Response::Status::kNotSent; });
+    burst();                         // a second attempt ejects it
     REQUIRE(runUntil(loop, [&] { return not_sent == 1000; }));
     CHECK(b.eject.connectFailures() == 2);
     CHECK(b.eject.ejected());
