@@ -5,6 +5,8 @@
 
 namespace aiorpc::rpc {
 
+void Packer::appendToString(const void* p, size_t n) { s_->append(static_cast<const char*>(p), n); }
+
 void Packer::real(double v) { put(0xcb, std::bit_cast<uint64_t>(v)); }
 
 void Packer::real32(float v) { put(0xca, std::bit_cast<uint32_t>(v)); }

@@ -116,9 +116,11 @@ class Packer {
   // Inlined everywhere: on the reply path the out-of-line copy GCC chose for server.cc cost
   // ~50 instructions per call (a call plus a generic memcpy for a few bytes).
   [[gnu::always_inline]] void write(const void* p, size_t n) {
-    if (q_) return q_->append(p, n);
-    s_->append(static_cast<const char*>(p), n);
+    if (q_) [[likely]]
+      return q_->append(p, n);
+    appendToString(p, n);  // out of line: packing into strings is off the reply path
   }
+  void appendToString(const void* p, size_t n);
 
   std::string* s_ = nullptr;
   core::OutQueue* q_ = nullptr;
