@@ -194,7 +194,7 @@ void Server::Hub::endReply(void* token, bool) {
     s.full_ = false;  // room again: read on, from the loop (we may be inside a handler here)
     s.resumeLater();
   }
-  if (s.in_flight_ == 0 && (s.stopping_ || server->draining_)) s.finish();
+  if (s.in_flight_ == 0 && (s.stopping_ || s.draining_)) s.finish();
 }
 
 void Server::SessionInvocation::replyError(Kind k, std::string_view message) {

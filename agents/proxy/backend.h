@@ -35,7 +35,6 @@ class Ejection {
   double period() const noexcept { return ejected_ ? period_ : 0; }
   bool probeDue(double now) const noexcept { return ejected_ && !probing_ && now >= until_; }
   void probeStarted() noexcept { probing_ = true; }
-  bool probing() const noexcept { return probing_; }
 
   // One connect attempt failed (refused, timed out, reset before a byte came back). Returns
   // true when this failure starts an ejection period (a new episode or the next, doubled one).
