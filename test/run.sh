@@ -27,6 +27,28 @@ run_build build-asan -Db_sanitize=address,undefined -Db_lundef=false \
   -Dcpp_args=-fno-sanitize-recover=all || status=1
 CXX=clang++ run_build build-clang || status=1
 
+# The failures last, so that the tail of the log names them: each failed test's name, result and
+# the last lines of its output (pytest's and doctest's failure reports are at their ends).
+failures() {
+  for dir in build build-asan build-clang; do
+    [ -f "$dir/meson-logs/testlog.json" ] || continue
+    /usr/bin/python3 - "$dir" <<'PY'
+import json, sys
+d = sys.argv[1]
+for line in open(d + "/meson-logs/testlog.json"):
+    t = json.loads(line)
+    if t["result"] not in ("OK", "SKIP", "EXPECTEDFAIL"):
+        out = (t.get("stdout") or "").splitlines()
+        print(f"== FAILED {d}: {t['name']} ({t['result']}, {t.get('duration', 0):.0f} s)")
+        for l in [x for x in out if "FAILED" in x or "ERROR" in x or "Error" in x][:10]:
+            print("   ", l[:300])
+        print("   -- last lines:")
+        for l in out[-8:]:
+            print("   ", l[:300])
+PY
+  done
+}
+
 passed=0 failed=0
 for s in "${summaries[@]}"; do
   echo "$s"
@@ -36,5 +58,6 @@ for s in "${summaries[@]}"; do
 done
 [ ${#summaries[@]} -eq 0 ] && status=1
 [ $status -ne 0 ] && [ $failed -eq 0 ] && failed=1  # a suite that crashed or did not build
+[ $status -ne 0 ] && failures
 echo "$passed passed, $failed failed"
 exit $status
