@@ -104,13 +104,12 @@ def test_all_instances_killed_then_back():
         t0 = time.time()
         got = r.call("invoke", ["sample.foo", "echo", [i]], msgid=i)
         assert got[2] is not None and got[2][0] == "ServiceUnavailable", got
-        assert time.time() - t0 < 1.5
+        assert time.time() - t0 < 5  # refused connects, not the 9 s backend timeout
     assert all(b["ejected"] for b in backends(px).values())
     back = [restart(ka, s) for s in svcs]
     # every instance is ejected, but panic routing and probes bring them back within seconds
-    t0 = time.time()
-    assert wait_until(lambda: r.call("invoke", ["sample.foo", "echo", [1]])[3] == [1], timeout=3)
-    assert time.time() - t0 < 2.5
+    # (ejected for 0.5 s, doubling: seconds, where the old code's 60 s ejection never did)
+    assert wait_until(lambda: r.call("invoke", ["sample.foo", "echo", [1]])[3] == [1], timeout=10)
     assert wait_until(lambda: not any(b["ejected"] for b in backends(px).values()), timeout=5)
     for i in range(10):
         assert r.call("invoke", ["sample.foo", "echo", [i]], msgid=100 + i)[3] == [i]

@@ -240,8 +240,8 @@ def test_drain_timeout_bounds_shutdown():
     time.sleep(0.1)
     t0 = time.time()
     srv.signal(signal.SIGINT)
-    assert srv.wait(timeout=10) == 0
-    assert time.time() - t0 < 5
+    assert srv.wait(timeout=20) == 0
+    assert time.time() - t0 < 10  # the sleep(30) is not waited for (0.3 s plus a loaded machine)
 
 
 def test_slow_reader_is_throttled_not_buffered():
@@ -461,10 +461,9 @@ def test_nan_and_infinite_durations_refused_timers_intact():
 def test_cli_refuses_non_finite_timeout():
     srv = demo()
     for bad in ("nan", "inf", "-1", "0"):
-        t0 = time.time()
         p = subprocess.run([binary("aiorpc"), "call", srv.endpoint, "echo", "[1]", "--timeout", bad],
                            capture_output=True, timeout=10)
-        assert p.returncode != 0 and b"timeout" in p.stderr and time.time() - t0 < 5, (bad, p)
+        assert p.returncode == 64 and b"timeout" in p.stderr, (bad, p)  # refused, never sent
 
 
 if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]

@@ -102,20 +102,18 @@ def test_watch_wakes_on_change_not_on_refresh():
     v2 = r2.call("watch", [None])[3]["version"]
     assert v2 == v + 1
     w = Raw(ka)
-    w.send([0, 7, "watch", [v2, 5000]])
+    w.send([0, 7, "watch", [v2, 30000]])
     time.sleep(0.3)
     assert r2.call("heartbeat", ["s", "h", 1])[3] is True  # refresh
     w.expect_silence(0.5)  # a refreshing heartbeat does not wake it
-    t0 = time.time()
     assert r2.call("heartbeat", ["s", "h", 2])[3] is True  # a change
-    got = w.recv(1, timeout=5)[0]
-    assert time.time() - t0 < 2
+    got = w.recv(1, timeout=15)[0]  # woken by the change, long before its 30 s wait ends
     assert got[1] == 7 and got[3]["version"] == v2 + 1
     assert [e["endpoint"] for e in got[3]["services"]["s"]] == [["h", 1], ["h", 2]]
     # wait_ms passes without change: the same version comes back
     t0 = time.time()
-    assert r.call("watch", [v2 + 1, 200])[3]["version"] == v2 + 1
-    assert time.time() - t0 >= 0.15
+    assert r.call("watch", [v2 + 1, 1000])[3]["version"] == v2 + 1
+    assert time.time() - t0 >= 0.5  # it waited (libev's cached loop time may start it early)
 
 
 def test_draining_keepalive_answers_watchers_at_once():
@@ -125,10 +123,9 @@ def test_draining_keepalive_answers_watchers_at_once():
     w = Raw(ka)
     w.send([0, 1, "watch", [v, 60000]])
     time.sleep(0.2)
-    t0 = time.time()
     ka.signal(signal.SIGTERM)
-    got = w.recv(1, timeout=5)[0]
-    assert got[3]["version"] == v and time.time() - t0 < 3
+    got = w.recv(1, timeout=15)[0]  # at once, not after its 60 s wait
+    assert got[3]["version"] == v
     assert ka.wait() == 0
 
 
