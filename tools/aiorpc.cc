@@ -7,6 +7,7 @@
 
 #include "aiorpc/rpc/client.h"
 #include "aiorpc/version.h"
+#include "tools/args.h"
 #include "tools/bench.h"
 #include "tools/json.h"
 
@@ -15,31 +16,17 @@ using nlohmann::json;
 
 namespace {
 
-const char kUsage[] =
-    "usage:\n"
-    "  aiorpc call HOST:PORT METHOD [PARAMS-JSON] [--timeout S]\n"
-    "      prints the result as JSON on stdout\n"
-    "  aiorpc notify HOST:PORT METHOD [PARAMS-JSON]\n"
-    "  aiorpc services KEEPALIVE-HOST:PORT     the services a keepalive knows\n"
-    "  aiorpc stats HOST:PORT [--json]          the server's \\0stats counters\n"
-    "  aiorpc methods HOST:PORT [--json]        the server's methods (\\0reflection)\n"
-    "  aiorpc bench HOST:PORT [options]         load generator; aiorpc bench --help\n"
-    "  aiorpc --version\n"
+const char kParamsHelp[] =
     "PARAMS-JSON: an array (positional), an object (named), or one value; absent means nil.\n"
     "  bin is {\"$base64\": \"...\"}, ext {\"$ext\": T, \"$base64\": \"...\"}, NaN/inf\n"
     "  {\"$float\": \"nan\"|\"inf\"|\"-inf\"}, a map with non-string keys {\"$map\": [[k, v], "
     "...]};\n"
-    "  results are printed the same way (lossless).\n"
-    "exit status: 0 ok; 1 error reply (KIND: message on stderr); 2 cannot connect (or the\n"
-    "  connection was lost); 3 timeout; 64 bad usage.\n";
+    "  results are printed the same way (lossless).\n";
+const char kExitHelp[] =
+    "Exit status: 0 ok; 1 error reply (KIND: message on stderr); 2 cannot connect (or the\n"
+    "  connection was lost); 3 timeout; 64 bad usage.";
 
 constexpr int kExitError = 1, kExitConnect = 2, kExitTimeout = 3, kExitUsage = 64;
-
-int usage(const char* why) {
-  if (why) std::fprintf(stderr, "aiorpc: %s\n", why);
-  std::fputs(kUsage, why ? stderr : stdout);
-  return why ? kExitUsage : 0;
-}
 
 std::string dump(const json& j, int indent = -1) {
   return j.dump(indent, ' ', false, json::error_handler_t::replace);
@@ -120,51 +107,66 @@ int runCall(const std::string& cmd, const std::string& ep, const std::string& me
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty()) return usage("a command is needed");
-  if (args[0] == "--help" || args[0] == "-h") return usage(nullptr);
-  if (args[0] == "--version") return std::printf("aiorpc %s\n", AIORPC_VERSION_STRING), 0;
-  const std::string cmd = args[0];
-  if (cmd == "bench") return tools::benchMain(argc - 1, argv + 1);
+  // CLI11, as the daemon's flags: subcommands, strict numbers, --help per command.
+  CLI::App app{"aiorpc: the msgpack-rpc command-line client", "aiorpc"};
+  app.footer(std::string(kParamsHelp) + kExitHelp);
+  app.set_version_flag("--version", std::string("aiorpc ") + AIORPC_VERSION_STRING);
+  app.require_subcommand(1);
+  app.option_defaults()->always_capture_default();
   double timeout = 10;
   bool raw_json = false;
-  std::vector<std::string> pos;
-  for (size_t i = 1; i < args.size(); ++i) {
-    if (args[i] == "--json") {
-      raw_json = true;
-      continue;
-    }
-    if (args[i].rfind("--timeout", 0) == 0) {
-      std::string v = args[i].size() > 9 && args[i][9] == '=' ? args[i].substr(10)
-                      : i + 1 < args.size()                   ? args[++i]
-                                                              : "";
-      char* end = nullptr;
-      timeout = std::strtod(v.c_str(), &end);
-      if (v.empty() || *end || !std::isfinite(timeout) || timeout <= 0)
-        return usage("bad --timeout (seconds > 0)");
-      continue;
-    }
-    if (args[i].rfind("--", 0) == 0) return usage(("unknown option " + args[i]).c_str());
-    pos.push_back(args[i]);
+  std::string endpoint, method, params_text;
+  auto common = [&](CLI::App* c, const char* what) {
+    c->add_option("endpoint", endpoint, what)->required();
+    c->add_option("--timeout", timeout, "seconds to wait for the reply")->check(tools::seconds());
+  };
+  auto* call = app.add_subcommand("call", "call METHOD; prints the result as JSON on stdout");
+  common(call, "HOST:PORT of the server");
+  call->add_option("method", method, "METHOD")->required();
+  auto* call_params = call->add_option("params", params_text, "PARAMS-JSON (see below)");
+  auto* notify = app.add_subcommand("notify", "send METHOD as a notification (no reply)");
+  common(notify, "HOST:PORT of the server");
+  notify->add_option("method", method, "METHOD")->required();
+  auto* notify_params = notify->add_option("params", params_text, "PARAMS-JSON (see below)");
+  auto* services = app.add_subcommand("services", "the services a keepalive knows");
+  common(services, "HOST:PORT of the keepalive");
+  auto* stats = app.add_subcommand("stats", "the server's \\0stats counters");
+  common(stats, "HOST:PORT of the server");
+  stats->add_flag("--json", raw_json, "one line of JSON");
+  auto* methods = app.add_subcommand("methods", "the server's methods (\\0reflection)");
+  common(methods, "HOST:PORT of the server");
+  methods->add_flag("--json", raw_json, "the reflection as JSON");
+  tools::BenchOptions bench;
+  auto* bench_cmd = tools::addBenchCommand(app, bench);
+  for (auto* c : {call, notify}) c->footer(std::string(kParamsHelp) + kExitHelp);
+  for (auto* c : {services, stats, methods}) c->footer(kExitHelp);
+  if (argc < 2) {
+    std::fprintf(stderr, "aiorpc: a command is needed\n%s", app.help().c_str());
+    return kExitUsage;
   }
-  if (cmd == "services" || cmd == "stats" || cmd == "methods") {
-    if (pos.size() != 1) return usage((cmd + " takes HOST:PORT").c_str());
-    if (cmd == "services") return runCall("call", pos[0], "get_services", std::nullopt, timeout);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::fprintf(stderr, "aiorpc: %s\nusage: see aiorpc --help\n", e.what());
+    return kExitUsage;
+  }
+  if (bench_cmd->parsed()) return tools::runBench(bench);
+  if (services->parsed()) return runCall("call", endpoint, "get_services", std::nullopt, timeout);
+  if (stats->parsed() || methods->parsed()) {
     // Control commands start with a NUL byte, which no shell can pass in argv.
-    std::string control = std::string(1, '\0') + (cmd == "stats" ? "stats" : "reflection");
-    Show show = raw_json ? Show::kJson : cmd == "stats" ? Show::kPretty : Show::kMethods;
-    return runCall("call", pos[0], control, std::nullopt, timeout, show);
+    std::string control = std::string(1, '\0') + (stats->parsed() ? "stats" : "reflection");
+    Show show = raw_json ? Show::kJson : stats->parsed() ? Show::kPretty : Show::kMethods;
+    return runCall("call", endpoint, control, std::nullopt, timeout, show);
   }
-  if (cmd != "call" && cmd != "notify") return usage(("unknown command '" + cmd + "'").c_str());
-  if (pos.size() < 2 || pos.size() > 3) return usage("expected HOST:PORT METHOD [PARAMS-JSON]");
   std::optional<json> params;
-  if (pos.size() == 3) {
+  if (call_params->count() || notify_params->count()) {
     try {
-      params = tools::parseJson(pos[2]);
+      params = tools::parseJson(params_text);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "aiorpc: %s\n", e.what());
       return kExitUsage;
     }
   }
-  return runCall(cmd, pos[0], pos[1], params, timeout);
+  return runCall(notify->parsed() ? "notify" : "call", endpoint, method, params, timeout);
 }

@@ -19,19 +19,10 @@
 #include "aiorpc/core/log.h"
 #include "aiorpc/rpc/codec.h"
 #include "aiorpc/rpc/decoder.h"
+#include "tools/args.h"
 
 namespace aiorpc::tools {
 namespace {
-
-struct Options {
-  std::string endpoint;
-  int conns = 1, depth = 1;
-  size_t size = 16;
-  double seconds = 5, warmup = 1;
-  std::string method = "echo", proxy;
-  std::vector<int> cpu_pids;  // servers whose CPU time per call to report
-  bool bin = false, raw = false;
-};
 
 // utime + stime of a process, in seconds (from /proc/PID/stat).
 double cpuSeconds(int pid) {
@@ -92,7 +83,7 @@ class Histogram {
 };
 
 struct Shared {
-  Options opt;
+  BenchOptions opt;
   core::Loop* loop;
   std::string request;  // a request with msgid slot 0; msgid is a uint32 at id_offset
   size_t id_offset = 0;
@@ -225,62 +216,32 @@ class Conn final : public core::ConnectionHandler {
   std::unique_ptr<core::Connection> conn_;
 };
 
-int usage() {
-  std::printf(
-      "usage: aiorpc bench HOST:PORT [-c CONNS] [-d DEPTH] [-s BYTES] [-t SECONDS] [-w WARMUP]\n"
-      "                    [-m METHOD] [--bin] [--proxy SERVICE] [-e]\n"
-      "  -c connections (1), -d requests in flight per connection (1), -s payload bytes (16),\n"
-      "  -t measured seconds (5) after -w warm-up seconds (1), -m method (echo),\n"
-      "  --bin payload as bin (default str), --proxy SERVICE sends invoke(SERVICE, METHOD, ...)\n"
-      "  through a proxy, -e raw mode: expects each request echoed back byte for byte,\n"
-      "  --cpu-pid PID (repeatable): report that process's CPU time per call.\n"
-      "The last line is machine-readable: RESULT calls_per_s=... p50_us=... ...\n");
-  return 0;
-}
-
-bool parse(int argc, char** argv, Options& o) {
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto val = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (a == "-c")
-      o.conns = std::atoi(val().c_str());
-    else if (a == "-d")
-      o.depth = std::atoi(val().c_str());
-    else if (a == "-s")
-      o.size = static_cast<size_t>(std::atoll(val().c_str()));
-    else if (a == "-t")
-      o.seconds = std::atof(val().c_str());
-    else if (a == "-w")
-      o.warmup = std::atof(val().c_str());
-    else if (a == "-m")
-      o.method = val();
-    else if (a == "--proxy")
-      o.proxy = val();
-    else if (a == "--bin")
-      o.bin = true;
-    else if (a == "-e")
-      o.raw = true;
-    else if (a == "--cpu-pid")
-      o.cpu_pids.push_back(std::atoi(val().c_str()));
-    else if (a[0] != '-' && o.endpoint.empty())
-      o.endpoint = a;
-    else
-      return false;
-  }
-  return !o.endpoint.empty() && o.conns > 0 && o.depth > 0 && o.depth <= 65535 && o.seconds > 0 &&
-         o.warmup >= 0;
-}
-
 }  // namespace
 
-int benchMain(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i)
-    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) return usage();
-  if (!parse(argc, argv, o)) {
-    std::fprintf(stderr, "aiorpc bench: bad arguments (see aiorpc bench --help)\n");
-    return 2;
-  }
+CLI::App* addBenchCommand(CLI::App& app, BenchOptions& o) {
+  auto* b = app.add_subcommand("bench", "load generator: calls/s, latency, server CPU per call");
+  b->footer(
+      "Closed loop: -c connections each keep -d requests in flight; every reply is checked.\n"
+      "The last line is machine-readable: RESULT calls_per_s=... p50_us=... ...");
+  b->option_defaults()->always_capture_default();
+  b->add_option("endpoint", o.endpoint, "HOST:PORT of the server")->required();
+  b->add_option("-c,--connections", o.conns, "connections")->check(integer(1, 10000));
+  b->add_option("-d,--depth", o.depth, "requests in flight per connection")
+      ->check(integer(1, 65535));
+  b->add_option("-s,--size", o.size, "payload bytes")->check(integer(0, 64 << 20));
+  b->add_option("-t,--seconds", o.seconds, "measured seconds")->check(seconds());
+  b->add_option("-w,--warmup", o.warmup, "warm-up seconds before measuring")->check(seconds(true));
+  b->add_option("-m,--method", o.method, "method to call with [payload]");
+  b->add_flag("--bin", o.bin, "payload as bin (default str)");
+  b->add_option("--proxy", o.proxy, "send invoke(SERVICE, METHOD, [payload]) through a proxy");
+  b->add_flag("-e,--raw", o.raw, "raw mode: expects each request echoed back byte for byte");
+  b->add_option("--cpu-pid", o.cpu_pids, "report this process's CPU time per call (repeatable)")
+      ->check(integer(1, 1 << 30))
+      ->allow_extra_args(false);
+  return b;
+}
+
+int runBench(const BenchOptions& o) {
   auto addr = core::Address::parse(o.endpoint);
   if (!addr) {
     std::fprintf(stderr, "aiorpc bench: bad address %s\n", o.endpoint.c_str());

@@ -103,6 +103,29 @@ def test_cli_exit_codes_and_bin():
         assert cli(*args).returncode == 64, args
 
 
+def test_cli_arguments_are_strict_and_bench_runs():
+    srv = daemon("--role=demo", "--bind", "127.0.0.1:0")
+    # one parser (CLI11) for every command: numbers checked whole, NaN/inf refused, exit 64
+    for args in (("bench", srv.endpoint, "-c", "8x"), ("bench", srv.endpoint, "-d", "0"),
+                 ("bench", srv.endpoint, "-t", "nan"), ("bench", srv.endpoint, "-w", "inf"),
+                 ("bench", srv.endpoint, "--cpu-pid", "12ab"), ("bench",),
+                 ("call", srv.endpoint, "echo", "--timeout", "inf"),
+                 ("call", srv.endpoint, "echo", "--timeout", "1s"),
+                 ("stats", srv.endpoint, "--nope"), ("call", srv.endpoint, "echo", "[]", "extra")):
+        p = cli(*args)
+        assert p.returncode == 64 and "aiorpc: " in p.stderr, (args, p)
+    for args in (("--help",), ("call", "--help"), ("bench", "--help")):
+        p = cli(*args)
+        assert p.returncode == 0 and "Usage: aiorpc" in p.stdout, (args, p)
+    assert "Exit status" in cli("call", "--help").stdout
+    p = cli("bench", srv.endpoint, "-c", "2", "-d", "4", "-t", "0.3", "-w", "0",
+            "--cpu-pid", str(srv.p.pid))
+    assert p.returncode == 0, p
+    result = dict(kv.split("=") for kv in p.stdout.splitlines()[-1].split()[1:])
+    assert int(result["calls"]) > 0 and result["errors"] == "0", result
+    assert "cpu_ns_per_call_0" in result and result["conns"] == "2" and result["depth"] == "4"
+
+
 def test_cli_stats_and_methods():
     srv = daemon("--role=demo", "--bind", "127.0.0.1:0")
     p = cli("stats", srv.endpoint)
