@@ -2,6 +2,7 @@
 readiness through NOTIFY_SOCKET, and what `meson install` puts under a prefix."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,6 +81,21 @@ def test_meson_install_puts_binaries_and_unit_under_the_prefix():
     v = subprocess.run([os.path.join(dest, prefix, "bin/aiorpcd"), "--version"],
                        capture_output=True, text=True)
     assert v.returncode == 0 and v.stdout.startswith("aiorpcd ")
+    # man pages: the OPTIONS sections are the binaries' own --help (every flag, every command)
+    pages = {}
+    for page in ("aiorpcd.1", "aiorpc.1"):
+        path = next((f for f in files if f.endswith("/man1/" + page)), None)
+        assert path and path.startswith(prefix + "/share/man/"), (page, files)
+        pages[page] = open(os.path.join(dest, path)).read()
+    assert pages["aiorpcd.1"].startswith(".TH AIORPCD 1")
+    help_text = subprocess.run([os.path.join(dest, prefix, "bin/aiorpcd"), "--help"],
+                               capture_output=True, text=True).stdout
+    for flag in re.findall(r"^  (--[a-z-]+)", help_text, re.M):
+        assert flag.replace("-", "\\-") in pages["aiorpcd.1"] or flag in pages["aiorpcd.1"], flag
+    for word in ("SIGHUP", "EXIT STATUS", "--eject-after", "--auth-token-file"):
+        assert word in pages["aiorpcd.1"], word
+    for word in ("aiorpc bench", "--cpu-pid", "--timeout", "64"):
+        assert word in pages["aiorpc.1"], word
 
 
 
