@@ -1,0 +1,97 @@
+// An etcd v3 client over etcd's JSON gateway (POST /v3/...), on core::Http: nothing blocks the
+// loop. Every unary call has a timeout and moves to the next endpoint when one fails (transport
+// error, timeout, 5xx); the watch asks for a leader (Grpc-Metadata-hasleader) so that a member
+// cut off from the quorum ends it instead of going silent.
+//
+// Gateway quirks handled here: int64 fields arrive as strings, keys and values as base64,
+// default values are omitted (a PUT event has no "type", a keepalive on an expired lease answers
+// 200 without "TTL", an empty range has no "kvs").
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "aiorpc/core/callback.h"
+#include "aiorpc/core/http.h"
+
+namespace aiorpc::agents::etcd {
+
+struct KeyValue {
+  std::string key, value;
+  int64_t create_revision = 0, mod_revision = 0, lease = 0;
+};
+
+struct Event {
+  bool deleted = false;
+  KeyValue kv;
+};
+
+struct Status {
+  bool ok = true;
+  std::string error;  // the last endpoint's, for logs
+  explicit operator bool() const noexcept { return ok; }
+};
+
+// The first key after every key that starts with `prefix` (etcd's range_end for a prefix).
+std::string prefixEnd(std::string prefix);
+
+class Client {
+ public:
+  struct Options {
+    std::vector<std::string> endpoints;  // host:port (http)
+    double timeout = 1.5;                // per unary call and endpoint
+  };
+  Client(core::Loop& loop, Options opts);
+  ~Client();  // drops every callback (none runs)
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  void range(const std::string& prefix,
+             core::Callback<void(Status, int64_t revision, std::vector<KeyValue>&)> done);
+  // Lease of `ttl` seconds; `granted` may be more (etcd's minimum).
+  void grant(int64_t ttl, core::Callback<void(Status, int64_t id, int64_t granted)> done);
+  // ttl 0: the lease is gone (expired or revoked).
+  void keepAlive(int64_t lease, core::Callback<void(Status, int64_t ttl)> done);
+  // found false: there was no such lease (already expired or revoked).
+  void revoke(int64_t lease, core::Callback<void(Status, bool found)> done);
+  // Puts key=value with the lease if the key does not exist (expect_mod == 0) or was last
+  // written at revision expect_mod; otherwise `current` holds what is there (if anything).
+  void putIf(const std::string& key, const std::string& value, int64_t lease, int64_t expect_mod,
+             core::Callback<void(Status, bool written, std::optional<KeyValue> current)> done);
+  void put(const std::string& key, const std::string& value, int64_t lease,
+           core::Callback<void(Status)> done);
+  void remove(const std::string& key, core::Callback<void(Status)> done);
+
+  // Events under `prefix` from revision `from` on, delivered in order with the revision they
+  // bring the reader to. `ended` runs once when the stream stops for any reason (then start
+  // another): compact_revision > 0 means `from` was compacted away (re-read the prefix).
+  using WatchId = uint64_t;
+  WatchId watch(const std::string& prefix, int64_t from,
+                core::Callback<void(std::vector<Event>&, int64_t revision)> events,
+                core::Callback<void()> created,
+                core::Callback<void(Status, int64_t compact_revision)> ended);
+  void cancelWatch(WatchId id) noexcept;
+  bool watching(WatchId id) const noexcept;
+
+  const std::string& endpoint() const noexcept { return opts_.endpoints[current_]; }
+
+  struct Call;
+
+ private:
+  void post(const char* path, std::string body, core::Callback<void(Status, std::string&)> done);
+  void attempt(std::shared_ptr<Call> call);
+
+  core::Loop& loop_;
+  Options opts_;
+  core::Http http_;
+  size_t current_ = 0;  // the endpoint that answered last
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  struct WatchState;
+  std::vector<std::unique_ptr<WatchState>> watches_;
+  WatchId last_watch_ = 0;
+};
+
+}  // namespace aiorpc::agents::etcd

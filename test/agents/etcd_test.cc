@@ -1,0 +1,266 @@
+// The etcd client against a real etcd (one member per test binary): the JSON gateway's quirks,
+// leases, transactions, the watch stream, compaction, endpoint failover, and lifetimes.
+#include "test/support/etcd.h"
+
+#include <doctest/doctest.h>
+
+#include <memory>
+#include <optional>
+
+#include "aiorpc/agents/etcd/client.h"
+#include "aiorpc/core/http.h"
+#include "test/support/run_until.h"
+
+namespace core = aiorpc::core;
+namespace etcd = aiorpc::agents::etcd;
+using aiorpc::test::runUntil;
+
+namespace {
+
+aiorpc::test::EtcdProcess& server() {
+  static aiorpc::test::EtcdProcess p;
+  return p;
+}
+
+// A client on a started etcd (waits for its first successful read).
+std::unique_ptr<etcd::Client> ready(core::Loop& loop, std::vector<std::string> eps = {}) {
+  REQUIRE(server().started());
+  if (eps.empty()) eps = {server().endpoint()};
+  auto c = std::make_unique<etcd::Client>(loop, etcd::Client::Options{eps, 1.5});
+  bool ok = false;
+  for (int i = 0; i < 100 && !ok; ++i) {
+    bool done = false;
+    c->range("/", [&](etcd::Status s, int64_t, std::vector<etcd::KeyValue>&) {
+      ok = static_cast<bool>(s);
+      done = true;
+    });
+    runUntil(
+        loop, [&] { return done; }, 5);
+    if (!ok) {
+      auto t = loop.after(0.1, [] {});
+      runUntil(
+          loop, [&] { return false; }, 0.1);
+      loop.cancel(t);
+    }
+  }
+  REQUIRE(ok);
+  return c;
+}
+
+struct Range {
+  etcd::Status status;
+  int64_t revision = 0;
+  std::vector<etcd::KeyValue> kvs;
+};
+
+Range range(core::Loop& loop, etcd::Client& c, const std::string& prefix) {
+  std::optional<Range> r;
+  c.range(prefix, [&](etcd::Status s, int64_t rev, std::vector<etcd::KeyValue>& kvs) {
+    r = Range{s, rev, kvs};
+  });
+  REQUIRE(runUntil(
+      loop, [&] { return r.has_value(); }, 10));
+  return *r;
+}
+
+}  // namespace
+
+TEST_SUITE("etcd client (real etcd)") {
+  TEST_CASE("prefixEnd") {
+    CHECK(etcd::prefixEnd("/a/") == "/a0");
+    CHECK(etcd::prefixEnd(std::string("a\xff", 2)) == "b");
+    CHECK(etcd::prefixEnd("") == std::string(1, '\0'));
+  }
+
+  TEST_CASE("an empty range has no kvs (omitted) and a revision; bytes round-trip") {
+    core::Loop loop;
+    auto c = ready(loop);
+    Range r = range(loop, *c, "/empty/");
+    CHECK(r.status);
+    CHECK(r.revision > 0);
+    CHECK(r.kvs.empty());
+    std::string key = std::string("/bytes/%/\xff\x00x", 9), value = std::string("\0\x01\xfe", 3);
+    bool put = false;
+    c->put(key, value, 0, [&](etcd::Status s) { put = static_cast<bool>(s); });
+    REQUIRE(runUntil(loop, [&] { return put; }));
+    r = range(loop, *c, "/bytes/");
+    REQUIRE(r.kvs.size() == 1);
+    CHECK(r.kvs[0].key == key);
+    CHECK(r.kvs[0].value == value);
+    CHECK(r.kvs[0].lease == 0);  // omitted: no lease
+    CHECK(r.kvs[0].mod_revision == r.revision);
+  }
+
+  TEST_CASE(
+      "putIf: create-if-absent once; compare on mod_revision; the failure shows the current") {
+    core::Loop loop;
+    auto c = ready(loop);
+    struct Out {
+      etcd::Status s;
+      bool written;
+      std::optional<etcd::KeyValue> cur;
+    };
+    auto putIf = [&](const std::string& v, int64_t expect) {
+      std::optional<Out> o;
+      c->putIf("/txn/k", v, 0, expect,
+               [&](etcd::Status s, bool w, std::optional<etcd::KeyValue> cur) {
+                 o = Out{s, w, std::move(cur)};
+               });
+      REQUIRE(runUntil(loop, [&] { return o.has_value(); }));
+      return *o;
+    };
+    Out a = putIf("one", 0);
+    CHECK(a.s);
+    CHECK(a.written);
+    Out b = putIf("two", 0);  // exists now: not written twice
+    CHECK(b.s);
+    CHECK_FALSE(b.written);
+    REQUIRE(b.cur);
+    CHECK(b.cur->value == "one");
+    Out stale = putIf("three", b.cur->mod_revision - 1);
+    CHECK_FALSE(stale.written);
+    Out d = putIf("four", b.cur->mod_revision);
+    CHECK(d.written);
+    CHECK(range(loop, *c, "/txn/").kvs.at(0).value == "four");
+  }
+
+  TEST_CASE("leases: grant, keepalive, revoke; a gone lease answers without TTL (ttl 0)") {
+    core::Loop loop;
+    auto c = ready(loop);
+    int64_t id = 0, granted = 0;
+    c->grant(3, [&](etcd::Status s, int64_t i, int64_t g) {
+      CHECK(s);
+      id = i, granted = g;
+    });
+    REQUIRE(runUntil(loop, [&] { return id != 0; }));
+    CHECK(granted >= 3);
+    std::optional<int64_t> ttl;
+    c->keepAlive(id, [&](etcd::Status s, int64_t t) {
+      CHECK(s);
+      ttl = t;
+    });
+    REQUIRE(runUntil(loop, [&] { return ttl.has_value(); }));
+    CHECK(*ttl >= 1);
+    // a key on the lease goes with it
+    bool put = false;
+    c->put("/lease/k", "v", id, [&](etcd::Status s) { put = static_cast<bool>(s); });
+    REQUIRE(runUntil(loop, [&] { return put; }));
+    CHECK(range(loop, *c, "/lease/").kvs.at(0).lease == id);
+    std::optional<bool> found;
+    c->revoke(id, [&](etcd::Status s, bool f) {
+      CHECK(s);
+      found = f;
+    });
+    REQUIRE(runUntil(loop, [&] { return found.has_value(); }));
+    CHECK(*found);
+    CHECK(range(loop, *c, "/lease/").kvs.empty());
+    ttl.reset();
+    c->keepAlive(id, [&](etcd::Status s, int64_t t) {
+      CHECK(s);
+      ttl = t;
+    });
+    REQUIRE(runUntil(loop, [&] { return ttl.has_value(); }));
+    CHECK(*ttl == 0);
+    found.reset();
+    c->revoke(id, [&](etcd::Status s, bool f) {
+      CHECK(s);
+      found = f;
+    });
+    REQUIRE(runUntil(loop, [&] { return found.has_value(); }));
+    CHECK_FALSE(*found);
+  }
+
+  TEST_CASE("watch: a PUT event has no type, DELETE does; revisions come with the events") {
+    core::Loop loop;
+    auto c = ready(loop);
+    int64_t from = range(loop, *c, "/w/").revision + 1;
+    std::vector<etcd::Event> seen;
+    int64_t last_rev = 0;
+    bool created = false, ended = false;
+    c->watch(
+        "/w/", from,
+        [&](std::vector<etcd::Event>& evs, int64_t rev) {
+          for (auto& e : evs) seen.push_back(e);
+          last_rev = rev;
+        },
+        [&] { created = true; }, [&](etcd::Status, int64_t) { ended = true; });
+    REQUIRE(runUntil(loop, [&] { return created; }));
+    bool put = false, gone = false;
+    c->put("/w/a", "1", 0, [&](etcd::Status s) { put = static_cast<bool>(s); });
+    REQUIRE(runUntil(loop, [&] { return put; }));
+    c->remove("/w/a", [&](etcd::Status s) { gone = static_cast<bool>(s); });
+    REQUIRE(runUntil(loop, [&] { return gone && seen.size() >= 2; }));
+    CHECK_FALSE(seen[0].deleted);
+    CHECK(seen[0].kv.key == "/w/a");
+    CHECK(seen[0].kv.value == "1");
+    CHECK(seen[1].deleted);
+    CHECK(seen[1].kv.key == "/w/a");
+    CHECK(last_rev == seen[1].kv.mod_revision);
+    CHECK_FALSE(ended);
+  }
+
+  TEST_CASE("a watch from a compacted revision ends with compact_revision") {
+    core::Loop loop;
+    auto c = ready(loop);
+    for (int i = 0; i < 3; ++i) {
+      bool put = false;
+      c->put("/compact/k", std::to_string(i), 0, [&](etcd::Status) { put = true; });
+      REQUIRE(runUntil(loop, [&] { return put; }));
+    }
+    int64_t now = range(loop, *c, "/compact/").revision;
+    core::Http http(loop);
+    bool compacted = false;
+    core::HttpRequest req;
+    req.url = "http://" + server().endpoint() + "/v3/kv/compaction";
+    req.body = "{\"revision\": \"" + std::to_string(now) + "\", \"physical\": true}";
+    http.request(std::move(req), [&](core::HttpResponse& r) { compacted = r.ok(); });
+    REQUIRE(runUntil(loop, [&] { return compacted; }));
+    std::optional<int64_t> compact;
+    c->watch(
+        "/compact/", now - 2, [](std::vector<etcd::Event>&, int64_t) {}, [] {},
+        [&](etcd::Status s, int64_t cr) {
+          CHECK_FALSE(s);
+          compact = cr;
+        });
+    REQUIRE(runUntil(loop, [&] { return compact.has_value(); }));
+    CHECK(*compact == now);
+  }
+
+  TEST_CASE("a dead endpoint is skipped; every endpoint dead fails within the timeouts") {
+    core::Loop loop;
+    std::string dead = "127.0.0.1:" + std::to_string(aiorpc::test::freePort());
+    auto c = ready(loop, {dead, server().endpoint()});
+    CHECK(c->endpoint() == server().endpoint());
+    etcd::Client none(loop, {{dead, "127.0.0.1:" + std::to_string(aiorpc::test::freePort())}, 1});
+    std::optional<etcd::Status> st;
+    none.range("/", [&](etcd::Status s, int64_t, std::vector<etcd::KeyValue>&) { st = s; });
+    REQUIRE(runUntil(
+        loop, [&] { return st.has_value(); }, 5));
+    CHECK_FALSE(*st);
+    CHECK(st->error.find("127.0.0.1") != std::string::npos);
+    // a watch on a dead endpoint ends (and the next one goes to the other endpoint)
+    bool ended = false;
+    none.watch(
+        "/", 0, [](std::vector<etcd::Event>&, int64_t) {}, [] {},
+        [&](etcd::Status s, int64_t) { ended = !s; });
+    REQUIRE(runUntil(
+        loop, [&] { return ended; }, 5));
+  }
+
+  TEST_CASE("destroying the client drops every callback; cancelWatch too") {
+    core::Loop loop;
+    auto c = ready(loop);
+    bool ran = false;
+    c->range("/", [&](etcd::Status, int64_t, std::vector<etcd::KeyValue>&) { ran = true; });
+    c->grant(5, [&](etcd::Status, int64_t, int64_t) { ran = true; });
+    auto w = c->watch(
+        "/", 0, [&](std::vector<etcd::Event>&, int64_t) { ran = true; }, [&] { ran = true; },
+        [&](etcd::Status, int64_t) { ran = true; });
+    c->cancelWatch(w);
+    CHECK_FALSE(c->watching(w));
+    c.reset();
+    runUntil(
+        loop, [] { return false; }, 0.3);
+    CHECK_FALSE(ran);
+  }
+}
