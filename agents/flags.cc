@@ -35,6 +35,9 @@ std::optional<std::string> Flags::check(FlagType type, std::string_view v) {
     case FlagType::kEndpoint:
       if (!core::Address::parse(v)) return "expected HOST:PORT, [V6]:PORT or unix:/path";
       return std::nullopt;
+    case FlagType::kEndpointList:
+      if (!endpointList(v)) return "expected HOST:PORT[,HOST:PORT...]";
+      return std::nullopt;
     case FlagType::kAllowList:
       if (!core::AllowList::parse(v)) return "expected CIDR[,CIDR...] (e.g. 10.0.0.0/8,::1/128)";
       return std::nullopt;
@@ -94,6 +97,18 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
     values_[name] = spec->type == FlagType::kBool && entry.second.empty() ? "true" : entry.second;
   }
   return true;
+}
+
+std::optional<std::vector<core::Address>> Flags::endpointList(std::string_view v) {
+  std::vector<core::Address> out;
+  while (true) {
+    size_t comma = v.find(',');
+    auto a = core::Address::parse(v.substr(0, comma));
+    if (!a) return std::nullopt;
+    out.push_back(*a);
+    if (comma == std::string_view::npos) return out;
+    v.remove_prefix(comma + 1);
+  }
 }
 
 bool Flags::has(std::string_view name) const { return values_.find(name) != values_.end(); }

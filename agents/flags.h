@@ -10,12 +10,23 @@
 #include <string_view>
 #include <vector>
 
+#include "aiorpc/core/address.h"
 #include "aiorpc/core/error.h"
 
 namespace aiorpc::agents {
 
 // kBool takes no value (`--flag`), or `--flag=true|false`.
-enum class FlagType { kString, kSeconds, kCount, kBytes, kEndpoint, kLogLevel, kAllowList, kBool };
+enum class FlagType {
+  kString,
+  kSeconds,
+  kCount,
+  kBytes,
+  kEndpoint,
+  kEndpointList,
+  kLogLevel,
+  kAllowList,
+  kBool
+};
 
 struct FlagSpec {
   std::string_view name;  // without the leading --
@@ -39,6 +50,8 @@ class Flags {
   bool helpWanted() const noexcept { return help_; }
   // Checks a value of `type`; returns an explanation when bad.
   static std::optional<std::string> check(FlagType type, std::string_view value);
+  // HOST:PORT[,HOST:PORT...] (a kEndpointList value); nullopt when any part is not an address.
+  static std::optional<std::vector<core::Address>> endpointList(std::string_view value);
 
  private:
   std::map<std::string, std::string, std::less<>> values_;

@@ -30,52 +30,77 @@ rpc::ClientOptions clientOptions(double interval) {
 }  // namespace
 
 Heartbeat::Heartbeat(core::Loop& loop, HeartbeatOptions opts)
-    : loop_(loop),
-      opts_(std::move(opts)),
-      client_(loop, opts_.keepalive, clientOptions(opts_.interval)) {
-  beat();
+    : loop_(loop), opts_(std::move(opts)) {
+  for (const auto& k : opts_.keepalives) {
+    auto t = std::make_unique<Target>();
+    t->keepalive = k;
+    t->client = std::make_unique<rpc::Client>(loop, k, clientOptions(opts_.interval));
+    targets_.push_back(std::move(t));
+  }
+  for (auto& t : targets_) beat(*t);
 }
 
 Heartbeat::~Heartbeat() {
   *alive_ = false;
-  loop_.cancel(timer_);
+  for (auto& t : targets_) loop_.cancel(t->timer);
 }
 
-void Heartbeat::beat() {
-  timer_ = 0;
+void Heartbeat::beat(Target& t) {
+  t.timer = 0;
   if (stopping_) return;
   std::weak_ptr<bool> alive = alive_;
-  client_.send(
+  t.in_flight = true;
+  t.client->send(
       "heartbeat", [this](rpc::Packer& p) { packParams(p, opts_); },
-      [this, alive](rpc::Response& r) {
+      [this, alive, &t](rpc::Response& r) {
         if (alive.expired()) return;
+        t.in_flight = false;
         ++sent_;
         if (r.status != rpc::Response::Status::kOk) {
           ++failed_;
-          if (loop_.now() - last_log_ >= 10) {
-            last_log_ = loop_.now();
-            core::log::warn("heartbeat to {} failed: {}", opts_.keepalive.toString(),
+          if (loop_.now() - t.last_log >= 10) {
+            t.last_log = loop_.now();
+            core::log::warn("heartbeat to {} failed: {}", t.keepalive.toString(),
                             r.message.empty() ? r.error.toText() : r.message);
           }
         }
-        if (!stopping_) timer_ = loop_.after(opts_.interval, [this] { beat(); });
+        if (stopping_) return unregister(t);  // stop() waited for this one
+        t.timer = loop_.after(opts_.interval, [this, &t] { beat(t); });
       });
 }
 
 void Heartbeat::stop(core::Callback<void()> done) {
   stopping_ = true;
-  loop_.cancel(timer_);
-  timer_ = 0;
-  auto shared = std::make_shared<core::Callback<void()>>(std::move(done));
-  client_.send(
+  done_ = std::move(done);
+  left_ = targets_.size();
+  // Every schedule first, so that no heartbeat follows an unregister.
+  for (auto& t : targets_) {
+    loop_.cancel(t->timer);
+    t->timer = 0;
+  }
+  if (targets_.empty()) return loop_.post([this] { unregistered(); });
+  for (auto& t : targets_)
+    if (!t->in_flight) unregister(*t);  // the others unregister when their heartbeat returns
+}
+
+void Heartbeat::unregister(Target& t) {
+  if (t.unregistered) return;
+  t.unregistered = true;
+  std::weak_ptr<bool> alive = alive_;
+  t.client->send(
       "unregister", [this](rpc::Packer& p) { packParams(p, opts_); },
-      [shared](rpc::Response&) {
-        if (*shared) {
-          auto d = std::move(*shared);
-          d();
-        }
+      [this, alive](rpc::Response&) {
+        if (!alive.expired()) unregistered();
       },
       2.0);
+}
+
+void Heartbeat::unregistered() {
+  if (left_ > 0) --left_;
+  if (left_ == 0 && done_) {
+    auto d = std::move(done_);
+    d();
+  }
 }
 
 }  // namespace aiorpc::agents

@@ -1,8 +1,9 @@
-// Heartbeat sender: keeps a service registered with a keepalive (SPEC §5).
+// Heartbeat sender: keeps a service registered with one or more keepalives (SPEC §5).
 #pragma once
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "aiorpc/core/loop.h"
 #include "aiorpc/rpc/client.h"
@@ -10,32 +11,47 @@
 namespace aiorpc::agents {
 
 struct HeartbeatOptions {
-  core::Address keepalive;
+  std::vector<core::Address> keepalives;  // every one of them is told
   std::string service;
   int port = 0;         // the port this service listens on
   double interval = 3;  // seconds between the end of one heartbeat and the next
   std::string token;    // sent as __auth__ in map-form params when set (never logged)
 };
 
-// Sends heartbeat(name, nil, port) at once, then `interval` after each one completes. The
-// keepalive records the source address. Failures are logged (at most one line per 10 s) and
-// retried; never fatal. stop() unregisters (bounded by a short timeout), then calls `done`.
+// Sends heartbeat(name, nil, port) to every keepalive at once, then to each `interval` after its
+// last one completed: each keepalive on its own schedule, so one that is down or slow delays
+// no other. The keepalive records the source address. Failures are logged (at most one line per
+// keepalive per 10 s) and retried at the interval, forever: a live service never expires for
+// want of a retry. stop() first stops every schedule, waits for heartbeats in flight, then
+// unregisters from each keepalive (bounded by a short timeout) and calls `done`: no late
+// heartbeat brings the record back.
 class Heartbeat {
  public:
   Heartbeat(core::Loop& loop, HeartbeatOptions opts);
   ~Heartbeat();
+  Heartbeat(const Heartbeat&) = delete;
+  Heartbeat& operator=(const Heartbeat&) = delete;
   void stop(core::Callback<void()> done);
   uint64_t sent() const noexcept { return sent_; }
   uint64_t failed() const noexcept { return failed_; }
 
  private:
-  void beat();
+  struct Target {
+    core::Address keepalive;
+    std::unique_ptr<rpc::Client> client;
+    core::Loop::TimerId timer = 0;
+    bool in_flight = false, unregistered = false;
+    double last_log = -1e9;
+  };
+  void beat(Target& t);
+  void unregister(Target& t);
+  void unregistered();
   core::Loop& loop_;
   HeartbeatOptions opts_;
-  rpc::Client client_;
-  core::Loop::TimerId timer_ = 0;
+  std::vector<std::unique_ptr<Target>> targets_;
   bool stopping_ = false;
-  double last_log_ = -1e9;
+  size_t left_ = 0;  // unregisters not yet answered
+  core::Callback<void()> done_;
   uint64_t sent_ = 0, failed_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

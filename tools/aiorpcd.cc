@@ -47,8 +47,9 @@ const agents::FlagSpec kCommon[] = {
      "requests in progress per connection; past it the connection is not read"},
     {"max-output-buffer", agents::FlagType::kBytes, "",
      "replies queued for one client past this close it (default: max-message-size + 4 MiB)"},
-    {"keepalive", agents::FlagType::kEndpoint, "",
-     "keepalive HOST:PORT to register with / learn from"},
+    {"keepalive", agents::FlagType::kEndpointList, "",
+     "keepalive HOST:PORT[,HOST:PORT...] to register with (all of them) / learn from (one at a "
+     "time, the next when one fails)"},
     {"allow", agents::FlagType::kAllowList, "",
      "accept connections only from these CIDR ranges (unix peers always; default: all)"},
     {"auth-token-file", agents::FlagType::kString, "",
@@ -261,7 +262,7 @@ int main(int argc, char** argv) {
   instance->started(server, *bound);
   if (role->heartbeats && flags.has("keepalive"))
     heartbeat = std::make_unique<agents::Heartbeat>(
-        loop, agents::HeartbeatOptions{*core::Address::parse(flags.str("keepalive")),
+        loop, agents::HeartbeatOptions{*agents::Flags::endpointList(flags.str("keepalive")),
                                        instance->service().name(), bound->port(),
                                        flags.seconds("heartbeat-interval"), env.auth_token});
   // Readiness for systemd (Type=notify); does nothing without NOTIFY_SOCKET.

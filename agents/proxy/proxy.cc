@@ -132,7 +132,10 @@ class ProxyRole final : public RoleInstance {
 
   core::Loop& loop_;
   rpc::Service svc_{"proxy"};
-  rpc::Client keepalive_;
+  std::vector<std::unique_ptr<rpc::Client>> keepalives_;  // --keepalive A,B,...: one watched
+  std::vector<core::Address> keepalive_addrs_;
+  size_t watching_ = 0, failed_in_round_ = 0;
+  bool table_stale_ = false;  // no keepalive answered fresh in the last round
   double refresh_interval_, backend_timeout_;
   size_t max_queue_, max_backend_bytes_;
   EjectPolicy eject_;
@@ -153,7 +156,6 @@ class ProxyRole final : public RoleInstance {
 
 ProxyRole::ProxyRole(RoleEnv& env)
     : loop_(env.loop),
-      keepalive_(env.loop, *core::Address::parse(env.flags.str("keepalive"))),
       refresh_interval_(env.flags.seconds("refresh-interval")),
       backend_timeout_(env.flags.seconds("backend-timeout")),
       max_queue_(static_cast<size_t>(env.flags.count("max-backend-queue"))),
@@ -163,6 +165,9 @@ ProxyRole::ProxyRole(RoleEnv& env)
       resolver_(env.loop, core::ResolverOptions{.servers = env.flags.str("dns-servers")}),
       token_(env.auth_token) {
   if (!resolver_.ok()) throw std::invalid_argument(resolver_.error());
+  keepalive_addrs_ = *Flags::endpointList(env.flags.str("keepalive"));
+  for (const auto& a : keepalive_addrs_)
+    keepalives_.push_back(std::make_unique<rpc::Client>(env.loop, a));
   resolver_.on_update = [this](const std::string& name) { onResolved(name); };
   svc_.def(
       "invoke",
@@ -526,15 +531,27 @@ void ProxyRole::sweepBackends() {
   }
 }
 
+// One keepalive at a time (SPEC §5, several keepalives): the next one on an error, a timeout,
+// ServiceUnavailable or a stale answer, carrying the version; the last table keeps routing
+// meanwhile. After a round in which none answered fresh, the next round waits
+// --refresh-interval.
 void ProxyRole::refresh() {
   refresh_timer_ = 0;
   if (stopping_) return;
   auto again = [this](double after) {
     if (!stopping_) refresh_timer_ = loop_.after(after, [this] { refresh(); });
   };
+  auto moveOn = [this, again] {
+    watching_ = (watching_ + 1) % keepalives_.size();
+    if (++failed_in_round_ < keepalives_.size()) return again(0);
+    failed_in_round_ = 0;
+    table_stale_ = true;
+    again(refresh_interval_);  // every keepalive down or stale: keep the last table, cycle on
+  };
+  rpc::Client& keepalive = *keepalives_[watching_];
   if (use_watch_) {
     double wait_ms = 30000;
-    keepalive_.send(
+    keepalive.send(
         "watch",
         [&](rpc::Packer& p) {
           if (token_.empty()) {
@@ -546,23 +563,34 @@ void ProxyRole::refresh() {
           p.str("wait_ms"), p.real(wait_ms);
           p.str("__auth__"), p.str(token_);
         },
-        [this, again](rpc::Response& r) {
+        [this, again, moveOn](rpc::Response& r) {
           if (r.status == rpc::Response::Status::kOk) {
             auto v = r.result.find("version");
             auto s = r.result.find("services");
-            if (v && s && v->asUint()) {
+            auto stale = r.result.find("stale");
+            bool is_stale =
+                stale && stale->raw().type == MSGPACK_OBJECT_BOOLEAN && stale->raw().via.boolean;
+            if (v && s && v->asUint() && !is_stale) {
               version_ = *v->asUint();
+              failed_in_round_ = 0;
+              table_stale_ = false;
               applyTable(*s);
               return again(0);
             }
+            if (is_stale) return moveOn();
           }
-          if (r.status == rpc::Response::Status::kError) use_watch_ = false;  // an older keepalive
-          again(refresh_interval_);  // unreachable: keep the last table, retry later
+          // An older keepalive without watch: poll it.
+          if (r.status == rpc::Response::Status::kError &&
+              rpc::countedKind(r.error) == Kind::kNoMethod) {
+            use_watch_ = false;
+            return again(0);
+          }
+          moveOn();  // unreachable, timed out, ServiceUnavailable: the next keepalive
         },
         wait_ms / 1000 + 5);
     return;
   }
-  keepalive_.send(
+  keepalive.send(
       "get_services",
       [this](rpc::Packer& p) {
         if (token_.empty()) {
@@ -572,8 +600,11 @@ void ProxyRole::refresh() {
         p.map(1);
         p.str("__auth__"), p.str(token_);
       },
-      [this, again](rpc::Response& r) {
-        if (r.status == rpc::Response::Status::kOk) applyTable(r.result);
+      [this, again, moveOn](rpc::Response& r) {
+        if (r.status != rpc::Response::Status::kOk) return moveOn();
+        failed_in_round_ = 0;
+        table_stale_ = false;
+        applyTable(r.result);
         again(refresh_interval_);
       });
 }
@@ -596,6 +627,12 @@ void ProxyRole::packBackends(rpc::Packer& p) const {
 
 void ProxyRole::started(rpc::Server& server, const core::Address&) {
   server.addStats("backends", [this](rpc::Packer& p) { packBackends(p); });
+  server.addStats("registry", [this](rpc::Packer& p) {
+    p.map(3);
+    p.str("keepalive"), p.str(keepalive_addrs_[watching_].toString());
+    p.str("stale"), p.boolean(table_stale_);
+    p.str("version"), p.uinteger(version_);
+  });
   refresh();
 }
 
