@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "aiorpc/agents/auth.h"
+#include "aiorpc/agents/keepalive/etcd_store.h"
 #include "aiorpc/core/log.h"
 #include "aiorpc/rpc/server.h"
 
@@ -20,8 +21,9 @@ namespace {
 struct Snapshot {  // get_services()
   const Registry* reg;
 };
-struct VersionedSnapshot {  // watch(): {"version": v, "services": {...}}
+struct VersionedSnapshot {  // watch(): {"version": v, "services": {...}[, "stale": true]}
   const Registry* reg;
+  bool stale = false;  // the registry's store (etcd) cannot be reached: this is the cache
 };
 
 }  // namespace
@@ -35,11 +37,12 @@ struct Encode<agents::keepalive::Snapshot> {
 template <>
 struct Encode<agents::keepalive::VersionedSnapshot> {
   static void pack(Packer& p, const agents::keepalive::VersionedSnapshot& s) {
-    p.map(2);
+    p.map(s.stale ? 3 : 2);
     p.str("version");
     p.uinteger(s.reg->version());
     p.str("services");
     s.reg->packServices(p);
+    if (s.stale) p.str("stale"), p.boolean(true);
   }
 };
 }  // namespace aiorpc::rpc
@@ -91,27 +94,50 @@ class KeepaliveRole final : public RoleInstance {
     svc_.def(
         "heartbeat",
         [this](const rpc::Context& ctx, const std::string& name,
-               const std::optional<std::string>& host, int64_t port, rpc::Object ident) {
-          checkBounds(name, host, port);
-          if (rpc::packToString(ident).size() > 1024)
-            throw RpcError(Kind::kArgument, "argument 'ident': over 1 KiB encoded");
-          std::string h = hostOf(ctx, host);
-          auto change = reg_.heartbeat(name, h, static_cast<int>(port), ident, sourceOf(ctx));
-          if (change == Registry::kAdded)
-            audit_.log("registered {} at {} (from {})", name, endpointText(h, port), sourceOf(ctx));
-          if (change == Registry::kIdentChanged)
-            audit_.log("new ident for {} at {} (from {})", name, endpointText(h, port),
-                       sourceOf(ctx));
-          if (change) changed();
-          return true;
+               const std::optional<std::string>& host, int64_t port, rpc::Object ident,
+               rpc::Reply<bool> reply) {
+          std::string packed = rpc::packToString(ident);
+          try {
+            checkBounds(name, host, port);
+            if (packed.size() > 1024)
+              throw RpcError(Kind::kArgument, "argument 'ident': over 1 KiB encoded");
+          } catch (const RpcError& e) {
+            return reply.error(e.kind(), e.message());
+          }
+          std::string h = hostOf(ctx, host), from = sourceOf(ctx);
+          auto done = [this, name, h, port, from](Registry::Change change) {
+            if (change == Registry::kAdded)
+              audit_.log("registered {} at {} (from {})", name, endpointText(h, port), from);
+            if (change == Registry::kIdentChanged)
+              audit_.log("new ident for {} at {} (from {})", name, endpointText(h, port), from);
+          };
+          if (!store_) {
+            auto change = reg_.heartbeat(name, h, static_cast<int>(port), ident, from);
+            done(change);
+            if (change) changed();
+            return reply(true);
+          }
+          // On etcd: answered once etcd has it (the cache follows from the watch).
+          store_->heartbeat(
+              RecordKey{name, h, static_cast<int>(port)}, std::move(packed), from,
+              [done, reply = std::move(reply)](const std::optional<std::string>& error,
+                                               Registry::Change change) mutable {
+                if (error) return reply.error(Kind::kServiceUnavailable, *error);
+                done(change);
+                reply(true);
+              });
         },
         arg("ctx"), arg("name"), arg("host"), arg("port"), arg("ident") = nullptr);
     svc_.def("get_services", [this] { return Snapshot{&reg_}; });
     svc_.def(
         "unregister",
         [this](const rpc::Context& ctx, const std::string& name,
-               const std::optional<std::string>& host, int64_t port) {
-          checkBounds(name, host, port);
+               const std::optional<std::string>& host, int64_t port, rpc::Reply<bool> reply) {
+          try {
+            checkBounds(name, host, port);
+          } catch (const RpcError& e) {
+            return reply.error(e.kind(), e.message());
+          }
           std::string h = hostOf(ctx, host), from = sourceOf(ctx);
           // Without a token, only the address that registered a record may remove it (with a
           // token the guard has checked it: any holder may).
@@ -119,15 +145,26 @@ class KeepaliveRole final : public RoleInstance {
           if (token_.empty() && owner && *owner != from) {
             audit_.log("refused unregister of {} at {} from {}: registered by {}", name,
                        endpointText(h, port), from, *owner);
-            throw RpcError(Kind::kAuth, "only the address that registered " + name + " at " +
-                                            endpointText(h, port) + " may unregister it");
+            return reply.error(Kind::kAuth, "only the address that registered " + name + " at " +
+                                                endpointText(h, port) + " may unregister it");
           }
-          bool removed = reg_.unregister(name, h, static_cast<int>(port));
-          if (removed) {
-            audit_.log("unregistered {} at {} (from {})", name, endpointText(h, port), from);
-            changed();
+          auto done = [this, name, h, port, from](bool removed) {
+            if (removed)
+              audit_.log("unregistered {} at {} (from {})", name, endpointText(h, port), from);
+          };
+          if (!store_) {
+            bool removed = reg_.unregister(name, h, static_cast<int>(port));
+            done(removed);
+            if (removed) changed();
+            return reply(removed);
           }
-          return removed;
+          store_->unregister(RecordKey{name, h, static_cast<int>(port)},
+                             [done, reply = std::move(reply)](
+                                 const std::optional<std::string>& error, bool removed) mutable {
+                               if (error) return reply.error(Kind::kServiceUnavailable, *error);
+                               done(removed);
+                               reply(removed);
+                             });
         },
         arg("ctx"), arg("name"), arg("host"), arg("port"));
     svc_.def(
@@ -137,11 +174,27 @@ class KeepaliveRole final : public RoleInstance {
             return reply.error(Kind::kArgument, "argument 'version': expected int or nil");
           if (!(wait_ms >= 0) || !std::isfinite(wait_ms))  // NaN, inf, negative
             return reply.error(Kind::kArgument, "argument 'wait_ms': expected 0..60000 ms");
-          if (version.isNil() || version.asUint() != reg_.version() || draining_)
+          // On etcd a version newer than this instance's cache (a proxy that moved here from
+          // another keepalive) waits until the cache passes it or its time is up.
+          bool newer = store_ && version.asUint() && *version.asUint() > reg_.version();
+          bool stale = store_ && store_->stale();  // answered at once: the proxy moves on
+          if (version.isNil() || (version.asUint() != reg_.version() && !newer) || draining_ ||
+              stale)
             return reply.raw().reply(rpc::Raw{encodedWatch()});
           addWatcher(std::move(reply.raw()), std::min(wait_ms, 60000.0) / 1000);
         },
         arg("version"), arg("wait_ms") = 30000);
+    std::string store = env.flags.str("store");
+    if (store.rfind("etcd://", 0) == 0) {
+      EtcdStore::Options o;
+      o.endpoints = etcdEndpoints(store);
+      o.prefix = env.flags.str("store-prefix");
+      o.ttl = env.flags.seconds("ttl");
+      store_ = std::make_unique<EtcdStore>(loop_, reg_, std::move(o), [this] { changed(); });
+      core::log::info("keepalive: registry on etcd {} under {} (leases of {} s)", store.substr(7),
+                      env.flags.str("store-prefix"), store_->leaseTtl());
+      return;  // expiry is etcd's (leases): no TTL scan here
+    }
     expiry_.bind<&KeepaliveRole::onCheck>(loop_, this);
     double every = env.flags.seconds("check-interval");
     expiry_.start(every, every);
@@ -156,6 +209,16 @@ class KeepaliveRole final : public RoleInstance {
           "--allow CIDR[,CIDR...] and/or --auth-token-file PATH (see docs/operating.md)",
           bound.toString());
     high_water_ = server.options().high_water;
+    server.addStats("registry", [this](rpc::Packer& p) {
+      p.map(store_ ? 5 : 3);
+      p.str("store"), p.str(store_ ? "etcd" : "memory");
+      p.str("records"), p.uinteger(reg_.size());
+      p.str("version"), p.uinteger(reg_.version());
+      if (store_) {
+        p.str("stale"), p.boolean(store_->stale());
+        p.str("etcd_endpoint"), p.str(store_->endpoint());
+      }
+    });
     server.onDrain([this] {
       draining_ = true;
       changed();  // a draining keepalive answers its watchers at once
@@ -183,11 +246,13 @@ class KeepaliveRole final : public RoleInstance {
 
   // {"version": v, "services": {...}}, encoded once per version and shared by every answer.
   const std::string& encodedWatch() {
-    if (encoded_version_ != reg_.version() || encoded_.empty()) {
+    bool stale = store_ && store_->stale();
+    if (encoded_version_ != reg_.version() || encoded_.empty() || encoded_stale_ != stale) {
       encoded_.clear();
       rpc::Packer p(encoded_);
-      p.pack(VersionedSnapshot{&reg_});
+      p.pack(VersionedSnapshot{&reg_, stale});
       encoded_version_ = reg_.version();
+      encoded_stale_ = stale;
     }
     return encoded_;
   }
@@ -252,7 +317,10 @@ class KeepaliveRole final : public RoleInstance {
     for (auto s = watchers_.begin(); s != watchers_.end();) {
       Watchers& list = s->second;
       for (auto it = list.begin(); it != list.end();) {
-        if (it->version == reg_.version() && !draining_) {
+        // (a stale store answers every watcher: proxies move on to another keepalive)
+        bool stale = store_ && store_->stale();
+        if ((it->version == reg_.version() || (store_ && it->version > reg_.version())) &&
+            !draining_ && !stale) {
           ++it;
           continue;
         }
@@ -281,6 +349,8 @@ class KeepaliveRole final : public RoleInstance {
   std::unordered_map<uint64_t, Watchers> watchers_;  // by session id
   std::string encoded_;
   uint64_t encoded_version_ = 0;
+  bool encoded_stale_ = false;
+  std::unique_ptr<EtcdStore> store_;  // --store=etcd://...: the registry on etcd, reg_ its cache
   size_t high_water_ = 4u << 20;
   core::Loop::TimerId retry_timer_ = 0;
   core::TimerWatcher expiry_;
@@ -292,16 +362,41 @@ class KeepaliveRole final : public RoleInstance {
 
 }  // namespace
 
-const FlagSpec kFlags[3] = {
+// etcd://HOST:PORT[,HOST:PORT...] → the endpoints; throws on anything else.
+std::vector<std::string> etcdEndpoints(const std::string& store) {
+  std::vector<std::string> out;
+  std::string_view rest = std::string_view(store).substr(7);
+  while (!rest.empty()) {
+    size_t comma = rest.find(',');
+    std::string ep(rest.substr(0, comma));
+    auto a = core::Address::parse(ep);
+    if (!a || a->isUnix()) throw std::invalid_argument("--store: bad etcd endpoint '" + ep + "'");
+    out.push_back(ep);
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  if (out.empty()) throw std::invalid_argument("--store=etcd://HOST:PORT[,HOST:PORT...]");
+  return out;
+}
+
+const FlagSpec kFlags[5] = {
     {"ttl", FlagType::kSeconds, "30", "a record expires this long after its last heartbeat"},
     {"check-interval", FlagType::kSeconds, "5", "seconds between expiry checks"},
     {"auth-reads", FlagType::kBool, "false",
      "with --auth-token-file: get_services and watch need the token too"},
+    {"store", FlagType::kString, "memory",
+     "where the registry lives: memory, or etcd://HOST:PORT[,HOST:PORT...] (shared by every "
+     "keepalive on the same etcd and prefix)"},
+    {"store-prefix", FlagType::kString, "/aiorpc/default", "with --store=etcd: the key prefix"},
 };
 
 std::unique_ptr<RoleInstance> create(RoleEnv& env) {
   if (env.flags.seconds("check-interval") <= 0)
     throw std::invalid_argument("--check-interval must be > 0");
+  std::string store = env.flags.str("store");
+  if (store != "memory") etcdEndpoints(store.rfind("etcd://", 0) == 0 ? store : "etcd://");
+  std::string prefix = env.flags.str("store-prefix");
+  if (prefix.empty() || prefix[0] != '/' || prefix.back() == '/')
+    throw std::invalid_argument("--store-prefix: /name[/name...] (no trailing /)");
   return std::make_unique<KeepaliveRole>(env);
 }
 

@@ -2,13 +2,17 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "aiorpc/agents/keepalive/registry.h"
 #include "aiorpc/agents/role.h"
 
 namespace aiorpc::agents::keepalive {
 
-extern const FlagSpec kFlags[3];
+extern const FlagSpec kFlags[5];
+// The endpoints of --store=etcd://HOST:PORT[,...] (throws std::invalid_argument otherwise).
+std::vector<std::string> etcdEndpoints(const std::string& store);
 std::unique_ptr<RoleInstance> create(RoleEnv& env);
 
 }  // namespace aiorpc::agents::keepalive

@@ -70,6 +70,10 @@ size_t Registry::expire() {
   return n;
 }
 
+void Registry::clear() {
+  while (!lru_.empty()) erase(*static_cast<Record*>(lru_.front()));
+}
+
 void Registry::packServices(rpc::Packer& p) const {
   p.map(static_cast<uint32_t>(services_.size()));
   for (const auto& [name, eps] : services_) {

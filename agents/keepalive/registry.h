@@ -34,6 +34,10 @@ class Registry {
   const std::string* owner(const std::string& name, const std::string& host, int port) const;
   // Removes records not refreshed for the TTL; returns how many.
   size_t expire();
+  // Removes every record (a cache about to be filled again).
+  void clear();
+  // A cache of another store (etcd) takes that store's version (its revision).
+  void setVersion(uint64_t v) noexcept { version_ = v; }
 
   // {name: [{"ident": ident, "endpoint": [host, port]}, ...]}, lists sorted by (host, port).
   void packServices(rpc::Packer& p) const;
