@@ -38,9 +38,9 @@ d = sys.argv[1]
 for line in open(d + "/meson-logs/testlog.json"):
     t = json.loads(line)
     if t["result"] not in ("OK", "SKIP", "EXPECTEDFAIL"):
-        out = (t.get("stdout") or "").splitlines()
+        out = ((t.get("stdout") or "") + (t.get("stderr") or "")).splitlines()
         print(f"== FAILED {d}: {t['name']} ({t['result']}, {t.get('duration', 0):.0f} s)")
-        for l in [x for x in out if "FAILED" in x or "ERROR" in x or "Error" in x][:10]:
+        for l in [x for x in out if "FAILED" in x or "ERROR" in x or "Error" in x or "SUMMARY" in x][:10]:
             print("   ", l[:300])
         print("   -- last lines:")
         for l in out[-8:]:

@@ -10,9 +10,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "test/support/run_until.h"
 
@@ -37,11 +39,16 @@ class TinyServer {
     ::listen(fd_, 16);
     thread_ = std::thread([this] { serve(); });
   }
+  // Every handler thread is joined here: none outlives the server (they read stop_).
   ~TinyServer() {
     stop_ = true;
     ::shutdown(fd_, SHUT_RDWR);
     ::close(fd_);
     thread_.join();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int c : conns_) ::shutdown(c, SHUT_RDWR);  // unblocks a handler's read
+    for (auto& t : workers_) t.join();
+    for (int c : conns_) ::close(c);
   }
   std::string url(const std::string& path) const {
     return "http://127.0.0.1:" + std::to_string(port_) + path;
@@ -52,7 +59,9 @@ class TinyServer {
     while (!stop_) {
       int c = ::accept(fd_, nullptr, nullptr);
       if (c < 0) return;
-      std::thread([this, c] { handle(c); }).detach();
+      std::lock_guard<std::mutex> lock(mu_);
+      conns_.push_back(c);
+      workers_.emplace_back([this, c] { handle(c); });
     }
   }
   static void send(int c, const std::string& s) {
@@ -101,11 +110,14 @@ class TinyServer {
     } else {
       reply("404 Not Found", "no");
     }
-    ::close(c);
+    ::shutdown(c, SHUT_RDWR);  // closed by the destructor, after the join (no fd reuse race)
   }
   int fd_ = -1, port_ = 0;
   std::atomic<bool> stop_{false};
   std::thread thread_;
+  std::mutex mu_;
+  std::vector<int> conns_;
+  std::vector<std::thread> workers_;
 };
 
 core::HttpRequest req(const std::string& url, std::string body = {}, double timeout = 5) {
