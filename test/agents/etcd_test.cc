@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "aiorpc/agents/etcd/client.h"
+#include "aiorpc/agents/keepalive/etcd_store.h"
 #include "aiorpc/core/http.h"
 #include "test/support/run_until.h"
 
@@ -262,5 +263,31 @@ TEST_SUITE("etcd client (real etcd)") {
     runUntil(
         loop, [] { return false; }, 0.3);
     CHECK_FALSE(ran);
+  }
+}
+
+TEST_SUITE("registry keys on etcd") {
+  using aiorpc::agents::keepalive::etcdKey;
+  using aiorpc::agents::keepalive::parseEtcdKey;
+  using aiorpc::agents::keepalive::RecordKey;
+
+  TEST_CASE("names with / and % are percent-encoded, IPv6 hosts bracketed; and back") {
+    CHECK(etcdKey("/p", {"sample.foo", "127.0.0.1", 80}) == "/p/v1/svc/sample.foo/127.0.0.1:80");
+    CHECK(etcdKey("/p", {"a/b%c", "::1", 9}) == "/p/v1/svc/a%2Fb%25c/[::1]:9");
+    for (RecordKey r : {RecordKey{"a/b%c", "::1", 9}, RecordKey{"x", "db.example", 65535},
+                        RecordKey{"%2F", "10.0.0.1", 1}}) {
+      auto back = parseEtcdKey("/p", etcdKey("/p", r));
+      REQUIRE(back);
+      CHECK(back->name == r.name);
+      CHECK(back->host == r.host);
+      CHECK(back->port == r.port);
+    }
+  }
+
+  TEST_CASE("keys of another shape or prefix are not records") {
+    for (const char* k : {"/q/v1/svc/a/h:1", "/p/v1/svc/a", "/p/v1/svc/a/h", "/p/v1/svc/a/h:0",
+                          "/p/v1/svc/a/h:65536", "/p/v1/svc/a/h:1x", "/p/v1/svc//h:1",
+                          "/p/v1/svc/a%2/h:1", "/p/v1/svc/a/[::1:1", "/p/v1/svc/a/:1"})
+      CHECK_MESSAGE(!parseEtcdKey("/p", k), k);
   }
 }
