@@ -30,8 +30,4 @@ struct ListNode {
   ListNode* front() const noexcept { return next; }
 };
 
-// A list element that is a T: `T` derives from `Linked<T>`, and the list hands back `T*`.
-template <class Tag>
-struct Linked : ListNode {};
-
 }  // namespace aiorpc::core

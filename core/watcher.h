@@ -25,7 +25,7 @@ struct MemberOf {
 };
 }  // namespace detail
 
-// One template for the six watcher kinds. `init<&T::onEvent>(loop, this)` binds the callback
+// One template for the six watcher kinds. `bind<&T::onEvent>(loop, this)` binds the callback
 // `void T::onEvent(int revents)` without allocating: the object pointer rides in ev's `data`.
 // Like the libev watcher it wraps, it must outlive its active period; the destructor stops it.
 template <class W, void (*Start)(struct ev_loop*, W*), void (*Stop)(struct ev_loop*, W*)>

@@ -476,28 +476,35 @@ void Server::packStats(Packer& p) const {
   for (auto e : stats_.errors) nerr += e > 0;
   uint64_t buffers = 0;
   for (auto& [id, s] : hub_->sessions) buffers += s->dec_ != nullptr;
-  p.map(12 + static_cast<uint32_t>(extra_stats_.size()));
-  p.str("connections_open"), p.uinteger(stats_.connections_open);
-  p.str("connections_total"), p.uinteger(stats_.connections_total);
-  p.str("requests"), p.uinteger(stats_.requests);
-  p.str("notifications"), p.uinteger(stats_.notifications);
-  p.str("errors"), p.map(nerr);
+  // The fields are packed apart and counted as they go: the map's size is never kept by hand.
+  std::string body;
+  Packer b(body);
+  uint32_t n = 0;
+  auto key = [&](std::string_view k) -> Packer& {
+    ++n;
+    b.str(k);
+    return b;
+  };
+  key("connections_open").uinteger(stats_.connections_open);
+  key("connections_total").uinteger(stats_.connections_total);
+  key("requests").uinteger(stats_.requests);
+  key("notifications").uinteger(stats_.notifications);
+  key("errors").map(nerr);
   for (int k = 0; k < kKindCount; ++k) {
     if (!stats_.errors[k]) continue;
-    p.str(kindName(static_cast<Kind>(k)));
-    p.uinteger(stats_.errors[k]);
+    b.str(kindName(static_cast<Kind>(k)));
+    b.uinteger(stats_.errors[k]);
   }
-  p.str("bytes_in"), p.uinteger(stats_.bytes_in);
-  p.str("bytes_out"), p.uinteger(bytes_out);
-  p.str("in_flight"), p.uinteger(stats_.in_flight);
-  p.str("uptime_s"), p.real(loop_.now() - stats_.started);
-  p.str("input_buffers"), p.uinteger(buffers);   // (ext) connections holding a decoder
-  p.str("refused"), p.uinteger(stats_.refused);  // (ext) peers outside the allow-list
-  p.str("output_limit_closes"), p.uinteger(stats_.output_limit_closes);  // (ext)
-  for (auto& [k, fn] : extra_stats_) {
-    p.str(k);
-    fn(p);
-  }
+  key("bytes_in").uinteger(stats_.bytes_in);
+  key("bytes_out").uinteger(bytes_out);
+  key("in_flight").uinteger(stats_.in_flight);
+  key("uptime_s").real(loop_.now() - stats_.started);
+  key("input_buffers").uinteger(buffers);   // (ext) connections holding a decoder
+  key("refused").uinteger(stats_.refused);  // (ext) peers outside the allow-list
+  key("output_limit_closes").uinteger(stats_.output_limit_closes);  // (ext)
+  for (auto& [k, fn] : extra_stats_) fn(key(k));
+  p.map(n);
+  p.raw(body);
 }
 
 void Server::packReflection(Packer& p) const {
