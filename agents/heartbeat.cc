@@ -40,20 +40,18 @@ Heartbeat::Heartbeat(core::Loop& loop, HeartbeatOptions opts)
   for (auto& t : targets_) beat(*t);
 }
 
+// The clients go with their targets and drop their callbacks unrun (STYLE rule 8).
 Heartbeat::~Heartbeat() {
-  *alive_ = false;
   for (auto& t : targets_) loop_.cancel(t->timer);
 }
 
 void Heartbeat::beat(Target& t) {
   t.timer = 0;
   if (stopping_) return;
-  std::weak_ptr<bool> alive = alive_;
   t.in_flight = true;
   t.client->send(
       "heartbeat", [this](rpc::Packer& p) { packParams(p, opts_); },
-      [this, alive, &t](rpc::Response& r) {
-        if (alive.expired()) return;
+      [this, &t](rpc::Response& r) {
         t.in_flight = false;
         ++sent_;
         if (r.status != rpc::Response::Status::kOk) {
@@ -86,13 +84,9 @@ void Heartbeat::stop(core::Callback<void()> done) {
 void Heartbeat::unregister(Target& t) {
   if (t.unregistered) return;
   t.unregistered = true;
-  std::weak_ptr<bool> alive = alive_;
   t.client->send(
       "unregister", [this](rpc::Packer& p) { packParams(p, opts_); },
-      [this, alive](rpc::Response&) {
-        if (!alive.expired()) unregistered();
-      },
-      2.0);
+      [this](rpc::Response&) { unregistered(); }, 2.0);
 }
 
 void Heartbeat::unregistered() {

@@ -53,7 +53,6 @@ class Heartbeat {
   size_t left_ = 0;  // unregisters not yet answered
   core::Callback<void()> done_;
   uint64_t sent_ = 0, failed_ = 0;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace aiorpc::agents

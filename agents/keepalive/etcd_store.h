@@ -78,7 +78,6 @@ class EtcdStore {
   int watch_failures_ = 0;
   bool stale_ = false, resyncing_ = false;
   core::Loop::TimerId retry_ = 0;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace aiorpc::agents::keepalive
