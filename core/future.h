@@ -44,6 +44,30 @@ void release(State<T>* s) noexcept {
   if (s && --s->refs == 0) delete s;
 }
 
+// How a broken promise's waiter is resumed: from a task posted to the loop of this thread (set
+// by core::Loop), never inside the destructor that broke the promise (STYLE rule 8). Without a
+// loop it runs at once.
+struct Deferral {
+  void (*post)(void* loop, Callback<void()> task) = nullptr;
+  void* loop = nullptr;
+};
+inline thread_local Deferral t_deferral;
+
+// Completes a state when called; holds a reference until it is gone (run or dropped).
+template <class T>
+struct Resume {
+  State<T>* s;
+  explicit Resume(State<T>* st) noexcept : s(st) { ++s->refs; }
+  Resume(Resume&& o) noexcept : s(std::exchange(o.s, nullptr)) {}
+  Resume(const Resume&) = delete;
+  Resume& operator=(const Resume&) = delete;
+  Resume& operator=(Resume&&) = delete;
+  ~Resume() { release(s); }
+  void operator()() {
+    if (s) s->complete();
+  }
+};
+
 }  // namespace detail
 
 template <class T>
@@ -136,8 +160,21 @@ class Promise {
     }
     return *this;
   }
+  // A promise dropped unfulfilled fails its future with BrokenPromise; a waiter already on it is
+  // resumed from a posted task, not from inside this destructor.
   ~Promise() {
-    if (s_ && !s_->done() && s_->refs > 1) setException(std::make_exception_ptr(BrokenPromise()));
+    if (s_ && !s_->done() && s_->refs > 1) {
+      s_->error = std::make_exception_ptr(BrokenPromise());
+      if (s_->cont) {
+        detail::Resume<V> resume(s_);
+        auto& d = detail::t_deferral;
+        if (d.post) {
+          d.post(d.loop, std::move(resume));
+        } else {
+          resume();
+        }
+      }
+    }
     detail::release(s_);
   }
 

@@ -95,6 +95,24 @@ Loop::Loop(LoopBackend backend)
   async_.start();
 }
 
+namespace {
+// While a loop runs on this thread, promises broken under it resume their waiters from a task
+// posted to it (STYLE rule 8); a nested loop (a SyncClient's) takes over for its run.
+class DeferTo {
+ public:
+  explicit DeferTo(Loop* loop) noexcept : prev_(detail::t_deferral) {
+    detail::t_deferral = {
+        [](void* l, Callback<void()> task) { static_cast<Loop*>(l)->post(std::move(task)); }, loop};
+  }
+  ~DeferTo() { detail::t_deferral = prev_; }
+  DeferTo(const DeferTo&) = delete;
+  DeferTo& operator=(const DeferTo&) = delete;
+
+ private:
+  detail::Deferral prev_;
+};
+}  // namespace
+
 void Loop::postFromThread(Callback<void()> cb) {
   {
     std::lock_guard<std::mutex> lock(remote_mu_);
@@ -113,6 +131,7 @@ void Loop::onAsync(int) noexcept {
 }
 
 Loop::~Loop() {
+  DeferTo defer(this);  // what the teardown breaks resumes from the posted rounds below
   while (!lingering_.empty()) endLinger(lingering_.back().get());
   // Run what was posted (deferred deletes among it) so nothing leaks.
   for (int i = 0; i < 16 && !posted_.empty(); ++i) runPosted();
@@ -189,8 +208,14 @@ const char* Loop::backendName() const noexcept {
   }
 }
 
-void Loop::run() { ev_run(loop_, 0); }
-void Loop::runOnce() { ev_run(loop_, EVRUN_ONCE); }
+void Loop::run() {
+  DeferTo defer(this);
+  ev_run(loop_, 0);
+}
+void Loop::runOnce() {
+  DeferTo defer(this);
+  ev_run(loop_, EVRUN_ONCE);
+}
 void Loop::stop() noexcept { ev_break(loop_, EVBREAK_ALL); }
 
 void Loop::post(Callback<void()> cb) {
@@ -274,12 +299,15 @@ void Loop::cancelOwned(Owner owner) noexcept {
 }
 
 void Loop::cancelAll() noexcept {
-  // Repeat: a dropped callback may resume a coroutine that sets a new timer.
-  for (int round = 0; round < 16 && !timers_.empty(); ++round) {
+  DeferTo defer(this);
+  // Repeat: a dropped callback breaks a promise whose waiter resumes from a posted task (run
+  // here), and a resumed coroutine may set a new timer.
+  for (int round = 0; round < 16 && (!timers_.empty() || !posted_.empty()); ++round) {
     auto timers = std::move(timers_);
     timers_.clear();
     free_timer_ids_.clear();
     timers.clear();
+    runPosted();
   }
   owned_.clear();
 }

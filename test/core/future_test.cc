@@ -11,6 +11,49 @@
 using namespace aiorpc::core;
 
 TEST_SUITE("future") {
+  TEST_CASE("a promise broken under a running loop resumes its waiter from a posted task") {
+    // STYLE rule 8: the waiter (a coroutine, a then()) may touch the object whose destructor
+    // dropped the promise; it must run after that destructor, not inside it.
+    Loop loop;
+    bool in_dtor = false, resumed = false, resumed_inside = false, failed = false;
+    auto p = std::make_unique<Promise<int>>();
+    auto f = p->future();
+    f.then([&](Future<int>& r) {
+      resumed = true;
+      resumed_inside = in_dtor;
+      failed = r.failed();
+    });
+    loop.post([&] {
+      in_dtor = true;
+      p.reset();
+      in_dtor = false;
+      CHECK_FALSE(resumed);
+    });
+    REQUIRE(aiorpc::test::runUntil(loop, [&] { return resumed; }));
+    CHECK_FALSE(resumed_inside);
+    CHECK(failed);
+  }
+
+  TEST_CASE("a coroutine whose sleep is cancelled at shutdown still finishes (no frame leaks)") {
+    int finished = 0;
+    {
+      Loop loop;
+      auto task = [&]() -> Task<void> {
+        try {
+          co_await loop.sleep(60);
+        } catch (const BrokenPromise&) {
+          ++finished;
+        }
+      };
+      auto f1 = task();
+      loop.post([&] { loop.cancelAll(); });  // under the running loop: resumed from a post
+      aiorpc::test::runUntil(
+          loop, [&] { return finished == 1; }, 2);
+      auto f2 = task();  // this one is ended by ~Loop
+    }
+    CHECK(finished == 2);
+  }
+
   Task<int> syncValue(int v) { co_return v; }
 
   Task<long> sumSync(int n) {
