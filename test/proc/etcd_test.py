@@ -74,6 +74,12 @@ def test_one_registry_through_two_keepalives_and_watch_across_them():
     # a new keepalive instance starts from what etcd holds
     c = keepalive(etcd)
     assert wait_until(lambda: ports(c) == {4002})
+    # a version newer than this cache (a proxy arriving from another keepalive) is waited on,
+    # then answered with the cache when its time is up
+    v_now = watch_now(c)["version"]
+    t0 = time.time()
+    got = Raw(c).call("watch", [v_now + 1000, 700])[3]
+    assert got["version"] == v_now and time.time() - t0 >= 0.5, got
 
 
 def test_lease_expiry_after_kill_and_revoke_on_sigterm():
