@@ -28,13 +28,13 @@ std::exception_ptr Response::exception() {
     case Status::kOk:
       return nullptr;
     case Status::kError:
-      return std::make_exception_ptr(RpcError(keep(error)));
+      return std::make_exception_ptr(RpcError(keep(error)).markDownstream());
     case Status::kTimeout:
-      return std::make_exception_ptr(RpcError(Kind::kTimeout, message));
+      return std::make_exception_ptr(RpcError(Kind::kTimeout, message).markDownstream());
     case Status::kConnection:
-      return std::make_exception_ptr(RpcError(Kind::kConnection, message));
+      return std::make_exception_ptr(RpcError(Kind::kConnection, message).markDownstream());
     case Status::kNotSent:
-      return std::make_exception_ptr(RpcError(Kind::kNotSent, message));
+      return std::make_exception_ptr(RpcError(Kind::kNotSent, message).markDownstream());
   }
   return nullptr;
 }

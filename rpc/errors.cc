@@ -84,6 +84,10 @@ RpcError::RpcError(Value object)
       message_(describe(object)),
       peer_(std::move(object)) {}
 
+std::string RpcError::downstreamMessage() const {
+  return "downstream call failed: " + std::string(what());
+}
+
 Value RpcError::object() const {
   if (hasPeerObject()) return peer_;
   return toValue(std::tuple<std::string_view, std::string_view>(kindName(kind_), message_));

@@ -47,11 +47,23 @@ class RpcError : public std::runtime_error {
   // What goes on the wire: [kind, message] for ours, the peer's object as is otherwise.
   Value object() const;
   bool hasPeerObject() const noexcept { return !peer_.isNil(); }
+  // The outcome of one of our own calls (a reply, our timeout, a lost connection), as co_await
+  // and SyncClient throw it. A handler that lets one escape answers its caller ApplicationError
+  // with this error in the message (SPEC §2): the caller's own call did not time out. A handler
+  // that means a kind throws an RpcError of its own.
+  bool downstream() const noexcept { return downstream_; }
+  RpcError& markDownstream() noexcept {
+    downstream_ = true;
+    return *this;
+  }
+  // ApplicationError's message for an escaped downstream error.
+  std::string downstreamMessage() const;
 
  private:
   Kind kind_;
   std::string message_;
   Value peer_;
+  bool downstream_ = false;
 };
 
 }  // namespace aiorpc::rpc

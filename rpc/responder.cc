@@ -114,6 +114,7 @@ void Responder::fail(std::exception_ptr e) {
   try {
     std::rethrow_exception(e);
   } catch (const RpcError& r) {
+    if (r.downstream()) return error(Kind::kApplication, r.downstreamMessage());
     error(r);
   } catch (const std::exception& x) {
     error(Kind::kApplication, x.what());

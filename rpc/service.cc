@@ -132,7 +132,9 @@ void dispatch(const MethodInfo& m, Invocation& inv) {
   try {
     m.invoke(inv);
   } catch (const RpcError& e) {
-    if (e.hasPeerObject()) {
+    if (e.downstream()) {
+      inv.replyError(Kind::kApplication, e.downstreamMessage());
+    } else if (e.hasPeerObject()) {
       inv.replyErrorObject(e.object());
     } else {
       inv.replyError(e.kind(), e.message());

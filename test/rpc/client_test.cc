@@ -121,6 +121,54 @@ TEST_SUITE("client") {
     CHECK(countedKind(Value::copyOf(Object()).view()) == Kind::kApplication);
   }
 
+  TEST_CASE("a downstream error a handler lets escape is its caller's ApplicationError") {
+    // SPEC §2: the caller's own call did not time out, its handler's downstream call did. A kind
+    // the handler chooses on purpose (a fresh RpcError) goes through.
+    core::Loop loop;
+    Service back_svc = demoService(loop);
+    Server back(loop, back_svc);
+    auto back_addr = back.listen("127.0.0.1:0");
+    REQUIRE(back_addr.ok());
+    ClientOptions quick;
+    quick.timeout = 0.05;
+    Client down(loop, *back_addr, quick);
+    Service front_svc("front");
+    front_svc.def("relay_sleep", [&]() -> core::Task<std::string> {
+      Value v = co_await down.call("sleep", 5.0);  // times out after 50 ms
+      co_return std::string(v.view().str());
+    });
+    front_svc.def("relay_missing", [&]() -> core::Task<int> {
+      co_await down.call("no_such_method");
+      co_return 0;
+    });
+    front_svc.def("on_purpose", [&]() -> core::Task<int> {
+      try {
+        co_await down.call("sleep", 5.0);
+      } catch (const RpcError& e) {
+        throw RpcError(Kind::kServiceUnavailable, "backend slow: " + e.message());
+      }
+      co_return 0;
+    });
+    Server front(loop, front_svc);
+    auto front_addr = front.listen("127.0.0.1:0");
+    REQUIRE(front_addr.ok());
+    Client c(loop, *front_addr);
+    auto timed = c.call("relay_sleep");
+    auto missing = c.call("relay_missing");
+    auto chosen = c.call("on_purpose");
+    REQUIRE(runUntil(loop, [&] { return timed.done() && missing.done() && chosen.done(); }));
+    CHECK_THROWS_WITH_AS(
+        timed.get(), doctest::Contains("ApplicationError: downstream call failed: TimeoutError"),
+        RpcError);
+    CHECK_THROWS_WITH_AS(
+        missing.get(), doctest::Contains("ApplicationError: downstream call failed: NoMethodError"),
+        RpcError);
+    CHECK_THROWS_WITH_AS(chosen.get(), doctest::Contains("ServiceUnavailable: backend slow"),
+                         RpcError);
+    CHECK(front.stats().errors[static_cast<size_t>(Kind::kApplication)] == 2);
+    CHECK(front.stats().errors[static_cast<size_t>(Kind::kTimeout)] == 0);
+  }
+
   TEST_CASE("a Context kept across co_await outlives its connection (no pointer into it)") {
     core::Loop loop;
     Service svc("ctx");
