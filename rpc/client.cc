@@ -23,20 +23,27 @@ Value Response::keep(Object o) {
   return Value(zone, o);
 }
 
-std::exception_ptr Response::exception() {
+Kind Response::failureKind() const noexcept {
   switch (status) {
-    case Status::kOk:
-      return nullptr;
     case Status::kError:
-      return std::make_exception_ptr(RpcError(keep(error)).markDownstream());
+      return countedKind(error);
     case Status::kTimeout:
-      return std::make_exception_ptr(RpcError(Kind::kTimeout, message).markDownstream());
+      return Kind::kTimeout;
     case Status::kConnection:
-      return std::make_exception_ptr(RpcError(Kind::kConnection, message).markDownstream());
+      return Kind::kConnection;
     case Status::kNotSent:
-      return std::make_exception_ptr(RpcError(Kind::kNotSent, message).markDownstream());
+      return Kind::kNotSent;
+    case Status::kOk:
+      break;
   }
-  return nullptr;
+  return Kind::kInternal;
+}
+
+std::exception_ptr Response::exception() {
+  if (status == Status::kOk) return nullptr;
+  if (status == Status::kError)
+    return std::make_exception_ptr(RpcError(keep(error)).markDownstream());
+  return std::make_exception_ptr(RpcError(failureKind(), message).markDownstream());
 }
 
 namespace {

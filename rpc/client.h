@@ -44,6 +44,9 @@ struct Response {
   std::string_view raw_result;  // kOk with ClientOptions::raw_results: the result's bytes
   std::string message;          // for kTimeout / kConnection / kNotSent
   Value keep(Object o);
+  // The one Status→Kind mapping: kTimeout, kConnection, kNotSent for those statuses (kError:
+  // the error object's own kind; kOk: kInternal, never asked).
+  Kind failureKind() const noexcept;
   // kOk: nullptr. Otherwise the error as an exception (RpcError) for Futures and SyncClient.
   std::exception_ptr exception();
 

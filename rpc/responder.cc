@@ -86,6 +86,9 @@ void Responder::end(Open& o, bool error) {
 }
 
 void Responder::error(Kind kind, std::string_view message) {
+  // Client-side kinds never reach the wire (SPEC §1 lists the kinds a reply may carry).
+  if (kind == Kind::kNotSent) kind = Kind::kConnection;
+  if (kind == Kind::kOther) kind = Kind::kApplication;
   if (Open o = begin()) {
     Packer p(*o.out);
     packError(p, kind, message);

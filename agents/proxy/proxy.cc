@@ -355,7 +355,7 @@ void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
     } else if (r.status == S::kError) {
       o.value = r.keep(r.error);
     } else {
-      o.kind = r.status == S::kTimeout ? Kind::kTimeout : Kind::kConnection;
+      o.kind = r.failureKind();  // (kNotSent never gets here: such calls are routed again)
       o.message = r.message;
     }
     return deliver(*c->batch, c->item, std::move(o));
@@ -365,10 +365,9 @@ void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
       return c->reply.reply(rpc::Raw{r.raw_result});  // the backend's bytes, not re-encoded
     case S::kError:
       return c->reply.errorObject(r.error);  // the backend's error, intact
-    case S::kTimeout:
-      return c->reply.error(Kind::kTimeout, "backend " + r.message);
     default:
-      return c->reply.error(Kind::kConnection, r.message);
+      return c->reply.error(r.failureKind(),
+                            r.status == S::kTimeout ? "backend " + r.message : r.message);
   }
 }
 

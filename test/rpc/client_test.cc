@@ -149,6 +149,9 @@ TEST_SUITE("client") {
       }
       co_return 0;
     });
+    front_svc.def("client_kinds", [](Reply<int> reply) {
+      reply.error(Kind::kNotSent, "never left");  // a client-side kind: not a wire kind
+    });
     Server front(loop, front_svc);
     auto front_addr = front.listen("127.0.0.1:0");
     REQUIRE(front_addr.ok());
@@ -156,7 +159,10 @@ TEST_SUITE("client") {
     auto timed = c.call("relay_sleep");
     auto missing = c.call("relay_missing");
     auto chosen = c.call("on_purpose");
-    REQUIRE(runUntil(loop, [&] { return timed.done() && missing.done() && chosen.done(); }));
+    auto kinds = c.call("client_kinds");
+    REQUIRE(runUntil(
+        loop, [&] { return timed.done() && missing.done() && chosen.done() && kinds.done(); }));
+    CHECK_THROWS_WITH_AS(kinds.get(), "ConnectionError: never left", RpcError);
     CHECK_THROWS_WITH_AS(
         timed.get(), doctest::Contains("ApplicationError: downstream call failed: TimeoutError"),
         RpcError);
