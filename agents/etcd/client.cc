@@ -119,6 +119,28 @@ void Client::post(const char* path, std::string body,
   call->path = path;
   call->body = std::move(body);
   call->done = std::move(done);
+  if (in_flight_ >= opts_.max_in_flight) {
+    if (queue_.size() >= opts_.max_queued) {
+      Status s{false, "etcd client: over " + std::to_string(opts_.max_queued) + " calls waiting",
+               true};
+      return loop_.post([call, s]() mutable {
+        std::string none;
+        call->done(s, none);
+      });
+    }
+    queue_.push_back(std::move(call));
+    return;
+  }
+  ++in_flight_;
+  attempt(std::move(call));
+}
+
+void Client::next() {
+  --in_flight_;
+  if (queue_.empty()) return;
+  auto call = std::move(queue_.front());
+  queue_.pop_front();
+  ++in_flight_;
   attempt(std::move(call));
 }
 
@@ -134,6 +156,7 @@ void Client::attempt(std::shared_ptr<Call> call) {
   http_.request(std::move(req), [this, call, idx](core::HttpResponse& r) {
     if (r.error.empty() && r.status > 0 && r.status < 500) {
       current_ = idx;
+      next();
       if (r.status == 200) return call->done(Status{}, r.body);
       std::string msg;
       try {
@@ -145,8 +168,10 @@ void Client::attempt(std::shared_ptr<Call> call) {
     }
     call->last_error = fmt::format("{}: {}", opts_.endpoints[idx],
                                    r.error.empty() ? fmt::format("HTTP {}", r.status) : r.error);
-    if (++call->tried >= opts_.endpoints.size())
+    if (++call->tried >= opts_.endpoints.size()) {
+      next();
       return call->done(Status{false, call->last_error}, r.body);
+    }
     if (current_ == idx) current_ = (idx + 1) % opts_.endpoints.size();
     attempt(call);
   });

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,7 +32,8 @@ struct Event {
 
 struct Status {
   bool ok = true;
-  std::string error;  // the last endpoint's, for logs
+  std::string error;        // the last endpoint's, for logs
+  bool overloaded = false;  // refused before it was sent: the queue is full (etcd is fine)
   explicit operator bool() const noexcept { return ok; }
 };
 
@@ -43,6 +45,9 @@ class Client {
   struct Options {
     std::vector<std::string> endpoints;  // host:port (http)
     double timeout = 1.5;                // per unary call and endpoint
+    // Unary calls in flight at once (one connection each); the rest wait in order, their
+    // timeout not yet running. Past max_queued waiting, a call fails at once (overloaded).
+    size_t max_in_flight = 32, max_queued = 65536;
   };
   Client(core::Loop& loop, Options opts);
   ~Client();  // drops every callback (none runs)
@@ -77,17 +82,21 @@ class Client {
   bool watching(WatchId id) const noexcept;
 
   const std::string& endpoint() const noexcept { return opts_.endpoints[current_]; }
+  size_t queued() const noexcept { return queue_.size(); }
 
   struct Call;
 
  private:
   void post(const char* path, std::string body, core::Callback<void(Status, std::string&)> done);
   void attempt(std::shared_ptr<Call> call);
+  void next();  // a call finished: start the next one waiting
 
   core::Loop& loop_;
   Options opts_;
   core::Http http_;
   size_t current_ = 0;  // the endpoint that answered last
+  size_t in_flight_ = 0;
+  std::deque<std::shared_ptr<Call>> queue_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   struct WatchState;
   std::vector<std::unique_ptr<WatchState>> watches_;

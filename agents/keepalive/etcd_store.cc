@@ -107,6 +107,11 @@ EtcdStore::EtcdStore(core::Loop& loop, Registry& cache, Options opts,
 
 EtcdStore::~EtcdStore() { loop_.cancel(retry_); }
 
+void EtcdStore::trouble(const etcd::Status& s) {
+  if (s.overloaded) return;  // our own queue is full: etcd is fine
+  trouble(s.error);
+}
+
 void EtcdStore::trouble(const std::string& why) {
   if (!stale_) {
     stale_ = true;
@@ -132,7 +137,7 @@ void EtcdStore::resync() {
   etcd_.range(keyPrefix(opts_.prefix),
               [this](etcd::Status s, int64_t rev, std::vector<etcd::KeyValue>& kvs) {
                 resyncing_ = false;
-                if (!s) return trouble(s.error);
+                if (!s) return trouble(s);
                 std::unordered_map<std::string, Meta> old = std::move(meta_);
                 meta_.clear();
                 cache_.clear();
@@ -175,7 +180,7 @@ void EtcdStore::startWatch() {
         }
         // Re-established from the last revision seen, on the next endpoint; after a failure on
         // each of them, the store is stale until a read succeeds.
-        if (++watch_failures_ >= static_cast<int>(opts_.endpoints.size())) return trouble(s.error);
+        if (++watch_failures_ >= static_cast<int>(opts_.endpoints.size())) return trouble(s);
         retry_ = loop_.after(0.2, [this] {
           retry_ = 0;
           if (!watch_ && !resyncing_) startWatch();
@@ -240,7 +245,7 @@ void EtcdStore::heartbeat(const RecordKey& r, std::string ident_packed, const st
     int64_t lease = m->second.lease;
     etcd_.keepAlive(lease, [this, key, r, value, lease](etcd::Status s, int64_t ttl) {
       if (!s) {
-        trouble(s.error);
+        trouble(s);
         return finish(key, "etcd: " + s.error, Registry::kUnchanged);
       }
       auto m = meta_.find(key);
@@ -266,7 +271,7 @@ void EtcdStore::write(const RecordKey& r, const std::string& key, std::string va
   etcd_.grant(lease_ttl_, [this, key, value = std::move(value), expect, old_lease, change, r](
                               etcd::Status s, int64_t id, int64_t granted) mutable {
     if (!s) {
-      trouble(s.error);
+      trouble(s);
       return finish(key, "etcd: " + s.error, Registry::kUnchanged);
     }
     if (granted > lease_ttl_) {
@@ -278,7 +283,7 @@ void EtcdStore::write(const RecordKey& r, const std::string& key, std::string va
                 [this, key, value, id, old_lease, change](etcd::Status s, bool written,
                                                           std::optional<etcd::KeyValue> cur) {
                   if (!s) {
-                    trouble(s.error);
+                    trouble(s);
                     etcd_.revoke(id, [](etcd::Status, bool) {});
                     return finish(key, "etcd: " + s.error, Registry::kUnchanged);
                   }
@@ -316,14 +321,14 @@ void EtcdStore::unregister(const RecordKey& r,
   auto shared = std::make_shared<decltype(done)>(std::move(done));
   auto removeKey = [this, key, shared] {
     etcd_.remove(key, [this, shared](etcd::Status s) {
-      if (!s) trouble(s.error);
+      if (!s) trouble(s);
       (*shared)(s ? std::nullopt : std::optional<std::string>("etcd: " + s.error), bool(s));
     });
   };
   // Revoking the record's lease deletes it; a lease already gone leaves a key to delete.
   etcd_.revoke(m->second.lease, [this, shared, removeKey](etcd::Status s, bool found) {
     if (!s) {
-      trouble(s.error);
+      trouble(s);
       return (*shared)("etcd: " + s.error, false);
     }
     if (found) return (*shared)(std::nullopt, true);

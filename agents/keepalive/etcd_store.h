@@ -61,6 +61,7 @@ class EtcdStore {
   void startWatch();
   void apply(const etcd::KeyValue& kv, bool deleted);
   void trouble(const std::string& why);
+  void trouble(const etcd::Status& s);
   void write(const RecordKey& r, const std::string& key, std::string value, const Meta* old);
   void finish(const std::string& key, const std::optional<std::string>& error,
               Registry::Change change);

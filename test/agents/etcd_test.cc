@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 
@@ -246,6 +247,29 @@ TEST_SUITE("etcd client (real etcd)") {
         [&](etcd::Status s, int64_t) { ended = !s; });
     REQUIRE(runUntil(
         loop, [&] { return ended; }, 5));
+  }
+
+  TEST_CASE("calls in flight are bounded; the rest wait in order; past the queue they fail") {
+    core::Loop loop;
+    ready(loop);  // etcd is up
+    etcd::Client::Options o{{server().endpoint()}, 1.5};
+    o.max_in_flight = 2;
+    o.max_queued = 3;
+    etcd::Client c(loop, o);
+    std::vector<int> order;
+    int ok = 0, overloaded = 0;
+    for (int i = 0; i < 10; ++i)
+      c.range("/", [&, i](etcd::Status s, int64_t, std::vector<etcd::KeyValue>&) {
+        if (s) ++ok, order.push_back(i);
+        if (!s && s.overloaded) ++overloaded;
+      });
+    CHECK(c.queued() == 3);
+    REQUIRE(runUntil(loop, [&] { return ok + overloaded == 10; }));
+    CHECK(ok == 5);  // two sent at once, three waited
+    CHECK(overloaded == 5);
+    std::sort(order.begin(), order.end());  // (two at a time: they may finish either way)
+    CHECK(order == std::vector<int>{0, 1, 2, 3, 4});  // the first five, not the later ones
+    CHECK(c.queued() == 0);
   }
 
   TEST_CASE("destroying the client drops every callback; cancelWatch too") {
