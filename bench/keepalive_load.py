@@ -120,6 +120,7 @@ try:
             time.sleep(0.1)
     after = rss_kb(ka)
     heartbeats(ka.port, N, "refresh", ka)
+    heartbeats(ka.port, N, "refresh again", ka)  # (the first may share the CPU with the watch)
     print(f"RSS {base} kB -> {after} kB: {(after - base) * 1024 / N:,.0f} bytes per record")
     if ETCD:
         # steady state: every record heartbeats every 3 s (TTL 30 s: a lease renewal per record at

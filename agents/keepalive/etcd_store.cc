@@ -253,7 +253,9 @@ void EtcdStore::heartbeat(const RecordKey& r, std::string ident_packed, const st
         if (m != meta_.end() && m->second.lease == lease) m->second.renewed = loop_.now();
         return finish(key, std::nullopt, Registry::kUnchanged);
       }
-      write(r, key, value, nullptr);  // the lease is gone: a new one, the record again
+      // The lease is gone (expired during an outage, or revoked): a new one, the record again.
+      core::log::info("keepalive: the lease of {} is gone: registering it again", key);
+      write(r, key, value, nullptr);
     });
     return;
   }

@@ -267,7 +267,7 @@ TEST_SUITE("etcd client (real etcd)") {
     REQUIRE(runUntil(loop, [&] { return ok + overloaded == 10; }));
     CHECK(ok == 5);  // two sent at once, three waited
     CHECK(overloaded == 5);
-    std::sort(order.begin(), order.end());  // (two at a time: they may finish either way)
+    std::sort(order.begin(), order.end());            // (two at a time: they may finish either way)
     CHECK(order == std::vector<int>{0, 1, 2, 3, 4});  // the first five, not the later ones
     CHECK(c.queued() == 0);
   }
@@ -313,5 +313,85 @@ TEST_SUITE("registry keys on etcd") {
                           "/p/v1/svc/a/h:65536", "/p/v1/svc/a/h:1x", "/p/v1/svc//h:1",
                           "/p/v1/svc/a%2/h:1", "/p/v1/svc/a/[::1:1", "/p/v1/svc/a/:1"})
       CHECK_MESSAGE(!parseEtcdKey("/p", k), k);
+  }
+}
+
+TEST_SUITE("keepalive store on etcd") {
+  using aiorpc::agents::keepalive::EtcdStore;
+  using aiorpc::agents::keepalive::RecordKey;
+  using aiorpc::agents::keepalive::Registry;
+
+  TEST_CASE("a renewal that finds the lease gone grants a new one and writes the record again") {
+    core::Loop loop;
+    ready(loop);
+    Registry cache([&loop] { return loop.now(); }, 1e9);
+    int changes = 0;
+    EtcdStore store(loop, cache, EtcdStore::Options{{server().endpoint()}, "/store-lease", 3},
+                    [&] { ++changes; });
+    REQUIRE(runUntil(loop, [&] { return store.synced(); }));
+    RecordKey r{"svc", "127.0.0.1", 4242};
+    std::string ident = "\xc0";  // nil
+    auto beat = [&] {
+      std::optional<std::optional<std::string>> out;
+      store.heartbeat(r, ident, "127.0.0.1",
+                      [&](const std::optional<std::string>& e, Registry::Change) { out = e; });
+      REQUIRE(runUntil(loop, [&] { return out.has_value(); }));
+      return *out;
+    };
+    CHECK_FALSE(beat());
+    REQUIRE(runUntil(loop, [&] { return cache.size() == 1; }));
+    // Whose lease is it? Read the key from another client on another loop, and revoke that
+    // lease while this loop stands still: the store has not seen the delete when it renews.
+    core::Loop other;
+    auto c = ready(other);
+    auto kvs = range(other, *c, "/store-lease/");
+    REQUIRE(kvs.kvs.size() == 1);
+    int64_t lease = kvs.kvs[0].lease;
+    REQUIRE(lease != 0);
+    runUntil(
+        loop, [] { return false; }, 1.1);  // a renewal is due (TTL/3 = 1 s)
+    std::optional<bool> found;
+    c->revoke(lease, [&](etcd::Status, bool f) { found = f; });
+    REQUIRE(runUntil(other, [&] { return found.has_value(); }));
+    REQUIRE(*found);
+    CHECK_FALSE(beat());  // keepalive answers without TTL: a new lease, the record again
+    REQUIRE(runUntil(other, [&] {
+      auto now = range(other, *c, "/store-lease/");
+      return now.kvs.size() == 1 && now.kvs[0].lease != lease && now.kvs[0].lease != 0;
+    }));
+    REQUIRE(runUntil(loop, [&] { return cache.size() == 1; }));
+    CHECK_FALSE(store.stale());
+  }
+
+  TEST_CASE("two stores on one prefix: one record, written once; unregister revokes") {
+    core::Loop loop;
+    ready(loop);
+    Registry ca([&loop] { return loop.now(); }, 1e9), cb([&loop] { return loop.now(); }, 1e9);
+    EtcdStore a(loop, ca, EtcdStore::Options{{server().endpoint()}, "/store-two", 30}, [] {});
+    EtcdStore b(loop, cb, EtcdStore::Options{{server().endpoint()}, "/store-two", 30}, [] {});
+    REQUIRE(runUntil(loop, [&] { return a.synced() && b.synced(); }));
+    RecordKey r{"svc", "::1", 7};
+    int done = 0;
+    std::vector<Registry::Change> changes;
+    for (EtcdStore* s : {&a, &b})
+      s->heartbeat(r, "\xc0", "::1", [&](const std::optional<std::string>& e, Registry::Change ch) {
+        CHECK_FALSE(e);
+        changes.push_back(ch);
+        ++done;
+      });
+    REQUIRE(runUntil(loop, [&] { return done == 2; }));
+    // the same new record heard by both at once: one wrote it, the other found it there
+    std::sort(changes.begin(), changes.end());
+    CHECK(changes == std::vector<Registry::Change>{Registry::kUnchanged, Registry::kAdded});
+    REQUIRE(runUntil(loop, [&] { return ca.size() == 1 && cb.size() == 1; }));
+    CHECK(ca.version() == cb.version());
+    std::optional<bool> removed;
+    b.unregister(r, [&](const std::optional<std::string>& e, bool rm) {
+      CHECK_FALSE(e);
+      removed = rm;
+    });
+    REQUIRE(runUntil(loop, [&] { return removed.has_value(); }));
+    CHECK(*removed);
+    REQUIRE(runUntil(loop, [&] { return ca.size() == 0 && cb.size() == 0; }));
   }
 }
