@@ -10,6 +10,29 @@
 
 namespace aiorpc::core {
 
+std::optional<HostPort> splitHostPort(std::string_view text) noexcept {
+  std::string_view host, port_text;
+  if (!text.empty() && text[0] == '[') {
+    auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      return std::nullopt;
+    host = text.substr(1, close - 1);
+    port_text = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) return std::nullopt;
+    host = text.substr(0, colon);
+    port_text = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return std::nullopt;  // v6 needs []
+  }
+  int port = -1;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc{} || end != port_text.data() + port_text.size() || port < 0 || port > 65535 ||
+      host.empty())
+    return std::nullopt;
+  return HostPort{host, port};
+}
+
 Result<Address> Address::parse(std::string_view text) {
   Address a;
   if (text.substr(0, 5) == "unix:") {
@@ -22,25 +45,10 @@ Result<Address> Address::parse(std::string_view text) {
     a.len_ = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
     return a;
   }
-  std::string_view host, port_text;
-  if (!text.empty() && text[0] == '[') {
-    auto close = text.find(']');
-    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
-      return Errc::kBadAddress;
-    host = text.substr(1, close - 1);
-    port_text = text.substr(close + 2);
-  } else {
-    auto colon = text.rfind(':');
-    if (colon == std::string_view::npos) return Errc::kBadAddress;
-    host = text.substr(0, colon);
-    port_text = text.substr(colon + 1);
-    if (host.find(':') != std::string_view::npos) return Errc::kBadAddress;  // v6 needs []
-  }
-  int port = -1;
-  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc{} || end != port_text.data() + port_text.size() || port < 0 || port > 65535 ||
-      host.empty())
-    return Errc::kBadAddress;
+  auto hp = splitHostPort(text);
+  if (!hp) return Errc::kBadAddress;
+  std::string_view host = hp->host;
+  int port = hp->port;
   if (auto ip = fromIp(host, port)) return ip;
   // A name: resolved here, blocking (start-up and tools only; the loop uses core::Resolver).
   std::string h(host);

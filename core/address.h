@@ -5,12 +5,21 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "aiorpc/core/error.h"
 
 namespace aiorpc::core {
+
+// `host:port` or `[v6]:port` split, as text: the host (brackets removed; not empty, no ':'
+// unless it was bracketed) and a port of 0-65535. Nothing is resolved.
+struct HostPort {
+  std::string_view host;
+  int port = 0;
+};
+std::optional<HostPort> splitHostPort(std::string_view text) noexcept;
 
 class Address {
  public:

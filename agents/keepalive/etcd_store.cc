@@ -1,9 +1,9 @@
 // The registry on etcd: writes with leases and transactions, a cache fed by range + watch.
 #include "aiorpc/agents/keepalive/etcd_store.h"
 
-#include <charconv>
 #include <cmath>
 
+#include "aiorpc/core/address.h"
 #include "aiorpc/core/log.h"
 
 namespace aiorpc::agents::keepalive {
@@ -74,23 +74,9 @@ std::optional<RecordKey> parseEtcdKey(const std::string& prefix, std::string_vie
   if (slash == std::string_view::npos || slash == 0) return std::nullopt;
   auto name = unpct(key.substr(0, slash));
   if (!name) return std::nullopt;
-  std::string_view hp = key.substr(slash + 1), host, port;
-  if (!hp.empty() && hp[0] == '[') {
-    size_t close = hp.find("]:");
-    if (close == std::string_view::npos) return std::nullopt;
-    host = hp.substr(1, close - 1);
-    port = hp.substr(close + 2);
-  } else {
-    size_t colon = hp.rfind(':');
-    if (colon == std::string_view::npos) return std::nullopt;
-    host = hp.substr(0, colon);
-    port = hp.substr(colon + 1);
-  }
-  int p = 0;
-  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
-  if (ec != std::errc{} || end != port.data() + port.size() || p < 1 || p > 65535 || host.empty())
-    return std::nullopt;
-  return RecordKey{*name, std::string(host), p};
+  auto hp = core::splitHostPort(key.substr(slash + 1));
+  if (!hp || hp->port == 0) return std::nullopt;
+  return RecordKey{*name, std::string(hp->host), hp->port};
 }
 
 EtcdStore::EtcdStore(core::Loop& loop, Registry& cache, Options opts,
