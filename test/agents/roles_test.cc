@@ -1,0 +1,155 @@
+// The keepalive, demo and proxy roles in one process on one loop, without aiorpcd: routing
+// through an in-process registry, and the proxy destroyed while its backends' connects hang
+// (ASan: no callback may run inside its destructor, no sibling may be touched after it went).
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <vector>
+
+#include "aiorpc/agents/demo/demo.h"
+#include "aiorpc/agents/keepalive/keepalive.h"
+#include "aiorpc/agents/proxy/proxy.h"
+#include "aiorpc/rpc/client.h"
+#include "test/support/run_until.h"
+
+namespace core = aiorpc::core;
+namespace rpc = aiorpc::rpc;
+namespace agents = aiorpc::agents;
+using aiorpc::test::runUntil;
+
+namespace {
+
+// One role served on a loopback port, with the flags given (and the role's defaults).
+struct Running {
+  agents::Flags flags;
+  std::unique_ptr<agents::RoleInstance> role;
+  std::unique_ptr<rpc::Server> server;
+  core::Address bound;
+  Running(core::Loop& loop, std::span<const agents::FlagSpec> own,
+          std::unique_ptr<agents::RoleInstance> (*create)(agents::RoleEnv&),
+          std::vector<const char*> argv) {
+    std::vector<agents::FlagSpec> specs(own.begin(), own.end());
+    specs.push_back({"keepalive", agents::FlagType::kEndpointList, "", ""});
+    specs.push_back({"allow", agents::FlagType::kAllowList, "", ""});
+    argv.insert(argv.begin(), "test");
+    REQUIRE_MESSAGE(flags.parse(specs, static_cast<int>(argv.size()), argv.data()), flags.error());
+    agents::RoleEnv env{loop, flags, ""};
+    role = create(env);
+    server = std::make_unique<rpc::Server>(loop, role->service());
+    auto b = server->listen("127.0.0.1:0");
+    REQUIRE(b.ok());
+    bound = *b;
+    role->started(*server, bound);
+  }
+  ~Running() {
+    server.reset();  // as aiorpcd: the server goes first, then the role
+    role.reset();
+  }
+  std::string endpoint() const { return bound.toString(); }
+};
+
+// A loopback port whose connects hang: a listener with a full backlog that never accepts.
+struct Hanging {
+  int fd = -1;
+  std::vector<int> fillers;
+  int port = 0;
+  Hanging() {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd, 0) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    for (int i = 0; i < 4; ++i) {  // fill the accept queue (backlog 0 holds one or two)
+      int c = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      (void)::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a);
+      fillers.push_back(c);
+    }
+  }
+  ~Hanging() {
+    for (int c : fillers) ::close(c);
+    ::close(fd);
+  }
+};
+
+rpc::Value call(core::Loop& loop, rpc::Client& c, std::string_view method, rpc::Value params,
+                bool* failed = nullptr) {
+  auto f = c.request(method, params);
+  REQUIRE(runUntil(loop, [&] { return f.done(); }));
+  if (f.failed()) {
+    if (failed) *failed = true;
+    return {};
+  }
+  return f.get();
+}
+
+}  // namespace
+
+TEST_SUITE("roles in one process") {
+  TEST_CASE("a call routed by the proxy through an in-process keepalive to a demo") {
+    core::Loop loop;
+    Running ka(loop, agents::keepalive::kFlags, agents::keepalive::create, {"--ttl", "30"});
+    Running demo(loop, agents::demo::kFlags, agents::demo::create, {});
+    rpc::Client to_ka(loop, ka.bound);
+    call(loop, to_ka, "heartbeat",
+         rpc::toValue(std::tuple{"sample.foo", "127.0.0.1", demo.bound.port()}));
+    std::string ka_ep = ka.endpoint();
+    Running px(loop, agents::proxy::kFlags, agents::proxy::create,
+               {"--keepalive", ka_ep.c_str(), "--refresh-interval", "0.05"});
+    rpc::Client c(loop, px.bound);
+    rpc::Value got;
+    REQUIRE(runUntil(loop, [&] {
+      bool failed = false;
+      got = call(loop, c, "invoke", rpc::toValue(std::tuple{"sample.foo", "echo", std::tuple{7}}),
+                 &failed);
+      return !failed;
+    }));
+    CHECK(got.view().toText() == "[7]");
+  }
+
+  TEST_CASE("the proxy destroyed while connects to its backends hang (ASan: no use after free)") {
+    core::Loop loop;
+    Hanging h1, h2;
+    Running ka(loop, agents::keepalive::kFlags, agents::keepalive::create, {"--ttl", "30"});
+    rpc::Client to_ka(loop, ka.bound);
+    for (int port : {h1.port, h2.port})
+      call(loop, to_ka, "heartbeat", rpc::toValue(std::tuple{"svc", "127.0.0.1", port}));
+    std::string ka_ep = ka.endpoint();
+    auto px = std::make_unique<Running>(
+        loop, agents::proxy::kFlags, agents::proxy::create,
+        std::vector<const char*>{"--keepalive", ka_ep.c_str(), "--refresh-interval", "0.05",
+                                 "--eject-after", "1"});
+    rpc::Client c(loop, px->bound);
+    // the proxy has the table (both instances listed) before the calls go
+    REQUIRE(runUntil(loop, [&] {
+      auto st = call(loop, c, std::string_view("\0stats", 6), rpc::Value());
+      auto reg = st.view().find("registry");
+      return reg && reg->find("version") && reg->find("version")->asUint().value_or(0) > 0;
+    }));
+    std::vector<core::Future<rpc::Value>> calls;
+    for (int i = 0; i < 20; ++i)
+      calls.push_back(c.request("invoke", rpc::toValue(std::tuple{"svc", "echo", std::tuple{i}})));
+    // the proxy learns the table and starts connecting to both instances; nothing answers
+    runUntil(
+        loop, [] { return false; }, 0.5);
+    int answered = 0;
+    for (auto& f : calls) answered += f.done();
+    CHECK(answered == 0);  // the connects hang: no call has an outcome yet
+    px.reset();            // backends, their clients and the calls they hold go now
+    runUntil(
+        loop, [] { return false; }, 0.3);  // timers the proxy had set must not fire
+    // every call gets an outcome: its connection to the proxy was closed
+    REQUIRE(runUntil(loop, [&] {
+      for (auto& f : calls)
+        if (!f.done()) return false;
+      return true;
+    }));
+    for (auto& f : calls) CHECK(f.failed());
+  }
+}
