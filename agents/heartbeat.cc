@@ -56,10 +56,12 @@ void Heartbeat::beat(Target& t) {
         ++sent_;
         if (r.status != rpc::Response::Status::kOk) {
           ++failed_;
-          if (loop_.now() - t.last_log >= 10) {
-            t.last_log = loop_.now();
-            core::log::warn("heartbeat to {} failed: {}", t.keepalive.toString(),
-                            r.message.empty() ? r.error.toText() : r.message);
+          if (t.log.admit(loop_.now())) {
+            uint64_t held = t.log.held();
+            core::log::warn(
+                "heartbeat to {} failed: {}{}", t.keepalive.toString(),
+                r.message.empty() ? r.error.toText() : r.message,
+                held ? fmt::format(" ({} more since the last line)", held) : std::string());
           }
         }
         if (stopping_) return unregister(t);  // stop() waited for this one

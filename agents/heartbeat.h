@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "aiorpc/core/log.h"
 #include "aiorpc/core/loop.h"
 #include "aiorpc/rpc/client.h"
 
@@ -41,7 +42,7 @@ class Heartbeat {
     std::unique_ptr<rpc::Client> client;
     core::Loop::TimerId timer = 0;
     bool in_flight = false, unregistered = false;
-    double last_log = -1e9;
+    core::log::Throttle log{10};  // failures: a line per 10 s at most
   };
   void beat(Target& t);
   void unregister(Target& t);

@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "aiorpc/core/error.h"
 
@@ -52,6 +53,27 @@ template <class... T>
 void error(fmt::format_string<T...> f, T&&... a) noexcept {
   at(LogLevel::kError, f, std::forward<T>(a)...);
 }
+
+// One line per `period` seconds at most for a message that can come in floods (refused peers,
+// a keepalive that does not answer): admit() says whether to log now, held() how many were not
+// logged since the last line.
+class Throttle {
+ public:
+  explicit Throttle(double period) noexcept : period_(period) {}
+  bool admit(double now) noexcept {
+    if (now - last_ < period_) {
+      ++held_;
+      return false;
+    }
+    last_ = now;
+    return true;
+  }
+  uint64_t held() noexcept { return std::exchange(held_, 0); }
+
+ private:
+  double period_, last_ = -1e18;
+  uint64_t held_ = 0;
+};
 
 }  // namespace log
 }  // namespace aiorpc::core

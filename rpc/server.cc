@@ -423,14 +423,11 @@ void Server::closed(Session* s) {
 
 void Server::refuse(const core::Address& peer) {
   ++stats_.refused;
-  ++refused_unlogged_;
-  if (loop_.now() - refused_logged_at_ < 1) return;
-  refused_logged_at_ = loop_.now();
-  log::warn("refused connection from {} (not in --allow){}", peer.toString(),
-            refused_unlogged_ > 1
-                ? fmt::format("; {} refused in all since the last line", refused_unlogged_)
-                : std::string());
-  refused_unlogged_ = 0;
+  if (!refused_log_.admit(loop_.now())) return;
+  uint64_t held = refused_log_.held();
+  log::warn(
+      "refused connection from {} (not in --allow){}", peer.toString(),
+      held > 0 ? fmt::format("; {} refused in all since the last line", held + 1) : std::string());
 }
 
 size_t Server::connectionCount() const noexcept { return hub_->sessions.size(); }

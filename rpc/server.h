@@ -10,6 +10,7 @@
 
 #include "aiorpc/core/cidr.h"
 #include "aiorpc/core/listener.h"
+#include "aiorpc/core/log.h"
 #include "aiorpc/core/loop.h"
 #include "aiorpc/rpc/decoder.h"
 #include "aiorpc/rpc/service.h"
@@ -100,8 +101,7 @@ class Server {
   std::vector<std::function<void()>> drain_hooks_;
   std::vector<std::function<void(uint64_t)>> close_hooks_;
   core::TimerWatcher sweep_;
-  double refused_logged_at_ = -1;  // refusals are logged at most once a second
-  uint64_t refused_unlogged_ = 0;
+  core::log::Throttle refused_log_{1};  // refusals are logged at most once a second
 };
 
 }  // namespace aiorpc::rpc

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "aiorpc/core/log.h"
 #include "test/support/run_until.h"
 
 using namespace aiorpc::core;
@@ -200,5 +201,18 @@ TEST_SUITE("loop") {
     loop.onSignal(SIGUSR1, [&](int s) { got = s; });
     loop.post([] { ::raise(SIGUSR1); });
     REQUIRE(runUntil(loop, [&] { return got == SIGUSR1; }));
+  }
+}
+
+TEST_SUITE("log throttle") {
+  TEST_CASE("one line per period; the lines held back are counted and reset") {
+    aiorpc::core::log::Throttle t(1);
+    CHECK(t.admit(100.0));
+    CHECK(t.held() == 0);
+    CHECK_FALSE(t.admit(100.2));
+    CHECK_FALSE(t.admit(100.9));
+    CHECK(t.admit(101.0));
+    CHECK(t.held() == 2);
+    CHECK(t.held() == 0);
   }
 }
