@@ -363,6 +363,46 @@ TEST_SUITE("keepalive store on etcd") {
     CHECK_FALSE(store.stale());
   }
 
+  TEST_CASE("a watch started from a compacted revision makes the store read the prefix again") {
+    core::Loop loop;
+    ready(loop);
+    Registry cache([&loop] { return loop.now(); }, 1e9);
+    EtcdStore* seen = nullptr;
+    bool went_stale = false;  // a compaction is no outage: the store never says stale
+    EtcdStore store(loop, cache, EtcdStore::Options{{server().endpoint()}, "/store-compact", 30},
+                    [&] { went_stale = went_stale || (seen && seen->stale()); });
+    seen = &store;
+    // The range has been read; its watch (from the next revision) is not sent yet: that takes
+    // another turn of this loop, which stands still while another client writes and compacts.
+    REQUIRE(runUntil(loop, [&] { return store.synced(); }));
+    core::Loop other;
+    auto c = ready(other);
+    for (int port : {5001, 5002}) {
+      std::string value;
+      aiorpc::rpc::Packer p(value);
+      p.map(3);
+      p.str("endpoint"), p.array(2), p.str("127.0.0.1"), p.integer(port);
+      p.str("ident"), p.nil();
+      p.str("owner"), p.str("127.0.0.1");
+      bool put = false;
+      c->put(aiorpc::agents::keepalive::etcdKey("/store-compact", {"svc", "127.0.0.1", port}),
+             value, 0, [&](etcd::Status s) { put = static_cast<bool>(s); });
+      REQUIRE(runUntil(other, [&] { return put; }));
+    }
+    int64_t now = range(other, *c, "/store-compact/").revision;
+    core::Http http(other);
+    core::HttpRequest req;
+    req.url = "http://" + server().endpoint() + "/v3/kv/compaction";
+    req.body = "{\"revision\": \"" + std::to_string(now) + "\", \"physical\": true}";
+    bool compacted = false;
+    http.request(std::move(req), [&](core::HttpResponse& r) { compacted = r.ok(); });
+    REQUIRE(runUntil(other, [&] { return compacted; }));
+    // Without the re-read the store would start its watch from the compacted revision again
+    // and again, and never see these two records.
+    REQUIRE(runUntil(loop, [&] { return cache.size() == 2; }));
+    CHECK_FALSE(went_stale);
+  }
+
   TEST_CASE("two stores on one prefix: one record, written once; unregister revokes") {
     core::Loop loop;
     ready(loop);
