@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "aiorpc/core/log.h"
+#include "aiorpc/core/platform.h"
 
 namespace aiorpc::core {
 
@@ -41,15 +42,30 @@ struct Loop::Linger {
   IoWatcher io;
   TimerWatcher timer;
   void onRead(int) noexcept {
+    if (discard()) done();  // EOF or an error: the peer has everything it will ever read
+  }
+  // Reads and drops what has arrived (bounded work per call); true at EOF or on an error.
+  bool discard() noexcept {
     char sink[16 * 1024];
-    for (int i = 0; i < 16; ++i) {  // bounded work per wake-up
+    for (int i = 0; i < 16; ++i) {
       ssize_t n = ::read(fd.get(), sink, sizeof sink);
       if (n > 0) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
-      return done();  // EOF or an error: the peer has everything it will ever read
+      return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
     }
+    return false;
   }
-  void onTimer(int) noexcept { done(); }
+  // Replies the peer has not received yet (its window was full) are still in our send queue:
+  // closing with unread input now would reset and destroy them. Linger on while they drain,
+  // up to kMaxLingerSeconds in all (nginx's lingering_time).
+  void onTimer(int) noexcept {
+    if (discard()) return done();  // EOF meanwhile
+    if (platform::unsentBytes(fd.get()) > 0 && loop->now() - started < kMaxLingerSeconds) {
+      timer.start(0.25);
+      return;
+    }
+    done();
+  }
+  double started = 0;
   void done() noexcept { loop->endLinger(this); }
 };
 
@@ -168,6 +184,7 @@ void Loop::linger(Fd fd) noexcept {
     l->io.set(l->fd.get(), EV_READ);
     l->io.start();
     ev_unref(loop_);
+    l->started = now();
     l->timer.bind<&Linger::onTimer>(loop_, l.get());
     l->timer.start(kLingerSeconds);
     ev_unref(loop_);

@@ -106,12 +106,14 @@ class Loop {
 
   // Closes a socket whose replies are all written without destroying them in flight: shuts the
   // write side (the peer reads every reply, then EOF), then reads and discards until the peer's
-  // EOF, an error or kLingerSeconds. Closing with unread input at once would send a TCP reset,
+  // EOF, an error or kLingerSeconds (longer while replies are still unacknowledged by the peer,
+  // up to kMaxLingerSeconds). Closing with unread input at once would send a TCP reset,
   // and a reset makes the peer's kernel drop replies it has received but not yet handed over
   // (nginx's lingering close). Bounded: past kMaxLingering sockets a socket is
   // not lingered and the socket closes at once. Lingering sockets do not keep run() going.
   void linger(Fd fd) noexcept;
   static constexpr double kLingerSeconds = 2;
+  static constexpr double kMaxLingerSeconds = 30;  // while the peer still receives our replies
   static constexpr size_t kMaxLingering = 4096;
   size_t lingering() const noexcept { return lingering_.size(); }
 

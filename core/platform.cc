@@ -2,7 +2,12 @@
 #include "aiorpc/core/platform.h"
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
+
+#ifdef __linux__
+#include <linux/sockios.h>
+#endif
 
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -48,6 +53,19 @@ void trimHeap() noexcept {
 #ifdef __GLIBC__
   malloc_trim(0);
 #endif
+}
+
+size_t unsentBytes(int fd) noexcept {
+  int n = 0;
+#if defined(SIOCOUTQ)
+  if (::ioctl(fd, SIOCOUTQ, &n) != 0) return 0;
+#elif defined(FIONWRITE)
+  if (::ioctl(fd, FIONWRITE, &n) != 0) return 0;
+#elif defined(SO_NWRITE)
+  socklen_t len = sizeof n;
+  if (::getsockopt(fd, SOL_SOCKET, SO_NWRITE, &n, &len) != 0) return 0;
+#endif
+  return n > 0 ? static_cast<size_t>(n) : 0;
 }
 
 }  // namespace aiorpc::core::platform

@@ -4,6 +4,8 @@
 
 #include <sys/socket.h>
 
+#include <cstddef>
+
 namespace aiorpc::core::platform {
 
 // A non-blocking, close-on-exec stream socket that never raises SIGPIPE; -1 and errno on error.
@@ -18,6 +20,10 @@ constexpr int kSendFlags = MSG_NOSIGNAL;
 #else
 constexpr int kSendFlags = 0;
 #endif
+
+// Bytes written to a socket that its peer has not acknowledged yet (Linux SIOCOUTQ, the BSDs'
+// and macOS FIONWRITE / SO_NWRITE); 0 where the platform cannot tell.
+size_t unsentBytes(int fd) noexcept;
 
 // Hands freed heap pages back to the system where the allocator can (glibc); else nothing.
 void trimHeap() noexcept;

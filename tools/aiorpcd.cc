@@ -271,7 +271,7 @@ int main(int argc, char** argv) {
              .c_str());
   loop.run();
   // Sockets closed gracefully are still lingering (their peers read the last replies): exiting
-  // now would reset them. Bounded by Loop::kLingerSeconds.
+  // now would reset them. Bounded by Loop::kMaxLingerSeconds.
   while (loop.lingering() > 0) loop.runOnce();
   loop.cancelAll();  // while the role's state is still alive
   clog::info("aiorpcd stopped");
