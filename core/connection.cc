@@ -10,6 +10,7 @@
 namespace aiorpc::core {
 
 void ConnectionHandler::onEof(Connection& c) { c.closeAfterFlush(); }
+void ConnectionHandler::onOverLimit(Connection& c) { c.close(sysError(ENOBUFS)); }
 
 Connection::Connection(Loop& loop, Fd fd, ConnectionHandler* handler)
     : loop_(loop), fd_(std::move(fd)), handler_(handler) {
@@ -49,8 +50,8 @@ void Connection::sent() noexcept {
   if (!want_write_) loop_.wantFlush(this);  // an armed write watcher will pick it up
   if (out_.size() > high_) [[unlikely]] {   // the hard limit is above the high-water mark
     if (limit_ && out_.size() > limit_) {
-      close(sysError(ENOBUFS));
-      return;
+      handler_->onOverLimit(*this);
+      if (closed_) return;
     }
     if (!above_high_) {
       above_high_ = true;

@@ -32,6 +32,9 @@ class ConnectionHandler {
   // The output queue went over the high-water mark / drained below the low-water mark.
   virtual void onHighWater(Connection&) {}
   virtual void onLowWater(Connection&) {}
+  // The output queue went over the hard limit (setOutputLimit). The default closes at once with
+  // ENOBUFS; a handler that must not close inside a write closes it later, from the loop.
+  virtual void onOverLimit(Connection& c);
   // Exactly once. `why` is empty for a local close or a clean shutdown by the peer.
   virtual void onClose(std::error_code why) = 0;
 
@@ -51,6 +54,7 @@ class Connection final : private Flushable {
   void send(std::string_view bytes);
   // For encoders that append in pieces: append to out(), then call sent().
   OutQueue& out() noexcept { return out_; }
+  const OutQueue& out() const noexcept { return out_; }
   void sent() noexcept;
 
   // While reading is paused the peer's reset or EOF goes unseen; the owner calls this from
@@ -71,8 +75,8 @@ class Connection final : private Flushable {
   // Output watermarks in bytes (defaults 4 MiB / 1 MiB).
   void setWaterMarks(size_t high, size_t low) noexcept { high_ = high, low_ = low; }
   // Hard limit on queued output (0: none). A peer that lets more than this pile up (it does
-  // not read) is disconnected at once with ENOBUFS and its queued bytes are dropped (Redis's
-  // client-output-buffer-limit): one peer can never make us hold more than this.
+  // not read) is disconnected with ENOBUFS (by default at once: onOverLimit) and its queued
+  // bytes are dropped (Redis's client-output-buffer-limit).
   void setOutputLimit(size_t bytes) noexcept {
     limit_ = bytes;
     if (limit_ && limit_ < high_) high_ = limit_, low_ = std::min(low_, limit_ / 2);  // see sent()

@@ -14,6 +14,7 @@
 #include "aiorpc/core/future.h"
 #include "aiorpc/rpc/codec.h"
 #include "aiorpc/rpc/decoder.h"
+#include "aiorpc/rpc/endpoint.h"
 #include "aiorpc/rpc/errors.h"
 
 namespace aiorpc::rpc {
@@ -35,26 +36,6 @@ struct ClientOptions {
   size_t max_output = 0;
 };
 
-// One call's outcome, handed to low-level callbacks. The objects are views valid during the
-// callback; keep() makes an owning Value (sharing the received zone, no copy).
-struct Response {
-  enum class Status { kOk, kError, kTimeout, kConnection, kNotSent };
-  Status status = Status::kOk;
-  Object result, error;
-  std::string_view raw_result;  // kOk with ClientOptions::raw_results: the result's bytes
-  std::string message;          // for kTimeout / kConnection / kNotSent
-  Value keep(Object o);
-  // The one Status→Kind mapping: kTimeout, kConnection, kNotSent for those statuses (kError:
-  // the error object's own kind; kOk: kInternal, never asked).
-  Kind failureKind() const noexcept;
-  // kOk: nullptr. Otherwise the error as an exception (RpcError) for Futures and SyncClient.
-  std::exception_ptr exception();
-
-  std::function<msgpack_zone*()> release_zone;  // set by the client
-  std::shared_ptr<msgpack_zone> zone;
-};
-using ResponseFn = core::Callback<void(Response&)>;
-
 // A named argument: call("f", kw("city", c)) sends params as a map.
 template <class T>
 struct Kw {
@@ -70,7 +51,11 @@ struct IsKw : std::false_type {};
 template <class T>
 struct IsKw<Kw<T>> : std::true_type {};
 
-class Client final : private core::ConnectionHandler {
+class Service;
+
+// Connector, reconnect and dead-peer policy around one Endpoint at a time (the connection's
+// calls, and, with serve(), what the peer asks of us).
+class Client final : private Endpoint::Owner {
  public:
   Client(core::Loop& loop, core::Address addr, ClientOptions opts = {});
   // Parses `spec` (HOST:PORT, [v6]:PORT, unix:/path); throws std::invalid_argument if bad.
@@ -100,10 +85,13 @@ class Client final : private core::ConnectionHandler {
   void sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params);
 
   const core::Address& address() const noexcept { return addr_; }
-  size_t inFlight() const noexcept { return in_flight_; }
-  bool connected() const noexcept { return conn_ && !conn_->closed() && !connecting_; }
+  size_t inFlight() const noexcept { return ep_ ? ep_->callsInFlight() : 0; }
+  bool connected() const noexcept { return ep_ && ep_->open(); }
   bool dead() const noexcept;
-  uint64_t lateReplies() const noexcept { return late_replies_; }
+  uint64_t lateReplies() const noexcept { return late_replies_ + (ep_ ? ep_->lateReplies() : 0); }
+  // Serves `service` to the peer (SPEC §4: a server may call its client back, as neovim does);
+  // without one, the peer's requests are answered NoMethodError. `service` outlives the client.
+  void serve(Service& service);
   double lastUsed() const noexcept { return last_used_; }
   // Closes the connection (pending calls fail); the next call reconnects.
   void close();
@@ -117,78 +105,30 @@ class Client final : private core::ConnectionHandler {
   void onConnectResult(core::Callback<void(bool)> fn) { connect_result_ = std::move(fn); }
 
  private:
-  struct Pending {
-    ResponseFn done;
-    uint64_t seq = 0;
-    uint64_t end = 0;     // stream position of the request's last byte
-    bool queued = false;  // in the connection's output queue (else still in unsent_)
-  };
-  struct Deadline {
-    double at;
-    uint32_t id;
-    uint64_t seq;
-  };
-
   template <class... A>
   static void packArgs(Packer& p, const A&... args);
   static core::Future<Value> futureFor(std::string method, Client& c,
                                        core::FunctionRef<void(Packer&)> params);
-  // The slab of calls in flight: a msgid's low kSlotBits index slots_, its high bits are the
-  // slot's generation (so a late reply to a reused slot matches nothing). No hashing, and no
-  // allocation once the slab has grown to the peak number in flight.
-  static constexpr uint32_t kSlotBits = 20;
-  struct Slot {
-    Pending p;
-    uint32_t id = 0;
-    bool used = false;
-  };
-  Pending* findPending(uint32_t id) noexcept;
-  // A free slot, marked used, and its msgid; null when 2^kSlotBits calls are in flight.
-  Pending* addPending(uint32_t& id);
-  void erasePending(uint32_t id) noexcept;
-  // Packs one message where it belongs; returns its end position in that stream.
-  uint64_t queue(core::FunctionRef<void(Packer&)> write);
+  Endpoint& endpoint();  // the current one, made when there is none
   void connect();
-  void connected(core::Fd fd);
-  void failAll(const std::string& why);
-  void finish(uint32_t id, Response& r);
-  void onTimer(int) noexcept;
-  void armTimer();
-
-  std::span<char> readBuffer() override {
-    return dec_ ? dec_->buffer() : raw_in_.reserve(16 * 1024);
-  }
-  void onRawData(size_t n);
-  bool onRawMessage(std::string_view m);  // false: a protocol error closed the connection
-  void answerRequest(core::FunctionRef<void(Packer&)> msgid);
-  void onData(size_t n) override;
-  void onClose(std::error_code why) override;
+  void endpointClosed(Endpoint& e, std::error_code why) override;
 
   core::Loop& loop_;
   core::Address addr_;
   ClientOptions opts_;
+  EndpointOptions eopts_;
   core::Connector connector_;
-  std::unique_ptr<core::Connection> conn_;
-  std::unique_ptr<Decoder> dec_;  // null with raw_results: raw_in_ and raw_scan_ instead
-  core::Buffer raw_in_;
-  std::optional<Scanner> raw_scan_;
-  size_t raw_scanned_ = 0;  // bytes of raw_in_ the scanner has seen
+  EndpointCounters counters_;
+  std::shared_ptr<Peers> peers_;  // the current endpoint (and closed ones until freed)
+  Endpoint* ep_ = nullptr;        // owned by peers_
+  uint64_t next_id_ = 1;
+  Service* service_ = nullptr;
   bool connecting_ = false;
-  std::string unsent_;  // requests made before the connection is up
-  std::vector<Slot> slots_;
-  std::vector<uint32_t> free_slots_;
-  size_t in_flight_ = 0;
-  std::deque<Deadline> deadlines_;  // sorted by `at`
-  core::TimerWatcher timer_;
-  uint64_t seq_ = 0;
   int failures_ = 0;
   double last_failure_ = 0;
   double last_used_ = 0;
-  uint64_t late_replies_ = 0;
-  bool got_bytes_ = false;  // on the current connection
-  bool overflow_close_posted_ = false;
+  uint64_t late_replies_ = 0;  // on connections gone
   core::Callback<void(bool)> connect_result_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 template <class... A>

@@ -432,7 +432,7 @@ void Decoder::feed(size_t n) {
   msgpack_unpacker_buffer_consumed(&unp_, ok);
 }
 
-Decoder::Status Decoder::next(Object& out) {
+[[gnu::always_inline]] inline void Decoder::doneWithMessage() {
   // The previous message was handled in place: its objects stay in the zone until the zone's
   // first chunk runs low (or the next read), then the zone is recycled in one go. Here the
   // parser stands between messages (the last call returned one).
@@ -441,6 +441,44 @@ Decoder::Status Decoder::next(Object& out) {
     handled_in_zone_ = true;
     if (unp_.z->chunk_list.free < kZoneSlack) recycleZone();
   }
+}
+
+Decoder::Status Decoder::nextFrame(std::string_view& frame) {
+  doneWithMessage();
+  if (frame_len_) {  // not decoded: pass over it (msgpack-c's parser is between messages)
+    unp_.off += frame_len_;
+    frame_len_ = 0;
+  }
+  char* base = unp_.buffer + unp_.off;
+  size_t avail = unp_.used - unp_.off;
+  if (scanned_ < avail) scanned_ += scanner_.feedOne(base + scanned_, avail - scanned_);
+  if (scanner_.failed()) {
+    error_ = scanner_.error();
+    return Status::kError;
+  }
+  if (scanned_ == 0 || !scanner_.atBoundary()) return Status::kNeedMore;
+  frame = {base, scanned_};
+  frame_len_ = std::exchange(scanned_, 0);
+  return Status::kMessage;
+}
+
+bool Decoder::decodeFrame(Object& out) {
+  // The frame lies whole in the buffer from the parser's offset: one execute parses exactly it.
+  size_t end = unp_.off + frame_len_;
+  frame_len_ = 0;
+  int r = msgpack_unpacker_execute(&unp_);
+  if (r <= 0 || unp_.off != end) {
+    error_ = "invalid msgpack";
+    return false;
+  }
+  out = msgpack_unpacker_data(&unp_);
+  msgpack_unpacker_reset(&unp_);
+  have_message_ = true;
+  return true;
+}
+
+Decoder::Status Decoder::next(Object& out) {
+  doneWithMessage();
   int r = msgpack_unpacker_execute(&unp_);
   if (r < 0) {
     error_ = "invalid msgpack";

@@ -10,6 +10,8 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "aiorpc/rpc/object.h"
 
@@ -90,6 +92,15 @@ class Decoder {
 
   enum class Status { kNeedMore, kMessage, kError };
   Status next(Object& out);
+  // Framing without decoding, for bytes forwarded as they are (a proxy's replies): after
+  // feedFrames(n), nextFrame() hands out each whole message's bytes (checked by the scanner,
+  // still in the buffer) until kNeedMore or kError. A frame is passed over at the next call,
+  // unless decodeFrame() decodes it in place (then as next() would: same zone rules). One
+  // decoder uses feed/next or feedFrames/nextFrame, never both.
+  void feedFrames(size_t n) { msgpack_unpacker_buffer_consumed(&unp_, n); }
+  Status nextFrame(std::string_view& frame);
+  bool decodeFrame(Object& out);  // false: not valid msgpack (error())
+
   // Takes the zone holding the last message (for a handler that suspends); the decoder
   // continues with a fresh zone. The caller frees it with msgpack_zone_free.
   msgpack_zone* releaseZone();
@@ -108,6 +119,9 @@ class Decoder {
   std::string error_;
   bool have_message_ = false;     // the last next() returned a message (still in the zone)
   bool handled_in_zone_ = false;  // the zone holds objects of messages handed out earlier
+  size_t scanned_ = 0;            // framing: bytes after the buffer's offset seen by the scanner
+  size_t frame_len_ = 0;          // framing: the frame handed out last, not decoded
+  void doneWithMessage();
 };
 
 }  // namespace aiorpc::rpc

@@ -69,33 +69,15 @@ void Responder::compact() {
   msgid_ = Object(o);
 }
 
-Responder::Open Responder::begin() {
-  Open o;
-  if (done_) return o;
+void Responder::send(const ReplyBody& body) {
+  if (done_) return;
   done_ = true;
-  o.hub = hub_.lock();
-  if (!o.hub) return o;
-  o.out = o.hub->beginReply(session_, msgid_, o.token);
-  if (!o.out) o.hub->dropped(session_);
-  return o;
-}
-
-void Responder::end(Open& o, bool error) {
-  o.hub->endReply(o.token, error);
+  if (auto hub = hub_.lock()) hub->reply(session_, msgid_, body);
   release();
 }
 
 void Responder::error(Kind kind, std::string_view message) {
-  // Client-side kinds never reach the wire (SPEC §1 lists the kinds a reply may carry).
-  if (kind == Kind::kNotSent) kind = Kind::kConnection;
-  if (kind == Kind::kOther) kind = Kind::kApplication;
-  if (Open o = begin()) {
-    Packer p(*o.out);
-    packError(p, kind, message);
-    p.nil();
-    o.hub->countError(kind);
-    end(o, true);
-  }
+  send(ReplyBody::ofError(kind, message));
 }
 
 void Responder::error(const RpcError& e) {
@@ -103,15 +85,7 @@ void Responder::error(const RpcError& e) {
   errorObject(e.object());
 }
 
-void Responder::errorObject(Object err) {
-  if (Open o = begin()) {
-    Packer p(*o.out);
-    p.object(err);
-    p.nil();
-    o.hub->countError(countedKind(err));
-    end(o, true);
-  }
-}
+void Responder::errorObject(Object err) { send(ReplyBody::ofErrorObject(err)); }
 
 void Responder::fail(std::exception_ptr e) {
   try {

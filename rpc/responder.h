@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "aiorpc/core/callback.h"
 #include "aiorpc/rpc/codec.h"
 #include "aiorpc/rpc/errors.h"
 
@@ -13,18 +14,34 @@ namespace aiorpc::rpc {
 // Writes an error object of ours: [kind, message] (the message made valid UTF-8).
 void packError(Packer& p, Kind kind, std::string_view message);
 
-// Where replies go. Implemented by the server; looked up by session id at reply time, so a
-// reply for a connection that has gone is dropped (and counted) instead of touching freed memory.
+// What a reply carries: a result (written by `*value`), one of our errors (kind and message),
+// or a peer's error object passed on intact.
+struct ReplyBody {
+  enum class Type : uint8_t { kValue, kError, kErrorObject };
+  Type type = Type::kValue;
+  const core::FunctionRef<void(Packer&)>* value = nullptr;
+  Kind kind = Kind::kInternal;
+  std::string_view message;
+  Object error;
+  static ReplyBody ofValue(const core::FunctionRef<void(Packer&)>& write) noexcept {
+    return {Type::kValue, &write, Kind::kInternal, {}, {}};
+  }
+  static ReplyBody ofError(Kind kind, std::string_view message) noexcept {
+    return {Type::kError, nullptr, kind, message, {}};
+  }
+  static ReplyBody ofErrorObject(Object error) noexcept {
+    return {Type::kErrorObject, nullptr, Kind::kInternal, {}, error};
+  }
+};
+
+// Where detached replies go: the endpoints of a Server or Client, looked up by id at reply time,
+// so a reply for a connection that has gone is dropped (and counted) instead of touching freed
+// memory.
 class ReplyHub {
  public:
   virtual ~ReplyHub() = default;
-  // An output queue positioned after "[1, msgid, " (error and result still to write), or null
-  // when the session has gone. `token` names the session for endReply, which must follow
-  // before control returns to the loop (one lookup per reply).
-  virtual core::OutQueue* beginReply(uint64_t session, Object msgid, void*& token) = 0;
-  virtual void endReply(void* token, bool error) = 0;
-  virtual void dropped(uint64_t session) = 0;  // the request will get no reply at all
-  virtual void countError(Kind k) = 0;
+  // Writes the reply through the endpoint's one reply function; false when it has gone.
+  virtual bool reply(uint64_t session, Object msgid, const ReplyBody& body) = 0;
   // Bytes queued for the session's peer (0 when it has gone).
   virtual size_t outputBytes(uint64_t session) const = 0;
 };
@@ -52,12 +69,9 @@ class Responder {
   void compact();
   template <class T>
   void reply(const T& value) {
-    if (Open o = begin()) {
-      Packer p(*o.out);
-      p.nil();
-      p.pack(value);
-      end(o, false);
-    }
+    auto write = [&](Packer& p) { p.pack(value); };
+    core::FunctionRef<void(Packer&)> fn(write);
+    send(ReplyBody::ofValue(fn));
   }
   void error(Kind kind, std::string_view message);
   void error(const RpcError& e);
@@ -66,14 +80,7 @@ class Responder {
   void fail(std::exception_ptr e);
 
  private:
-  struct Open {  // a reply being written
-    std::shared_ptr<ReplyHub> hub;
-    core::OutQueue* out = nullptr;
-    void* token = nullptr;
-    explicit operator bool() const noexcept { return out != nullptr; }
-  };
-  Open begin();
-  void end(Open& o, bool error);
+  void send(const ReplyBody& body);
   void release() noexcept;
 
   std::weak_ptr<ReplyHub> hub_;

@@ -13,6 +13,7 @@
 #include "aiorpc/core/log.h"
 #include "aiorpc/core/loop.h"
 #include "aiorpc/rpc/decoder.h"
+#include "aiorpc/rpc/endpoint.h"
 #include "aiorpc/rpc/service.h"
 
 namespace aiorpc::rpc {
@@ -32,16 +33,15 @@ struct ServerOptions {
   core::AllowList allow;  // peers outside are closed at accept (empty: everyone)
 };
 
-struct ServerStats {
-  uint64_t connections_open = 0, connections_total = 0, requests = 0, notifications = 0;
-  uint64_t bytes_in = 0, bytes_out = 0, in_flight = 0, dropped_replies = 0, protocol_errors = 0;
-  uint64_t refused = 0;              // peers outside the allow-list, closed at accept
-  uint64_t output_limit_closes = 0;  // peers that did not read their replies
-  std::array<uint64_t, kKindCount> errors{};
+// The endpoints' counters (requests, errors, output_limit_closes: peers that did not read
+// their replies...) and the server's own.
+struct ServerStats : EndpointCounters {
+  uint64_t connections_open = 0, connections_total = 0, bytes_out = 0;
+  uint64_t refused = 0;  // peers outside the allow-list, closed at accept
   double started = 0;
 };
 
-class Server {
+class Server final : private Endpoint::Owner {
  public:
   Server(core::Loop& loop, Service& service, ServerOptions opts = {});
   ~Server();
@@ -71,15 +71,16 @@ class Server {
   size_t connectionCount() const noexcept;
   core::Loop& loop() noexcept { return loop_; }
   const ServerOptions& options() const noexcept { return opts_; }
-
-  class Session;  // implementation details, defined in server.cc
-  class Hub;
-  class SessionInvocation;
+  // The connection with this session id (Context::session(), Responder::session()), to call
+  // the peer back (SPEC §4: either side may send requests); null once it has gone. Look it up
+  // again after a suspension: never keep the pointer.
+  Endpoint* peer(uint64_t session) const noexcept { return peers_->find(session); }
 
  private:
   void accept(core::Fd fd);
   void refuse(const core::Address& peer);
-  void closed(Session* s);
+  void endpointClosed(Endpoint& e, std::error_code why) override;
+  void control(std::string_view cmd, Object params, Invocation& inv) override;
   void maybeDrained();
   void packStats(Packer& p) const;
   void packReflection(Packer& p) const;
@@ -89,11 +90,12 @@ class Server {
   core::Loop& loop_;
   Service& service_;
   ServerOptions opts_;
+  EndpointOptions eopts_;
   std::vector<std::unique_ptr<core::Listener>> listeners_;
   std::vector<core::Address> bound_;
-  std::shared_ptr<Hub> hub_;
-  uint64_t next_id_ = 1;
   ServerStats stats_;
+  std::shared_ptr<Peers> peers_;  // the connections, by session id
+  uint64_t next_id_ = 1;
   std::vector<std::pair<std::string, std::function<void(Packer&)>>> extra_stats_;
   bool draining_ = false;
   core::Callback<void()> drained_;

@@ -41,8 +41,9 @@ inline Arg arg(std::string name) { return Arg{std::move(name), std::nullopt}; }
 // the request, valid while the request's reply is owed (the responder keeps them alive).
 class Context {
  public:
-  Context(Object params, const core::Address& peer, const core::Address& local)
-      : params_(params), peer_(peer), local_(local) {}
+  Context(Object params, const core::Address& peer, const core::Address& local,
+          uint64_t session = 0)
+      : params_(params), peer_(peer), local_(local), session_(session) {}
   Value operator()(std::string_view key) const;
   Value operator[](std::string_view key) const { return (*this)(key); }
   Value peername() const { return (*this)("peername"); }
@@ -51,10 +52,13 @@ class Context {
     return params_.find(dunder_key);
   }
   const core::Address* peer() const noexcept { return &peer_; }
+  // The connection's id: Server::peer(session) calls back on it (SPEC §4: both directions).
+  uint64_t session() const noexcept { return session_; }
 
  private:
   Object params_;
   core::Address peer_, local_;
+  uint64_t session_;
 };
 
 // Map keys that start and end with "__" are context, never arguments.

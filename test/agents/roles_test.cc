@@ -13,6 +13,7 @@
 #include "aiorpc/agents/keepalive/keepalive.h"
 #include "aiorpc/agents/proxy/proxy.h"
 #include "aiorpc/rpc/client.h"
+#include "test/support/loopback.h"
 #include "test/support/run_until.h"
 
 namespace core = aiorpc::core;
@@ -51,32 +52,7 @@ struct Running {
   std::string endpoint() const { return bound.toString(); }
 };
 
-// A loopback port whose connects hang: a listener with a full backlog that never accepts.
-struct Hanging {
-  int fd = -1;
-  std::vector<int> fillers;
-  int port = 0;
-  Hanging() {
-    fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    REQUIRE(::listen(fd, 0) == 0);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-    for (int i = 0; i < 4; ++i) {  // fill the accept queue (backlog 0 holds one or two)
-      int c = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-      (void)::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a);
-      fillers.push_back(c);
-    }
-  }
-  ~Hanging() {
-    for (int c : fillers) ::close(c);
-    ::close(fd);
-  }
-};
+using aiorpc::test::Hanging;
 
 rpc::Value call(core::Loop& loop, rpc::Client& c, std::string_view method, rpc::Value params,
                 bool* failed = nullptr) {

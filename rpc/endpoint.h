@@ -1,0 +1,267 @@
+// Endpoint: one msgpack-rpc connection, both directions (SPEC §1–4). The server's connections
+// and the client's connection are the same class: it frames and classifies what arrives,
+// serves requests (when it has a Service), completes the calls it sent, and writes every reply
+// through one function.
+//
+// Lifetime rules (docs/architecture.md):
+// - No user callback runs inside a destructor or inside the call that started the work: a
+//   destroyed endpoint drops its pending calls uncalled; call()'s outcome always comes later.
+// - Endpoints live in a Peers table owned by their Server or Client and are found by id:
+//   Responders, posted tasks and reply routing look them up, never keep pointers. While its
+//   owner lives an endpoint is only ever freed from the loop (deferred), so code that ran a
+//   callback checks that the table still exists and its connection is open before going on.
+// - A Context owns what it shows (addresses by value).
+#pragma once
+
+#include <array>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "aiorpc/core/callback.h"
+#include "aiorpc/core/connection.h"
+#include "aiorpc/core/future.h"
+#include "aiorpc/core/loop.h"
+#include "aiorpc/core/watcher.h"
+#include "aiorpc/rpc/decoder.h"
+#include "aiorpc/rpc/errors.h"
+#include "aiorpc/rpc/responder.h"
+
+namespace aiorpc::rpc {
+
+class Service;
+class Invocation;
+
+struct EndpointOptions {
+  Limits limits;
+  double drain_timeout = 10;     // seconds to finish owed replies once closing
+  size_t high_water = 4u << 20;  // stop reading from a peer whose replies pile up
+  size_t low_water = 1u << 20;   // and resume below this
+  // Bytes queued for the peer past which it counts as broken (it does not read): the
+  // connection is closed from the loop, never inside the write. 0: no limit.
+  size_t max_output = 0;
+  int max_messages_per_read = 1024;  // fairness between connections
+  // Requests being served (answered later) per connection; at the limit the connection is not
+  // read until one finishes, so one peer cannot make us hold unbounded pending work.
+  size_t max_pending = 2048;
+  // Replies to our calls are framed by the scanner alone: a result reaches the callback as its
+  // msgpack bytes (Response::raw_result), ready to be forwarded as they are.
+  bool raw_results = false;
+  double call_timeout = 10;  // seconds, for calls made without one
+};
+
+// What endpoints count; a server's endpoints share one set.
+struct EndpointCounters {
+  uint64_t requests = 0, notifications = 0, bytes_in = 0, in_flight = 0, dropped_replies = 0;
+  uint64_t protocol_errors = 0, output_limit_closes = 0;
+  std::array<uint64_t, kKindCount> errors{};
+};
+
+// One call's outcome, handed to low-level callbacks. The objects are views valid during the
+// callback; keep() makes an owning Value (sharing the received zone, no copy).
+struct Response {
+  enum class Status { kOk, kError, kTimeout, kConnection, kNotSent };
+  Status status = Status::kOk;
+  Object result, error;
+  std::string_view raw_result;  // kOk with raw_results: the result's bytes
+  std::string message;          // for kTimeout / kConnection / kNotSent
+  Value keep(Object o);
+  // The one Status→Kind mapping: kTimeout, kConnection, kNotSent for those statuses (kError:
+  // the error object's own kind; kOk: kInternal, never asked).
+  Kind failureKind() const noexcept;
+  // kOk: nullptr. Otherwise the error as an exception (RpcError) for Futures and SyncClient.
+  std::exception_ptr exception();
+
+  std::function<msgpack_zone*()> release_zone;  // set by the endpoint
+  std::shared_ptr<msgpack_zone> zone;
+};
+using ResponseFn = core::Callback<void(Response&)>;
+
+// A Future for one call: `start` is given the callback that settles it.
+core::Future<Value> futureOf(core::FunctionRef<void(ResponseFn)> start);
+
+class Endpoint;
+
+// The endpoints of one Server or Client, by id. Responders reach them through a weak_ptr to it.
+class Peers final : public ReplyHub {
+ public:
+  explicit Peers(EndpointCounters& c) : counters(c) {}
+  ~Peers() override;
+  Endpoint* find(uint64_t id) const noexcept {
+    auto it = map.find(id);
+    return it == map.end() ? nullptr : it->second.get();
+  }
+  bool reply(uint64_t session, Object msgid, const ReplyBody& body) override;
+  size_t outputBytes(uint64_t session) const override;
+
+  EndpointCounters& counters;
+  std::unordered_map<uint64_t, std::unique_ptr<Endpoint>> map;
+};
+
+class Endpoint final : public core::ConnectionHandler {
+ public:
+  // The Server or Client that holds the endpoint.
+  class Owner {
+   public:
+    // The connection closed (`why` empty: an orderly close). Called before the endpoint's own
+    // calls are failed; the owner takes it out of its table (freeing it from the loop).
+    virtual void endpointClosed(Endpoint& e, std::error_code why) = 0;
+    // A control command request ("\0name"). By default: NoMethodError.
+    virtual void control(std::string_view cmd, Object params, Invocation& inv);
+
+   protected:
+    ~Owner() = default;
+  };
+
+  // `service` may be null: requests are then answered NoMethodError. Not connected until
+  // attach(): calls made before wait in memory and go out first.
+  // `remote` names the peer in messages (a client's dial address); by default its address.
+  Endpoint(core::Loop& loop, const EndpointOptions& opts, Service* service, Owner& owner,
+           const std::shared_ptr<Peers>& peers, uint64_t id, core::Address remote = {});
+  // Pending calls are dropped uncalled; replies still owed are dropped (counted).
+  ~Endpoint();
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  void attach(core::Fd fd);
+  uint64_t id() const noexcept { return id_; }
+  bool attached() const noexcept { return conn_.has_value(); }
+  bool open() const noexcept { return conn_ && !conn_->closed(); }
+  const core::Address& peer() const noexcept;
+  const core::Address& local() const noexcept;
+  void setService(Service* s) noexcept { service_ = s; }
+
+  // Calls the peer. `done` runs exactly once, always from the loop, never inside call().
+  void call(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
+            double timeout);
+  void notify(std::string_view method, core::FunctionRef<void(Packer&)> params);
+  // The same as a Future (params sent exactly as given): co_await peer->request("f", params).
+  template <class P>
+  core::Future<Value> request(std::string_view method, const P& params, double timeout = -1) {
+    return futureOf([&](ResponseFn done) {
+      call(
+          method, [&](Packer& p) { p.pack(params); }, std::move(done), timeout);
+    });
+  }
+  size_t callsInFlight() const noexcept { return calls_in_flight_; }
+  // Never attached (the connect failed): every call fails as not sent, with `why`.
+  void abandon(const std::string& why);
+  size_t unsentBytes() const noexcept { return unsent_.size(); }
+  uint64_t lateReplies() const noexcept { return late_replies_; }
+
+  // The one function that writes a reply: [1, msgid, error, result]. `owed`: a reply that was
+  // detached (counted in flight). Returns false when the connection has gone (dropped).
+  bool writeReply(Object msgid, const ReplyBody& body, bool owed);
+
+  // Stop reading; close once every owed reply is written (at most drain_timeout from now).
+  void finish();
+  // The server drains (SPEC §7): nothing owed closes now; with replies owed it keeps reading
+  // and answers new requests ServiceUnavailable ("draining"), then closes.
+  void drain();
+  void close(std::error_code why = {});
+  // For the owner's periodic sweep: frees the decoder of a connection quiet since the last
+  // sweep (true when freed), and looks at the peer of one we do not read.
+  bool sweep();
+  size_t pendingOutput() const noexcept { return conn_ ? conn_->pendingBytes() : 0; }
+  uint64_t bytesWritten() const noexcept { return conn_ ? conn_->out().written() : 0; }
+  bool heardFromPeer() const noexcept { return got_bytes_; }
+  bool holdsBuffer() const noexcept { return dec_ != nullptr; }
+  bool readingPaused() const noexcept { return open() && conn_->readingPaused(); }
+  // A connection we do not read would never notice its peer's reset: look.
+  void checkPeer() noexcept {
+    if (open()) conn_->checkPeer();
+  }
+
+ private:
+  class Served;  // a request of the peer being served (endpoint.cc)
+  friend class Served;
+  struct Pending {
+    ResponseFn done;
+    uint64_t seq = 0;
+    uint64_t end = 0;     // stream position of the request's last byte
+    bool queued = false;  // in the connection's output queue (else still in unsent_)
+  };
+  struct Deadline {
+    double at;
+    uint32_t id;
+    uint64_t seq;
+  };
+  // The slab of calls in flight: a msgid's low kSlotBits index slots_, its high bits are the
+  // slot's generation (so a late reply to a reused slot matches nothing). No hashing, and no
+  // allocation once the slab has grown to the peak number in flight.
+  static constexpr uint32_t kSlotBits = 20;
+  struct Slot {
+    Pending p;
+    uint32_t id = 0;
+    bool used = false;
+  };
+  Pending* findPending(uint32_t id) noexcept;
+  Pending* addPending(uint32_t& id);
+  void erasePending(uint32_t id) noexcept;
+  static void failCalls(std::vector<Slot> calls, uint64_t written, const std::string& why);
+  // Runs the call's callback; false when that destroyed our owner (and so this endpoint).
+  bool completeCall(uint64_t id, Response& r);
+  void onTimer(int) noexcept;
+  void armTimer();
+  uint64_t queue(core::FunctionRef<void(Packer&)> write);
+
+  std::span<char> readBuffer() override;
+  void onData(size_t n) override;
+  void onEof(core::Connection&) override { finish(); }
+  void onHighWater(core::Connection& c) override;
+  void onLowWater(core::Connection& c) override;
+  // The peer does not read: it counts as broken; closed from the loop, never inside a write.
+  void onOverLimit(core::Connection& c) override;
+  void onClose(std::error_code why) override;
+
+  void process();
+  void processFrames();    // process() with raw_results
+  bool goOn(int& budget);  // after a message: false to stop reading for now
+  void resumeLater();      // process() again from the loop, reading resumed if allowed
+  // The one classification of a decoded message: request, notification, reply or malformed.
+  // False when a reply's callback destroyed our owner (and so this endpoint): stop at once.
+  bool handle(Object msg);
+  // A successful reply read in place: 1 done, 0 not one (decode it), -1 our owner has gone.
+  int rawReply(std::string_view m);
+  void request(Object msgid, Object method, Object params, bool notify);
+  void protocolError(const std::string& why);
+  void detached();  // a request of the peer will be answered later
+
+  core::Loop& loop_;
+  const EndpointOptions& opts_;
+  Service* service_;
+  Owner& owner_;
+  std::weak_ptr<Peers> peers_;
+  EndpointCounters& counters_;
+  uint64_t id_;
+  core::Address remote_;
+  bool named_;                            // remote_ was given (else taken from the connection)
+  core::Loop::Owner sleeps_;              // sleeps its handlers start end when it closes
+  std::optional<core::Connection> conn_;  // from attach()
+  // Created on the first read; freed by the owner's sweep once the connection has been quiet
+  // with nothing buffered (an unpacker holds ~24 KiB: its buffer and an 8 KiB zone chunk).
+  std::unique_ptr<Decoder> dec_;
+  static constexpr size_t kMinRead = 16 * 1024, kMaxRead = 256 * 1024;
+  size_t read_size_ = kMinRead, offered_ = 0;
+  size_t in_flight_ = 0;  // replies owed to the peer
+  bool active_ = true, stopping_ = false, throttled_ = false, scheduled_ = false;
+  bool full_ = false;      // max_pending requests in progress: not reading until one finishes
+  bool draining_ = false;  // kept here: one load on the request path
+  bool got_bytes_ = false, close_posted_ = false, destroying_ = false;
+  core::Loop::TimerId drain_timer_ = 0;
+  // Our calls.
+  std::string unsent_;  // requests made before attach()
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_slots_;
+  size_t calls_in_flight_ = 0;
+  std::deque<Deadline> deadlines_;  // sorted by `at`
+  core::TimerWatcher timer_;
+  uint64_t seq_ = 0;
+  uint64_t late_replies_ = 0;
+};
+
+}  // namespace aiorpc::rpc

@@ -1,0 +1,232 @@
+// Endpoint: one connection serving and calling in both directions; lifetime rules (callbacks
+// never inside destructors or the call that started them; objects found by id).
+#include "aiorpc/rpc/endpoint.h"
+
+#include <doctest/doctest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "aiorpc/core/listener.h"
+#include "aiorpc/rpc/client.h"
+#include "aiorpc/rpc/server.h"
+#include "test/support/loopback.h"
+#include "test/support/run_until.h"
+
+using namespace aiorpc;
+using namespace aiorpc::rpc;
+using aiorpc::test::Hanging;
+using aiorpc::test::runUntil;
+
+namespace {
+
+void idle(core::Loop& loop, double s) {
+  runUntil(
+      loop, [] { return false; }, s);
+}
+
+// A server whose "greet" asks its caller back for its name over the same connection.
+struct CallingBack {
+  core::Loop& loop;
+  Service svc{"front"};
+  std::unique_ptr<Server> server;
+  core::Address addr;
+  std::vector<uint64_t> sessions;
+  explicit CallingBack(core::Loop& l) : loop(l) {
+    svc.def(
+        "greet",
+        [this](const Context& ctx, int n) -> core::Task<std::string> {
+          sessions.push_back(ctx.session());
+          Endpoint* peer = server->peer(ctx.session());
+          if (!peer) throw RpcError(Kind::kConnection, "caller gone");
+          Value name = co_await peer->request("name", std::tuple{n});
+          std::string s;
+          std::string why;
+          REQUIRE(decode(name.view(), s, why));
+          co_return "hello, " + s;
+        },
+        arg("ctx"), arg("n"));
+    server = std::make_unique<Server>(loop, svc);
+    addr = *server->listen("127.0.0.1:0");
+  }
+};
+
+Service clientSide() {
+  Service s("back");
+  s.def(
+      "name", [](int n) { return "zoe" + std::to_string(n); }, arg("n"));
+  return s;
+}
+
+}  // namespace
+
+TEST_SUITE("endpoint") {
+  TEST_CASE("one connection serves and calls both ways: the server calls its client back") {
+    core::Loop loop;
+    CallingBack front(loop);
+    Service back = clientSide();
+    Client c(loop, front.addr);
+    c.serve(back);
+    // Pipelined both ways: 200 calls out, each answered after a call back in.
+    std::vector<core::Future<Value>> calls;
+    for (int i = 0; i < 200; ++i) calls.push_back(c.call("greet", i));
+    REQUIRE(runUntil(loop, [&] {
+      for (auto& f : calls)
+        if (!f.done()) return false;
+      return true;
+    }));
+    for (int i = 0; i < 200; ++i) {
+      REQUIRE_FALSE(calls[i].failed());
+      CHECK(calls[i].get().view().toText() == "\"hello, zoe" + std::to_string(i) + "\"");
+    }
+    CHECK(front.server->stats().requests == 200);
+    // every call came on the one connection
+    for (uint64_t s : front.sessions) CHECK(s == front.sessions.front());
+    CHECK(front.server->connectionCount() == 1);
+  }
+
+  TEST_CASE("a call back to a client that serves nothing: its caller sees why") {
+    core::Loop loop;
+    CallingBack front(loop);
+    Client c(loop, front.addr);  // no serve(): requests are answered NoMethodError
+    auto f = c.call("greet", 1);
+    REQUIRE(runUntil(loop, [&] { return f.done(); }));
+    REQUIRE(f.failed());
+    CHECK_THROWS_WITH_AS(
+        f.get(),
+        "ApplicationError: downstream call failed: NoMethodError: this peer serves no methods",
+        RpcError);
+  }
+
+  TEST_CASE("Server::peer finds a connection by id, and nothing once it has gone") {
+    core::Loop loop;
+    Service svc("s");
+    uint64_t seen = 0;
+    svc.def(
+        "id",
+        [&](const Context& ctx) {
+          seen = ctx.session();
+          return seen;
+        },
+        arg("ctx"));
+    Server server(loop, svc);
+    auto addr = *server.listen("127.0.0.1:0");
+    auto c = std::make_unique<Client>(loop, addr);
+    auto f = c->call("id");
+    REQUIRE(runUntil(loop, [&] { return f.done(); }));
+    REQUIRE(seen != 0);
+    CHECK(server.peer(seen) != nullptr);
+    CHECK(server.peer(seen + 1000) == nullptr);
+    c.reset();
+    REQUIRE(runUntil(loop, [&] { return server.peer(seen) == nullptr; }));
+  }
+
+  TEST_CASE("a client destroyed inside a reply's callback: the replies after it go nowhere") {
+    for (bool raw : {false, true}) {
+      CAPTURE(raw);
+      core::Loop loop;
+      Service svc("s");
+      svc.def(
+          "add", [](int a, int b) { return a + b; }, arg("a"), arg("b"));
+      Server server(loop, svc);
+      auto addr = *server.listen("127.0.0.1:0");
+      ClientOptions o;
+      o.raw_results = raw;
+      auto c = std::make_unique<Client>(loop, addr, o);
+      int called = 0;
+      // 64 pipelined calls: their replies arrive together, in one read or a few.
+      for (int i = 0; i < 64; ++i)
+        c->send(
+            "add",
+            [i](Packer& p) {
+              p.pack(std::tuple{i, 1});
+            },
+            [&](Response& r) {
+              ++called;
+              CHECK(r.status == Response::Status::kOk);
+              c.reset();  // the callback destroys its client (ASan: nothing read after)
+            });
+      REQUIRE(runUntil(loop, [&] { return called > 0; }));
+      idle(loop, 0.1);
+      CHECK(called == 1);
+    }
+  }
+
+  TEST_CASE("a client destroyed inside a timeout's callback stops there") {
+    core::Loop loop;
+    Hanging h;
+    REQUIRE(h.port != 0);
+    auto addr = *core::Address::fromIp("127.0.0.1", h.port);
+    auto c = std::make_unique<Client>(loop, addr);
+    int called = 0;
+    for (int i = 0; i < 5; ++i)
+      c->send(
+          "x", [](Packer& p) { p.nil(); },
+          [&](Response& r) {
+            ++called;
+            CHECK(r.status == Response::Status::kTimeout);
+            c.reset();
+          },
+          0.05);
+    REQUIRE(runUntil(loop, [&] { return called > 0; }));
+    idle(loop, 0.1);
+    CHECK(called == 1);
+  }
+
+  TEST_CASE("owners destroyed while their connects hang: calls dropped, never called") {
+    core::Loop loop;
+    Hanging h;
+    REQUIRE(h.port != 0);
+    auto addr = *core::Address::fromIp("127.0.0.1", h.port);
+    int called = 0;
+    auto count = [&](Response&) { ++called; };
+    {
+      Client c(loop, addr);
+      for (int i = 0; i < 3; ++i)
+        c.send(
+            "x", [](Packer& p) { p.nil(); }, count);
+      idle(loop, 0.05);
+    }
+    {
+      ClientPool pool(loop);
+      pool.get(addr).send(
+          "x", [](Packer& p) { p.nil(); }, count);
+      auto f = pool.get(addr).call("y");
+      idle(loop, 0.05);
+      // the pool goes with the call in flight: the Future's waiter sees BrokenPromise
+    }
+    idle(loop, 0.2);  // nothing scheduled by them may run now
+    CHECK(called == 0);
+  }
+
+  TEST_CASE("a peer that never reads: the client closes from the loop, never inside send()") {
+    core::Loop loop;
+    std::vector<core::Fd> held;  // accepted and never read
+    core::Listener l(loop,
+                     [&](core::Fd fd, const core::Address&) { held.push_back(std::move(fd)); });
+    auto addr = *l.listen(*core::Address::parse("127.0.0.1:0"));
+    ClientOptions o;
+    o.max_output = 256 * 1024;
+    Client c(loop, addr, o);
+    bool in_send = false, inside = false;
+    int failed = 0, sent = 0;
+    std::string big(64 * 1024, 'x');
+    // Until the kernel buffers are full and our queue passes max_output.
+    for (int round = 0; round < 400 && failed == 0; ++round) {
+      in_send = true;
+      c.send(
+          "m", [&](Packer& p) { p.pack(std::tuple{big}); },
+          [&](Response& r) {
+            inside |= in_send;
+            if (r.status != Response::Status::kOk) ++failed;
+          });
+      in_send = false;
+      ++sent;
+      idle(loop, 0.002);
+    }
+    REQUIRE(runUntil(loop, [&] { return failed == sent; }));
+    CHECK_FALSE(inside);
+    CHECK(held.size() == 1);
+  }
+}
