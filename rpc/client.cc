@@ -27,7 +27,7 @@ EndpointOptions endpointOptions(const ClientOptions& o) {
   EndpointOptions e;
   e.limits = o.limits;
   e.max_output = o.max_output;
-  e.raw_results = o.raw_results;
+  e.frames = o.raw_results;
   e.call_timeout = o.timeout;
   return e;
 }

@@ -72,6 +72,9 @@ size_t itemLength(const char* p, size_t n) noexcept;
 // The msgpack unsigned integer at p in any of its forms: its value, with its byte length in
 // `len`; nullopt when p does not start with a whole one.
 std::optional<uint64_t> readUint(const char* p, size_t n, size_t& len) noexcept;
+// The msgpack str (or bin) at p: its bytes, with the item's byte length in `len`; nullopt when
+// p does not start with a whole one.
+std::optional<std::string_view> readStr(const char* p, size_t n, size_t& len) noexcept;
 
 // One connection's input side. Use: span = buffer(); read into it; feed(n); then next() until
 // it returns kNeedMore or kError. The object from kMessage lives in the unpacker's zone until

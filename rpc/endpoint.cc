@@ -418,7 +418,7 @@ void Endpoint::onData(size_t n) {
     read_size_ /= 2;
   got_bytes_ = true;
   counters_.bytes_in += n;
-  if (opts_.raw_results) {
+  if (opts_.frames) {
     dec_->feedFrames(n);
   } else {
     dec_->feed(n);
@@ -442,7 +442,7 @@ void Endpoint::onData(size_t n) {
 }
 
 void Endpoint::process() {
-  if (opts_.raw_results) return processFrames();
+  if (opts_.frames) return processFrames();
   int budget = opts_.max_messages_per_read;
   while (!conn_->closed() && !throttled_ && !full_ && dec_) {
     Object msg;
@@ -463,7 +463,7 @@ void Endpoint::processFrames() {
     if (st == Decoder::Status::kError) return protocolError(dec_->error());
     int read = rawReply(frame);
     if (read < 0) return;  // the callback destroyed our owner
-    if (read == 0) {
+    if (read == 0 && !rawRequest(frame)) {
       Object msg;
       if (!dec_->decodeFrame(msg)) return protocolError(dec_->error());
       if (!handle(msg)) return;
@@ -527,6 +527,47 @@ int Endpoint::rawReply(std::string_view m) {
   Response r;
   r.raw_result = m.substr(3 + id_len);
   return completeCall(*id, r) ? 1 : -1;
+}
+
+class Endpoint::RawServed final : public RawRequest {
+ public:
+  RawServed(Endpoint& e, uint64_t msgid) : e_(e), msgid_(msgid) {}
+  Responder detach() override {
+    if (detached_) return Responder();
+    detached_ = true;
+    e_.detached();
+    msgpack_object id;
+    id.type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+    id.via.u64 = msgid_;
+    return Responder(e_.peers_, e_.id_, Object(id), nullptr);  // the msgid by value: no zone
+  }
+  bool detached_ = false;
+
+ private:
+  Endpoint& e_;
+  uint64_t msgid_;
+};
+
+bool Endpoint::rawRequest(std::string_view m) {
+  // [0, msgid, method, params] with an unsigned msgid and a method that has a raw handler:
+  // offered as bytes. Draining, a guard, anything else: the decoded path.
+  auto u = [&](size_t i) { return static_cast<unsigned char>(m[i]); };
+  if (m.size() < 4 || u(0) != 0x94 || u(1) != 0x00 || !service_ || draining_ || service_->guard())
+    return false;
+  size_t id_len, name_len;
+  auto id = readUint(m.data() + 2, m.size() - 2, id_len);
+  if (!id) return false;
+  size_t at = 2 + id_len;
+  auto name = readStr(m.data() + at, m.size() - at, name_len);
+  if (!name || name->empty() || (*name)[0] == '\0') return false;
+  const MethodInfo* mi = service_->find(*name);
+  if (!mi || !mi->raw) return false;
+  RawServed rq(*this, *id);
+  rq.params = m.substr(at + name_len);  // a whole 4-item array was framed: the rest is params
+  core::Loop::OwnerScope scope(loop_, sleeps_);
+  if (!mi->raw(rq)) return rq.detached_;  // declined: decoded (it must not have detached)
+  ++counters_.requests;
+  return true;
 }
 
 void Endpoint::request(Object msgid, Object method, Object params, bool notify) {

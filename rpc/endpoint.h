@@ -48,9 +48,10 @@ struct EndpointOptions {
   // Requests being served (answered later) per connection; at the limit the connection is not
   // read until one finishes, so one peer cannot make us hold unbounded pending work.
   size_t max_pending = 2048;
-  // Replies to our calls are framed by the scanner alone: a result reaches the callback as its
-  // msgpack bytes (Response::raw_result), ready to be forwarded as they are.
-  bool raw_results = false;
+  // Input taken frame by frame (the scanner alone frames): a result reaches its callback as
+  // msgpack bytes (Response::raw_result), ready to be forwarded as they are, and a request for
+  // a method with a raw handler (Service::raw) is offered as bytes; the rest is decoded in place.
+  bool frames = false;
   double call_timeout = 10;  // seconds, for calls made without one
 };
 
@@ -227,6 +228,9 @@ class Endpoint final : public core::ConnectionHandler {
   bool handle(Object msg);
   // A successful reply read in place: 1 done, 0 not one (decode it), -1 our owner has gone.
   int rawReply(std::string_view m);
+  // A request taken by its method's raw handler: true done, false decode it.
+  bool rawRequest(std::string_view m);
+  class RawServed;
   void request(Object msgid, Object method, Object params, bool notify);
   void protocolError(const std::string& why);
   void detached();  // a request of the peer will be answered later

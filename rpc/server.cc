@@ -26,8 +26,9 @@ void Server::control(std::string_view cmd, Object params, Invocation& inv) {
 }
 
 namespace {
-EndpointOptions endpointOptions(const ServerOptions& o) {
+EndpointOptions endpointOptions(const ServerOptions& o, const Service& service) {
   EndpointOptions e;
+  e.frames = service.hasRaw();  // requests offered as bytes first: read frame by frame
   e.limits = o.limits;
   e.drain_timeout = o.drain_timeout;
   e.high_water = o.high_water;
@@ -43,7 +44,7 @@ Server::Server(core::Loop& loop, Service& service, ServerOptions opts)
     : loop_(loop),
       service_(service),
       opts_(opts),
-      eopts_(endpointOptions(opts)),
+      eopts_(endpointOptions(opts, service)),
       peers_(std::make_shared<Peers>(stats_)) {
   stats_.started = loop.now();
   sweep_.bind<&Server::onSweep>(loop, this);

@@ -176,6 +176,15 @@ void Service::index(std::string_view name, const MethodInfo* m) {
   }
 }
 
+Service& Service::raw(std::string_view name, RawHandler fn) {
+  auto it = methods_.find(name);
+  if (it == methods_.end())
+    throw std::logic_error("raw(" + std::string(name) + "): declare it with def() first");
+  it->second.raw = std::move(fn);
+  has_raw_ = true;
+  return *this;
+}
+
 const MethodInfo* Service::find(std::string_view name) const {
   if (index_.empty()) return nullptr;
   uint64_t h = hashOf(name);

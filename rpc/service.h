@@ -127,8 +127,22 @@ class Invocation {
   ~Invocation() = default;
 };
 
+// A request handed over as the peer encoded it (Service::raw): no decode. The bytes are valid
+// during the call only. The handler answers through detach() (at once or later), or declines
+// (returns false, before detaching) and the request takes the decoded path.
+class RawRequest {
+ public:
+  std::string_view params;  // the params item's bytes
+  virtual Responder detach() = 0;
+
+ protected:
+  ~RawRequest() = default;
+};
+using RawHandler = std::function<bool(RawRequest&)>;
+
 struct MethodInfo {
   std::string name;
+  RawHandler raw;            // a fast path for requests taken as bytes (Service::raw), tried first
   std::vector<Arg> params;   // declared parameters (context excluded)
   std::string context_name;  // "ctx"/"context" when the first parameter is the Context
   bool variadic = false;
@@ -231,6 +245,11 @@ class Service {
   Service& def(std::string name, F fn, A... specs);
 
   const MethodInfo* find(std::string_view name) const;
+  // Adds a fast path to `name` (declared with def()): a request for it is offered to `fn` as
+  // bytes before anything is decoded (a connection to a service with one reads frame by
+  // frame). Notifications, and requests `fn` declines, take the declared method.
+  Service& raw(std::string_view name, RawHandler fn);
+  bool hasRaw() const noexcept { return has_raw_; }
 
   // Access control: when set, every call of one of this service's methods (requests and
   // notifications; control commands excepted) is first shown to `guard` with the method name
@@ -258,6 +277,7 @@ class Service {
   std::vector<IndexSlot> index_;
   size_t indexed_ = 0;
   Guard guard_;
+  bool has_raw_ = false;
 };
 
 template <class F, class... A>

@@ -2,6 +2,7 @@
 #include "aiorpc/agents/proxy/proxy.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <unordered_map>
 
@@ -53,6 +54,18 @@ struct Call {
   rpc::Responder reply;
   std::string_view service, method;
   Object params;
+  // A raw invoke (the request never decoded): service, method and the params' bytes, copied
+  // here once (inline when small: no allocation); `raw_params` then points into it (for
+  // retries on the next instance).
+  char small[96];
+  std::unique_ptr<char[]> big;
+  std::string_view raw_params;
+  bool raw = false;
+  char* keep(size_t n) {
+    if (n <= sizeof small) return small;
+    big.reset(new char[n]);
+    return big.get();
+  }
   Hint hint;
   Instances* instances = nullptr;  // the table entry as of generation `table_gen`
   uint64_t table_gen = 0;
@@ -111,6 +124,9 @@ class ProxyRole final : public RoleInstance {
   }
 
  private:
+  // invoke(service, method, params) in array form, taken as bytes: false for any other shape
+  // (map form with __hint__, a context...), which takes the decoded handler.
+  bool rawInvoke(rpc::RawRequest& rq);
   // Parses a hint: nil/0 → none; a non-zero integer → set; anything else → error text.
   static std::optional<std::string> hintOf(Object h, Hint& out);
   void route(std::unique_ptr<Call> c);
@@ -192,6 +208,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
         route(std::move(c));
       },
       rpc::arg("ctx"), rpc::arg("service"), rpc::arg("method"), rpc::arg("params"));
+  svc_.raw("invoke", [this](rpc::RawRequest& rq) { return rawInvoke(rq); });
 
   svc_.def(
       "batch_invoke",
@@ -235,6 +252,40 @@ ProxyRole::ProxyRole(RoleEnv& env)
         }
       },
       rpc::arg("batches"));
+}
+
+bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
+  std::string_view p = rq.params;
+  if (p.empty() || static_cast<unsigned char>(p[0]) != 0x93) return false;
+  size_t n1, n2;
+  auto service = rpc::readStr(p.data() + 1, p.size() - 1, n1);
+  if (!service) return false;
+  auto method = rpc::readStr(p.data() + 1 + n1, p.size() - 1 - n1, n2);
+  if (!method) return false;
+  std::string_view params = p.substr(1 + n1 + n2);  // the array was framed whole: the rest
+  auto c = std::make_unique<Call>();
+  c->raw = true;
+  char* at = c->keep(service->size() + method->size() + params.size());
+  auto put = [&at](std::string_view v) {
+    std::memcpy(at, v.data(), v.size());
+    at += v.size();
+    return std::string_view(at - v.size(), v.size());
+  };
+  c->service = put(*service);
+  c->method = put(*method);
+  c->raw_params = put(params);
+  c->reply = rq.detach();
+  auto it = table_.find(c->service);
+  if (it == table_.end() || it->second.list.empty()) {
+    std::string msg = "no service '" + std::string(c->service) + "'";
+    c->reply.error(Kind::kServiceNotFound, msg);
+    return true;
+  }
+  start(*c, it->second);
+  c->instances = &it->second;
+  c->table_gen = table_gen_;
+  route(std::move(c));
+  return true;
 }
 
 void ProxyRole::onResolved(const std::string& name) {
@@ -320,7 +371,14 @@ void ProxyRole::sendTo(Backend& b, std::unique_ptr<Call> c) {
   // The callback is owned by b's client, so `b` outlives it (a client drops its callbacks,
   // uncalled, when destroyed).
   b.client.send(
-      method, [raw](rpc::Packer& p) { p.object(raw->params); },
+      method,
+      [raw](rpc::Packer& p) {
+        if (raw->raw) {
+          p.raw(raw->raw_params);  // the caller's bytes, as they came
+        } else {
+          p.object(raw->params);
+        }
+      },
       [this, bp = &b, call = std::move(c)](rpc::Response& r) mutable {
         onReply(*bp, std::move(call), r);
       },

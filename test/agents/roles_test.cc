@@ -12,7 +12,9 @@
 #include "aiorpc/agents/demo/demo.h"
 #include "aiorpc/agents/keepalive/keepalive.h"
 #include "aiorpc/agents/proxy/proxy.h"
+#include "aiorpc/core/listener.h"
 #include "aiorpc/rpc/client.h"
+#include "test/support/core_peer.h"
 #include "test/support/loopback.h"
 #include "test/support/run_until.h"
 
@@ -127,5 +129,69 @@ TEST_SUITE("roles in one process") {
       return true;
     }));
     for (auto& f : calls) CHECK(f.failed());
+  }
+
+  TEST_CASE("the proxy forwards invoke's params as the bytes that came; map form still works") {
+    core::Loop loop;
+    // A backend that records what it gets and answers every request [1, id, nil, "ok"].
+    std::vector<std::unique_ptr<aiorpc::test::Recorder>> conns;
+    core::Listener backend(loop, [&](core::Fd fd, const core::Address&) {
+      auto r = std::make_unique<aiorpc::test::Recorder>(loop, std::move(fd));
+      r->on_data = [off = size_t{0}](aiorpc::test::Recorder& rec) mutable {
+        const std::string& d = rec.data;
+        while (size_t len = rpc::itemLength(d.data() + off, d.size() - off)) {
+          size_t id_len;  // answer [0, id, ...] with [1, id, nil, "ok"], the id as it came
+          REQUIRE(rpc::readUint(d.data() + off + 2, len - 2, id_len));
+          rec.conn->send(std::string("\x94\x01") + d.substr(off + 2, id_len) + "\xc0\xa2ok");
+          off += len;
+        }
+      };
+      conns.push_back(std::move(r));
+    });
+    auto baddr = *backend.listen(*core::Address::parse("127.0.0.1:0"));
+    Running ka(loop, agents::keepalive::kFlags, agents::keepalive::create, {"--ttl", "30"});
+    rpc::Client to_ka(loop, ka.bound);
+    call(loop, to_ka, "heartbeat", rpc::toValue(std::tuple{"raw", "127.0.0.1", baddr.port()}));
+    std::string ka_ep = ka.endpoint();
+    Running px(loop, agents::proxy::kFlags, agents::proxy::create,
+               {"--keepalive", ka_ep.c_str(), "--refresh-interval", "0.05"});
+    rpc::Client c(loop, px.bound);
+    REQUIRE(runUntil(loop, [&] {
+      auto st = call(loop, c, std::string_view("\0stats", 6), rpc::Value());
+      auto reg = st.view().find("registry");
+      return reg && reg->find("version") && reg->find("version")->asUint().value_or(0) > 0;
+    }));
+    // params [5] with 5 in its uint32 form: decoded and packed again it would be one byte
+    std::string params("\x91\xce\x00\x00\x00\x05", 6);
+    rpc::Response got;
+    bool done = false;
+    c.send(
+        "invoke",
+        [&](rpc::Packer& p) {
+          p.array(3);
+          p.str("raw");
+          p.str("m");
+          p.raw(params);
+        },
+        [&](rpc::Response& r) {
+          done = true;
+          got.status = r.status;
+        });
+    REQUIRE(runUntil(loop, [&] { return done; }));
+    CHECK(got.status == rpc::Response::Status::kOk);
+    REQUIRE(conns.size() == 1);
+    CHECK(conns[0]->data.find(std::string("\xa1m") + params) != std::string::npos);
+    // map form with a hint: the decoded path
+    auto f = c.request("invoke",
+                       std::map<std::string, rpc::Value>{{"service", rpc::toValue("raw")},
+                                                         {"method", rpc::toValue("m")},
+                                                         {"params", rpc::toValue(std::tuple{7})},
+                                                         {"__hint__", rpc::toValue(1)}});
+    REQUIRE(runUntil(loop, [&] { return f.done(); }));
+    CHECK(f.get().view().toText() == "\"ok\"");
+    // a service name that is not a string: ArgumentError from the decoded path
+    auto bad = c.call("invoke", 5, "m", std::tuple{});
+    REQUIRE(runUntil(loop, [&] { return bad.done(); }));
+    CHECK_THROWS_WITH_AS(bad.get(), doctest::Contains("ArgumentError"), rpc::RpcError);
   }
 }

@@ -229,4 +229,40 @@ TEST_SUITE("endpoint") {
     CHECK_FALSE(inside);
     CHECK(held.size() == 1);
   }
+
+  TEST_CASE(
+      "Service::raw: requests offered as bytes first; declined ones and notifications decoded") {
+    core::Loop loop;
+    Service svc("s");
+    int declared = 0;
+    svc.def(
+        "f",
+        [&](const Args& a) {
+          ++declared;
+          return a.positionalCount();
+        },
+        arg("args"));
+    std::vector<std::string> seen;
+    svc.raw("f", [&](RawRequest& rq) {
+      if (static_cast<unsigned char>(rq.params[0]) == 0x80) return false;  // {}: decline
+      seen.emplace_back(rq.params);
+      rq.detach().reply(std::string("raw ") + std::to_string(rq.params.size()));
+      return true;
+    });
+    CHECK_THROWS_AS(svc.raw("g", [](RawRequest&) { return false; }), std::logic_error);
+    Server server(loop, svc);
+    auto addr = *server.listen("127.0.0.1:0");
+    Client c(loop, addr);
+    auto a = c.call("f", 1, 2);
+    auto b = c.request("f", std::map<std::string, int>{});
+    c.notify("f", 3);
+    auto d = c.call("f");
+    REQUIRE(runUntil(loop, [&] { return a.done() && b.done() && d.done() && declared == 2; }));
+    CHECK(a.get().view().toText() == "\"raw 3\"");  // [1, 2]: three bytes, never decoded
+    CHECK(b.get().view().toText() == "0");          // declined: the declared method
+    CHECK(d.get().view().toText() == "\"raw 1\"");  // nil params
+    CHECK(seen.size() == 2);
+    CHECK(declared == 2);  // the declined request and the notification
+    CHECK(server.stats().requests == 3);
+  }
 }
