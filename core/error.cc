@@ -15,16 +15,6 @@ class Category final : public std::error_category {
         return "timed out";
       case Errc::kClosed:
         return "connection closed";
-      case Errc::kProtocol:
-        return "protocol error";
-      case Errc::kTooLarge:
-        return "message over the limit";
-      case Errc::kNotSent:
-        return "not sent";
-      case Errc::kPeerDead:
-        return "peer marked dead after repeated connect failures";
-      case Errc::kDraining:
-        return "server is draining";
     }
     return "unknown error";
   }

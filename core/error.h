@@ -13,12 +13,7 @@ enum class Errc {
   kBadAddress = 1,  // an address string that does not parse or resolve
   kTimedOut,        // connect or call did not finish in time
   kClosed,          // the connection is closed
-  kProtocol,        // the peer sent bytes that violate the protocol
-  kTooLarge,        // a message over a configured limit
-  kNotSent,         // a call that never reached the wire (safe to retry)
-  kPeerDead,        // fail-fast after repeated connect failures
-  kDraining,        // the server is shutting down
-};
+};  // (rpc-level outcomes are rpc::Kind and rpc::Response::Status, not transport errors)
 
 const std::error_category& category() noexcept;
 inline std::error_code make_error_code(Errc e) noexcept {
