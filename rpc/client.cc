@@ -78,8 +78,8 @@ core::Future<Value> Client::futureFor(std::string method, Client& c,
   return futureOf([&](ResponseFn done) { c.send(method, params, std::move(done)); });
 }
 
-void Client::send(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
-                  double timeout) {
+CallHandle Client::send(std::string_view method, core::FunctionRef<void(Packer&)> params,
+                        ResponseFn done, double timeout) {
   last_used_ = loop_.now();
   auto notSent = [&](std::string why) {
     // Fail fast, but from the loop: callbacks never run inside send().
@@ -90,14 +90,19 @@ void Client::send(std::string_view method, core::FunctionRef<void(Packer&)> para
       done(r);
     });
   };
-  if (dead())
-    return notSent(fmt::format("{} is dead after {} failed connects; retrying after {} s",
-                               addr_.toString(), failures_, opts_.dead_for));
-  if (opts_.max_output && !connected() && ep_ && ep_->unsentBytes() > opts_.max_output)
-    return notSent(fmt::format("over {} bytes wait for the connect to {}", opts_.max_output,
-                               addr_.toString()));
-  endpoint().call(method, params, std::move(done), timeout);
+  if (dead()) {
+    notSent(fmt::format("{} is dead after {} failed connects; retrying after {} s",
+                        addr_.toString(), failures_, opts_.dead_for));
+    return {};
+  }
+  if (opts_.max_output && !connected() && ep_ && ep_->unsentBytes() > opts_.max_output) {
+    notSent(fmt::format("over {} bytes wait for the connect to {}", opts_.max_output,
+                        addr_.toString()));
+    return {};
+  }
+  CallHandle h = endpoint().call(method, params, std::move(done), timeout);
   connect();
+  return h;
 }
 
 void Client::sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params) {

@@ -79,9 +79,11 @@ class Client final : private Endpoint::Owner {
     sendNotify(method, [&](Packer& p) { p.pack(params); });
   }
 
-  // Low level: `params` packs the params value; `done` runs exactly once, never inside send().
-  void send(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
-            double timeout = -1);
+  // Low level: `params` packs the params value; `done` runs exactly once, never inside send(),
+  // unless the returned handle cancels the call first (then never; a call refused at once, by
+  // a dead peer or a full queue, has its outcome posted already and cannot be cancelled).
+  CallHandle send(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
+                  double timeout = -1);
   void sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params);
 
   const core::Address& address() const noexcept { return addr_; }

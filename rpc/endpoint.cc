@@ -255,8 +255,20 @@ void Endpoint::erasePending(uint32_t id) noexcept {
   --calls_in_flight_;
 }
 
-void Endpoint::call(std::string_view method, core::FunctionRef<void(Packer&)> params,
-                    ResponseFn done, double timeout) {
+bool CallHandle::cancel() noexcept {
+  auto p = peers_.lock();
+  Endpoint* e = p ? p->find(endpoint_) : nullptr;
+  return e && e->cancel(msgid_);
+}
+
+bool Endpoint::cancel(uint32_t msgid) noexcept {
+  if (!findPending(msgid)) return false;
+  erasePending(msgid);  // the deadline entry finds nothing when it comes
+  return true;
+}
+
+CallHandle Endpoint::call(std::string_view method, core::FunctionRef<void(Packer&)> params,
+                          ResponseFn done, double timeout) {
   auto later = [&](Response::Status st, std::string why) {
     loop_.post([done = std::move(done), st, why = std::move(why)]() mutable {
       Response r;
@@ -265,12 +277,16 @@ void Endpoint::call(std::string_view method, core::FunctionRef<void(Packer&)> pa
       done(r);
     });
   };
-  if (conn_ && conn_->closed())
-    return later(Response::Status::kNotSent, "connection to " + remote_.toString() + " closed");
+  if (conn_ && conn_->closed()) {
+    later(Response::Status::kNotSent, "connection to " + remote_.toString() + " closed");
+    return {};
+  }
   uint32_t id;
   Pending* pc = addPending(id);
-  if (!pc)
-    return later(Response::Status::kNotSent, "over 1,048,576 calls in flight on one connection");
+  if (!pc) {
+    later(Response::Status::kNotSent, "over 1,048,576 calls in flight on one connection");
+    return {};
+  }
   pc->done = std::move(done);
   pc->seq = ++seq_;
   pc->queued = conn_.has_value();  // else it waits in unsent_ for attach()
@@ -291,6 +307,7 @@ void Endpoint::call(std::string_view method, core::FunctionRef<void(Packer&)> pa
     deadlines_.insert(it, d);
   }
   if (deadlines_.size() == 1 || deadlines_.front().id == id) armTimer();
+  return CallHandle(peers_, id_, id);
 }
 
 void Endpoint::notify(std::string_view method, core::FunctionRef<void(Packer&)> params) {

@@ -86,6 +86,24 @@ using ResponseFn = core::Callback<void(Response&)>;
 core::Future<Value> futureOf(core::FunctionRef<void(ResponseFn)> start);
 
 class Endpoint;
+class Peers;
+
+// A call in flight, found by id (its endpoint's table, the endpoint's id, the msgid): cancel()
+// drops it: its callback is destroyed, never called, and a reply that still comes is counted
+// as late. Harmless once the call has completed, its connection closed or its client gone.
+class CallHandle {
+ public:
+  CallHandle() = default;
+  CallHandle(std::weak_ptr<Peers> peers, uint64_t endpoint, uint32_t msgid) noexcept
+      : peers_(std::move(peers)), endpoint_(endpoint), msgid_(msgid) {}
+  // True when the call was still pending (and is now dropped).
+  bool cancel() noexcept;
+
+ private:
+  std::weak_ptr<Peers> peers_;
+  uint64_t endpoint_ = 0;
+  uint32_t msgid_ = 0;
+};
 
 // The endpoints of one Server or Client, by id. Responders reach them through a weak_ptr to it.
 class Peers final : public ReplyHub {
@@ -136,9 +154,12 @@ class Endpoint final : public core::ConnectionHandler {
   const core::Address& local() const noexcept;
   void setService(Service* s) noexcept { service_ = s; }
 
-  // Calls the peer. `done` runs exactly once, always from the loop, never inside call().
-  void call(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
-            double timeout);
+  // Calls the peer. `done` runs exactly once, always from the loop, never inside call(), unless
+  // the returned handle cancels the call first (then never).
+  CallHandle call(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
+                  double timeout);
+  // Drops a pending call (its callback destroyed uncalled); false when it is not pending.
+  bool cancel(uint32_t msgid) noexcept;
   void notify(std::string_view method, core::FunctionRef<void(Packer&)> params);
   // The same as a Future (params sent exactly as given): co_await peer->request("f", params).
   template <class P>

@@ -265,4 +265,57 @@ TEST_SUITE("endpoint") {
     CHECK(declared == 2);  // the declined request and the notification
     CHECK(server.stats().requests == 3);
   }
+
+  TEST_CASE("a call's handle cancels it: its callback is never called, its reply counted late") {
+    core::Loop loop;
+    Service svc("s");
+    svc.def(
+        "sleep",
+        [&loop](double sec) -> core::Task<int> {
+          co_await loop.sleep(sec);
+          co_return 1;
+        },
+        arg("sec"));
+    svc.def("now", [] { return 2; });
+    Server server(loop, svc);
+    auto addr = *server.listen("127.0.0.1:0");
+    auto c = std::make_unique<Client>(loop, addr);
+    int slow_called = 0, fast_called = 0, other_called = 0;
+    CallHandle slow = c->send(
+        "sleep", [](Packer& p) { p.pack(std::tuple{0.1}); }, [&](Response&) { ++slow_called; });
+    CallHandle other = c->send(
+        "sleep", [](Packer& p) { p.pack(std::tuple{0.1}); }, [&](Response&) { ++other_called; });
+    // cancelled from inside another call's callback
+    c->send(
+        "now", [](Packer& p) { p.nil(); },
+        [&](Response& r) {
+          ++fast_called;
+          CHECK(r.status == Response::Status::kOk);
+          CHECK(other.cancel());
+        });
+    CHECK(slow.cancel());
+    CHECK_FALSE(slow.cancel());  // not pending any more
+    CHECK(c->inFlight() == 2);
+    REQUIRE(runUntil(loop, [&] { return c->lateReplies() == 2; }));
+    CHECK(fast_called == 1);
+    CHECK(slow_called == 0);
+    CHECK(other_called == 0);
+    CHECK(c->inFlight() == 0);
+    // a call waiting for a connect; its timeout finds nothing either
+    Hanging h;
+    REQUIRE(h.port != 0);
+    Client waiting(loop, *core::Address::fromIp("127.0.0.1", h.port));
+    int waited = 0;
+    CallHandle w = waiting.send(
+        "x", [](Packer& p) { p.nil(); }, [&](Response&) { ++waited; }, 0.05);
+    CHECK(w.cancel());
+    idle(loop, 0.15);
+    CHECK(waited == 0);
+    // the client gone: harmless
+    CallHandle gone = c->send(
+        "now", [](Packer& p) { p.nil(); }, [&](Response&) { ++fast_called; });
+    c.reset();
+    CHECK_FALSE(gone.cancel());
+    CHECK_FALSE(CallHandle().cancel());
+  }
 }
