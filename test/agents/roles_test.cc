@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "aiorpc/agents/demo/demo.h"
+#include "aiorpc/agents/heartbeat.h"
 #include "aiorpc/agents/keepalive/keepalive.h"
 #include "aiorpc/agents/proxy/proxy.h"
 #include "aiorpc/core/listener.h"
@@ -193,5 +194,33 @@ TEST_SUITE("roles in one process") {
     auto bad = c.call("invoke", 5, "m", std::tuple{});
     REQUIRE(runUntil(loop, [&] { return bad.done(); }));
     CHECK_THROWS_WITH_AS(bad.get(), doctest::Contains("ArgumentError"), rpc::RpcError);
+  }
+
+  TEST_CASE("a heartbeat sender destroyed while its connects hang, and while stopping") {
+    core::Loop loop;
+    Hanging h1, h2;
+    REQUIRE((h1.port != 0 && h2.port != 0));
+    agents::HeartbeatOptions o;
+    o.keepalives = {*core::Address::fromIp("127.0.0.1", h1.port),
+                    *core::Address::fromIp("127.0.0.1", h2.port)};
+    o.service = "svc";
+    o.port = 1234;
+    o.interval = 0.05;
+    {
+      agents::Heartbeat hb(loop, o);
+      runUntil(
+          loop, [] { return false; }, 0.1);
+      CHECK(hb.sent() == 0);  // every connect hangs
+    }
+    bool stopped = false;
+    {
+      agents::Heartbeat hb(loop, o);
+      hb.stop([&] { stopped = true; });  // waits for the heartbeats in flight...
+      runUntil(
+          loop, [] { return false; }, 0.05);
+    }  // ...and goes before they end: `stopped` is never called
+    runUntil(
+        loop, [] { return false; }, 0.3);  // nothing it scheduled may run now (ASan)
+    CHECK_FALSE(stopped);
   }
 }
