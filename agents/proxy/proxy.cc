@@ -8,6 +8,7 @@
 
 #include "aiorpc/agents/proxy/backend.h"
 #include "aiorpc/core/log.h"
+#include "aiorpc/core/pool.h"
 #include "aiorpc/core/resolver.h"
 #include "aiorpc/rpc/server.h"
 
@@ -66,6 +67,23 @@ struct Call {
     big.reset(new char[n]);
     return big.get();
   }
+  // Back to a fresh call (core::Pool): an unanswered reply answers InternalError, as at delete.
+  void reset() noexcept {
+    reply = rpc::Responder();
+    service = method = {};
+    params = Object();
+    big.reset();
+    raw_params = {};
+    raw = false;
+    hint = Hint{};
+    instances = nullptr;
+    table_gen = 0;
+    start = 0;
+    tried_n = 0;
+    tried_more.clear();
+    batch.reset();
+    item = 0;
+  }
   Hint hint;
   Instances* instances = nullptr;  // the table entry as of generation `table_gen`
   uint64_t table_gen = 0;
@@ -90,6 +108,11 @@ struct Call {
     return std::find(tried_more.begin(), tried_more.end(), id) != tried_more.end();
   }
 };
+
+// Calls come from a pool owned by the role (no allocation per routed call once warm); the
+// pointer's deleter gives a call back, so whoever holds it (the handler, then the backend
+// client's callback) owns it as before.
+using CallPtr = core::Pool<Call>::Ptr;
 
 // Lookups by string_view without building a std::string.
 struct NameHash {
@@ -129,11 +152,11 @@ class ProxyRole final : public RoleInstance {
   bool rawInvoke(rpc::RawRequest& rq);
   // Parses a hint: nil/0 → none; a non-zero integer → set; anything else → error text.
   static std::optional<std::string> hintOf(Object h, Hint& out);
-  void route(std::unique_ptr<Call> c);
-  void sendTo(Backend& b, std::unique_ptr<Call> c);
-  void onReply(Backend& b, std::unique_ptr<Call> c, rpc::Response& r);
-  void finish(std::unique_ptr<Call> c, rpc::Response& r);
-  void fail(std::unique_ptr<Call> c, Kind k, std::string msg);
+  void route(CallPtr c);
+  void sendTo(Backend& b, CallPtr c);
+  void onReply(Backend& b, CallPtr c, rpc::Response& r);
+  void finish(CallPtr c, rpc::Response& r);
+  void fail(CallPtr c, Kind k, std::string msg);
   void deliver(Batch& b, size_t item, Outcome o);
   void forwardNotification(std::string_view service, std::string_view method, Object params);
   void onBackendChange(Backend& b, Backend::Change c);
@@ -155,6 +178,7 @@ class ProxyRole final : public RoleInstance {
   double refresh_interval_, backend_timeout_;
   size_t max_queue_, max_backend_bytes_;
   EjectPolicy eject_;
+  core::Pool<Call> calls_{4096};  // before backends_: their callbacks hold calls
   Table table_;
   // Every backend is in the table or has calls in flight; one that has neither is freed (the
   // bound on backends is the table's size plus those still answering).
@@ -190,7 +214,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
       [this](const rpc::Context& ctx, std::string_view service, std::string_view method,
              Object params, rpc::Reply<Object> reply) {
         if (!reply.raw()) return forwardNotification(service, method, params);
-        auto c = std::make_unique<Call>();
+        auto c = calls_.get();
         c->reply = std::move(reply.raw());
         c->service = service;
         c->method = method;
@@ -240,7 +264,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
         b->left = plan.size();
         if (plan.empty()) return b->reply.reply(std::vector<rpc::Value>{});
         for (uint32_t i = 0; i < plan.size(); ++i) {
-          auto c = std::make_unique<Call>();
+          auto c = calls_.get();
           c->service = batches[i][0].str();
           c->method = batches[i][1].str();
           c->params = batches[i][2];
@@ -263,7 +287,7 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
   auto method = rpc::readStr(p.data() + 1 + n1, p.size() - 1 - n1, n2);
   if (!method) return false;
   std::string_view params = p.substr(1 + n1 + n2);  // the array was framed whole: the rest
-  auto c = std::make_unique<Call>();
+  auto c = calls_.get();
   c->raw = true;
   char* at = c->keep(service->size() + method->size() + params.size());
   auto put = [&at](std::string_view v) {
@@ -317,7 +341,7 @@ std::optional<std::string> ProxyRole::hintOf(Object h, Hint& out) {
   return std::string("__hint__: expected an integer or nil, got ") + h.typeName();
 }
 
-void ProxyRole::route(std::unique_ptr<Call> c) {
+void ProxyRole::route(CallPtr c) {
   if (c->table_gen != table_gen_) {  // the table changed (or a batch item): look it up again
     auto it = table_.find(c->service);
     c->instances = it == table_.end() ? nullptr : &it->second;
@@ -362,7 +386,7 @@ void ProxyRole::route(std::unique_ptr<Call> c) {
   fail(std::move(c), saw_full ? Kind::kOverloaded : Kind::kServiceUnavailable, std::move(msg));
 }
 
-void ProxyRole::sendTo(Backend& b, std::unique_ptr<Call> c) {
+void ProxyRole::sendTo(Backend& b, CallPtr c) {
   ++b.requests;
   ++b.in_flight;
   c->addTried(b.id);
@@ -385,7 +409,7 @@ void ProxyRole::sendTo(Backend& b, std::unique_ptr<Call> c) {
       backend_timeout_);
 }
 
-void ProxyRole::onReply(Backend& b, std::unique_ptr<Call> c, rpc::Response& r) {
+void ProxyRole::onReply(Backend& b, CallPtr c, rpc::Response& r) {
   using S = rpc::Response::Status;
   --b.in_flight;
   if (b.listed == 0 && b.in_flight == 0 && !sweep_timer_)
@@ -403,7 +427,7 @@ void ProxyRole::onReply(Backend& b, std::unique_ptr<Call> c, rpc::Response& r) {
   finish(std::move(c), r);
 }
 
-void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
+void ProxyRole::finish(CallPtr c, rpc::Response& r) {
   using S = rpc::Response::Status;
   if (c->batch) {
     Outcome o;
@@ -429,7 +453,7 @@ void ProxyRole::finish(std::unique_ptr<Call> c, rpc::Response& r) {
   }
 }
 
-void ProxyRole::fail(std::unique_ptr<Call> c, Kind k, std::string msg) {
+void ProxyRole::fail(CallPtr c, Kind k, std::string msg) {
   if (c->batch) {
     Outcome o;
     o.kind = k;

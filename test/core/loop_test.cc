@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "aiorpc/core/log.h"
+#include "aiorpc/core/pool.h"
 #include "test/support/run_until.h"
 
 using namespace aiorpc::core;
@@ -214,5 +215,39 @@ TEST_SUITE("log throttle") {
     CHECK(t.admit(101.0));
     CHECK(t.held() == 2);
     CHECK(t.held() == 0);
+  }
+}
+
+namespace {
+struct Thing {
+  int value = 0;
+  std::unique_ptr<int> owned;
+  static inline int resets = 0;
+  void reset() noexcept {
+    ++resets;
+    value = 0;
+    owned.reset();
+  }
+};
+}  // namespace
+
+TEST_SUITE("pool") {
+  TEST_CASE("objects come back reset and are handed out again, up to the bound") {
+    aiorpc::core::Pool<Thing> pool(2);
+    auto a = pool.get();
+    Thing* first = a.get();
+    a->value = 7;
+    a->owned = std::make_unique<int>(1);
+    a.reset();  // back: reset, kept as a spare
+    CHECK(Thing::resets == 1);
+    CHECK(pool.spare() == 1);
+    auto b = pool.get();
+    CHECK(b.get() == first);  // the same object again, fresh
+    CHECK(b->value == 0);
+    CHECK(b->owned == nullptr);
+    auto c = pool.get(), d = pool.get();
+    b.reset(), c.reset(), d.reset();
+    CHECK(pool.spare() == 2);  // the third is freed (ASan: no leak)
+    CHECK(Thing::resets == 4);
   }
 }
