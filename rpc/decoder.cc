@@ -58,6 +58,13 @@ Decoder::Status Decoder::nextFrame(std::string_view& frame) {
   }
   char* base = unp_.buffer + unp_.off;
   size_t avail = unp_.used - unp_.off;
+  if (scanned_ == 0) {  // the usual case: a whole message from a boundary, in one walk
+    if (size_t m = scanner_.frameWhole(base, avail)) {
+      frame = {base, m};
+      frame_len_ = m;
+      return Status::kMessage;
+    }
+  }
   if (scanned_ < avail) scanned_ += scanner_.feedOne(base + scanned_, avail - scanned_);
   if (scanner_.failed()) {
     error_ = scanner_.error();

@@ -538,7 +538,7 @@ int Endpoint::rawReply(std::string_view m) {
   // Framed already: a whole array within the limits. [1, msgid, nil, result] is read in place.
   auto u = [&](size_t i) { return static_cast<unsigned char>(m[i]); };
   if (m.size() < 4 || u(0) != 0x94 || u(1) != 0x01) return 0;
-  size_t id_len;
+  size_t id_len = 0;
   auto id = readUint(m.data() + 2, m.size() - 2, id_len);
   if (!id || 2 + id_len >= m.size() || u(2 + id_len) != 0xc0) return 0;
   Response r;
@@ -571,7 +571,7 @@ bool Endpoint::rawRequest(std::string_view m) {
   auto u = [&](size_t i) { return static_cast<unsigned char>(m[i]); };
   if (m.size() < 4 || u(0) != 0x94 || u(1) != 0x00 || !service_ || draining_ || service_->guard())
     return false;
-  size_t id_len, name_len;
+  size_t id_len = 0, name_len = 0;
   auto id = readUint(m.data() + 2, m.size() - 2, id_len);
   if (!id) return false;
   size_t at = 2 + id_len;

@@ -257,40 +257,6 @@ size_t itemLength(const char* p, size_t n) noexcept {
   return walk(reinterpret_cast<const unsigned char*>(p), n, 33, SIZE_MAX);
 }
 
-std::optional<uint64_t> readUint(const char* data, size_t n, size_t& len) noexcept {
-  auto* p = reinterpret_cast<const unsigned char*>(data);
-  if (n == 0) return std::nullopt;
-  unsigned t = p[0];
-  if (t < 0x80) {
-    len = 1;
-    return t;
-  }
-  if (t < 0xcc || t > 0xcf) return std::nullopt;
-  int k = 1 << (t - 0xcc);  // uint8, 16, 32, 64
-  if (n < 1 + static_cast<size_t>(k)) return std::nullopt;
-  len = 1 + static_cast<size_t>(k);
-  return be(p + 1, k);
-}
-
-std::optional<std::string_view> readStr(const char* data, size_t n, size_t& len) noexcept {
-  if (n == 0) return std::nullopt;
-  auto* p = reinterpret_cast<const unsigned char*>(data);
-  unsigned t = p[0];
-  size_t head, size;
-  if ((t & 0xe0) == 0xa0) {  // fixstr
-    head = 1, size = t & 0x1f;
-  } else if (t == 0xd9 || t == 0xda || t == 0xdb || t == 0xc4 || t == 0xc5 || t == 0xc6) {
-    int k = 1 << ((t >= 0xd9 ? t - 0xd9 : t - 0xc4));  // 8-, 16-, 32-bit length
-    if (n < 1 + static_cast<size_t>(k)) return std::nullopt;
-    head = 1 + static_cast<size_t>(k), size = static_cast<size_t>(be(p + 1, k));
-  } else {
-    return std::nullopt;
-  }
-  if (n - head < size) return std::nullopt;
-  len = head + size;
-  return std::string_view(data + head, size);
-}
-
 size_t Scanner::feed(const char* data, size_t n) { return scan(data, n, false); }
 
 size_t Scanner::feedOne(const char* data, size_t n) { return scan(data, n, true); }

@@ -36,6 +36,13 @@ class Scanner {
   const std::string& error() const noexcept { return error_; }
   // Bytes of a str/bin/ext payload still to arrive (0 between items).
   uint64_t payloadLeft() const noexcept { return skip_; }
+  // Framing one message at a time, its fast path: between messages, the length of the message
+  // at p when it lies whole in [p, p + n) within the limits, else 0 (then feedOne()).
+  size_t frameWhole(const char* p, size_t n) const noexcept {
+    return n > 0 && atBoundary() && msg_bytes_ == 0 && !failed()
+               ? scanWhole(reinterpret_cast<const unsigned char*>(p), n)
+               : 0;
+  }
   // True when no message is partly scanned.
   bool atBoundary() const noexcept { return depth_ == 0 && hdr_have_ == 0 && skip_ == 0; }
 
@@ -64,11 +71,51 @@ class Scanner {
 // invalid or nests deeper than 33 containers. Applies no other limit: meant for bytes a Scanner
 // accepted.
 size_t itemLength(const char* p, size_t n) noexcept;
+namespace detail {
+inline uint64_t bigEndian(const unsigned char* p, int n) noexcept {
+  uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v = v << 8 | p[i];
+  return v;
+}
+}  // namespace detail
+
 // The msgpack unsigned integer at p in any of its forms: its value, with its byte length in
-// `len`; nullopt when p does not start with a whole one.
-std::optional<uint64_t> readUint(const char* p, size_t n, size_t& len) noexcept;
+// `len`; nullopt when p does not start with a whole one. (Inline: the framing path reads a
+// msgid per message.)
+inline std::optional<uint64_t> readUint(const char* data, size_t n, size_t& len) noexcept {
+  auto* p = reinterpret_cast<const unsigned char*>(data);
+  if (n == 0) return std::nullopt;
+  unsigned t = p[0];
+  if (t < 0x80) {
+    len = 1;
+    return t;
+  }
+  if (t < 0xcc || t > 0xcf) return std::nullopt;
+  int k = 1 << (t - 0xcc);  // uint8, 16, 32, 64
+  if (n < 1 + static_cast<size_t>(k)) return std::nullopt;
+  len = 1 + static_cast<size_t>(k);
+  return detail::bigEndian(p + 1, k);
+}
+
 // The msgpack str (or bin) at p: its bytes, with the item's byte length in `len`; nullopt when
 // p does not start with a whole one.
-std::optional<std::string_view> readStr(const char* p, size_t n, size_t& len) noexcept;
+inline std::optional<std::string_view> readStr(const char* data, size_t n, size_t& len) noexcept {
+  if (n == 0) return std::nullopt;
+  auto* p = reinterpret_cast<const unsigned char*>(data);
+  unsigned t = p[0];
+  size_t head, size;
+  if ((t & 0xe0) == 0xa0) {  // fixstr
+    head = 1, size = t & 0x1f;
+  } else if (t == 0xd9 || t == 0xda || t == 0xdb || t == 0xc4 || t == 0xc5 || t == 0xc6) {
+    int k = 1 << (t >= 0xd9 ? t - 0xd9 : t - 0xc4);  // 8-, 16-, 32-bit length
+    if (n < 1 + static_cast<size_t>(k)) return std::nullopt;
+    head = 1 + static_cast<size_t>(k), size = static_cast<size_t>(detail::bigEndian(p + 1, k));
+  } else {
+    return std::nullopt;
+  }
+  if (n - head < size) return std::nullopt;
+  len = head + size;
+  return std::string_view(data + head, size);
+}
 
 }  // namespace aiorpc::rpc

@@ -163,7 +163,7 @@ class Conn final : public core::ConnectionHandler {
   // [1, msgid, nil, [payload]] exactly as expected: its length, else 0.
   size_t expected(std::string_view r) {
     if (r.size() < 3 || r[0] != '\x94' || r[1] != '\x01') return 0;
-    size_t id_len;
+    size_t id_len = 0;
     auto id = rpc::readUint(r.data() + 2, r.size() - 2, id_len);
     if (!id || *id > UINT32_MAX || r.substr(2 + id_len, sh_.expect.size()) != sh_.expect) return 0;
     complete(static_cast<uint32_t>(*id), true);

@@ -281,7 +281,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
 bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
   std::string_view p = rq.params;
   if (p.empty() || static_cast<unsigned char>(p[0]) != 0x93) return false;
-  size_t n1, n2;
+  size_t n1 = 0, n2 = 0;
   auto service = rpc::readStr(p.data() + 1, p.size() - 1, n1);
   if (!service) return false;
   auto method = rpc::readStr(p.data() + 1 + n1, p.size() - 1 - n1, n2);

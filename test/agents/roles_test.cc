@@ -141,7 +141,7 @@ TEST_SUITE("roles in one process") {
       r->on_data = [off = size_t{0}](aiorpc::test::Recorder& rec) mutable {
         const std::string& d = rec.data;
         while (size_t len = rpc::itemLength(d.data() + off, d.size() - off)) {
-          size_t id_len;  // answer [0, id, ...] with [1, id, nil, "ok"], the id as it came
+          size_t id_len = 0;  // answer [0, id, ...] with [1, id, nil, "ok"], the id as it came
           REQUIRE(rpc::readUint(d.data() + off + 2, len - 2, id_len));
           rec.conn->send(std::string("\x94\x01") + d.substr(off + 2, id_len) + "\xc0\xa2ok");
           off += len;

@@ -200,6 +200,24 @@ TEST_SUITE("decoder") {
       CHECK_FALSE(readUint(s.data(), s.size(), len));
   }
 
+  TEST_CASE("readStr reads str and bin in every length form, refuses others and cut ones") {
+    for (size_t n : {size_t{0}, size_t{31}, size_t{32}, size_t{255}, size_t{256}, size_t{65536}}) {
+      std::string text(n, 'a');
+      for (std::string s : {packToString(text), packToString(Bin{text})}) {
+        size_t len = 0;
+        auto got = readStr(s.data(), s.size(), len);
+        REQUIRE(got);
+        CHECK(*got == text);
+        CHECK(len == s.size());
+        CHECK_FALSE(readStr(s.data(), s.size() - 1, len));  // cut (header or payload)
+      }
+    }
+    size_t len = 0;
+    for (std::string s : {packToString(1), packToString(nullptr), packToString(std::tuple{"x"})})
+      CHECK_FALSE(readStr(s.data(), s.size(), len));
+    CHECK_FALSE(readStr("", 0, len));
+  }
+
   TEST_CASE("scanner: whole-message fast path agrees with the byte-by-byte path") {
     // Random streams of messages, valid and corrupted, under tight and default limits: the
     // result of one feed (fast path for each whole message) must equal feeding one byte at a
