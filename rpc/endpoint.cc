@@ -38,21 +38,45 @@ Kind Response::failureKind() const noexcept {
   return Kind::kInternal;
 }
 
+std::exception_ptr Outcome::exception() const {
+  switch (type) {
+    case Type::kResult:
+      return nullptr;
+    case Type::kPeerError:
+      return std::make_exception_ptr(RpcError(value).markDownstream());
+    case Type::kFailure:
+      break;
+  }
+  return std::make_exception_ptr(RpcError(kind, message).markDownstream());
+}
+
+Outcome Response::outcome() {
+  switch (status) {
+    case Status::kOk:
+      if (!raw_result.empty())
+        return Outcome::result(Value::fromBytes(raw_result).value_or(Value()));
+      return Outcome::result(keep(result));
+    case Status::kError:
+      return {Outcome::Type::kPeerError, keep(error), Kind::kInternal, {}};
+    default:
+      return Outcome::failure(failureKind(), message);
+  }
+}
+
 std::exception_ptr Response::exception() {
   if (status == Status::kOk) return nullptr;
-  if (status == Status::kError)
-    return std::make_exception_ptr(RpcError(keep(error)).markDownstream());
-  return std::make_exception_ptr(RpcError(failureKind(), message).markDownstream());
+  return outcome().exception();
 }
 
 core::Future<Value> futureOf(core::FunctionRef<void(ResponseFn)> start) {
   core::Promise<Value> p;
   auto f = p.future();
   start([p = std::move(p)](Response& r) mutable {
-    if (r.status == Response::Status::kOk) {
-      p.setValue(r.keep(r.result));
+    Outcome o = r.outcome();
+    if (o.ok()) {
+      p.setValue(std::move(o.value));
     } else {
-      p.setException(r.exception());
+      p.setException(o.exception());
     }
   });
   return f;

@@ -62,7 +62,24 @@ struct EndpointCounters {
   std::array<uint64_t, kKindCount> errors{};
 };
 
-// One call's outcome, handed to low-level callbacks. The objects are views valid during the
+// One call's outcome, owned: a result, the peer's error object (kept intact), or a failure
+// (Kind + message). The one outcome type: a Future settles with it (Response::outcome), a
+// proxy keeps one per batch item, a handler may answer with one (Responder::answer).
+struct Outcome {
+  enum class Type : uint8_t { kResult, kPeerError, kFailure };
+  Type type = Type::kFailure;
+  Value value;                  // kResult: the result; kPeerError: the error object
+  Kind kind = Kind::kInternal;  // kFailure
+  std::string message;          // kFailure
+  bool ok() const noexcept { return type == Type::kResult; }
+  static Outcome result(Value v) { return {Type::kResult, std::move(v), Kind::kInternal, {}}; }
+  static Outcome failure(Kind k, std::string m) { return {Type::kFailure, {}, k, std::move(m)}; }
+  // Not ok: the error as an exception, marked as having come from downstream (a handler that
+  // lets it escape answers ApplicationError). ok: nullptr.
+  std::exception_ptr exception() const;
+};
+
+// One call's outcome as low-level callbacks see it. The objects are views valid during the
 // callback; keep() makes an owning Value (sharing the received zone, no copy).
 struct Response {
   enum class Status { kOk, kError, kTimeout, kConnection, kNotSent };
@@ -76,6 +93,8 @@ struct Response {
   Kind failureKind() const noexcept;
   // kOk: nullptr. Otherwise the error as an exception (RpcError) for Futures and SyncClient.
   std::exception_ptr exception();
+  // The outcome, owned (a raw result decoded once; views kept by sharing the received zone).
+  Outcome outcome();
 
   std::function<msgpack_zone*()> release_zone;  // set by the endpoint
   std::shared_ptr<msgpack_zone> zone;

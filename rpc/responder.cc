@@ -5,6 +5,7 @@
 #include <new>
 #include <utility>
 
+#include "aiorpc/rpc/endpoint.h"
 #include "aiorpc/rpc/zone_pool.h"
 
 namespace aiorpc::rpc {
@@ -97,6 +98,17 @@ void Responder::fail(std::exception_ptr e) {
     error(Kind::kApplication, x.what());
   } catch (...) {
     error(Kind::kApplication, "unknown exception");
+  }
+}
+
+void Responder::answer(const Outcome& o) {
+  switch (o.type) {
+    case Outcome::Type::kResult:
+      return reply(o.value);
+    case Outcome::Type::kPeerError:
+      return errorObject(o.value.view());
+    case Outcome::Type::kFailure:
+      return error(o.kind, o.message);
   }
 }
 

@@ -46,6 +46,8 @@ class ReplyHub {
   virtual size_t outputBytes(uint64_t session) const = 0;
 };
 
+struct Outcome;  // endpoint.h
+
 // Move-only. Exactly one reply: a Responder destroyed without replying answers InternalError.
 // Keeps the request's zone (and so its msgid and any argument views) alive until then.
 class Responder {
@@ -78,6 +80,8 @@ class Responder {
   void errorObject(Object error);
   // Answers from an exception (RpcError as is, anything else as ApplicationError).
   void fail(std::exception_ptr e);
+  // Answers with a call's outcome: its result, the peer's error object intact, or the failure.
+  void answer(const Outcome& o);
 
  private:
   void send(const ReplyBody& body);

@@ -36,15 +36,9 @@ struct Hint {
 };
 
 // batch_invoke: one outcome per item; owned by its item calls, answered when the last delivers.
-struct Outcome {
-  bool ok = false;
-  rpc::Value value;             // result, or the backend's error object
-  Kind kind = Kind::kInternal;  // ours, when !ok and value is nil
-  std::string message;
-};
 struct Batch {
   rpc::Responder reply;
-  std::vector<Outcome> out;
+  std::vector<rpc::Outcome> out;
   size_t left = 0;
 };
 
@@ -157,7 +151,7 @@ class ProxyRole final : public RoleInstance {
   void onReply(Backend& b, CallPtr c, rpc::Response& r);
   void finish(CallPtr c, rpc::Response& r);
   void fail(CallPtr c, Kind k, std::string msg);
-  void deliver(Batch& b, size_t item, Outcome o);
+  void deliver(Batch& b, size_t item, rpc::Outcome o);
   void forwardNotification(std::string_view service, std::string_view method, Object params);
   void onBackendChange(Backend& b, Backend::Change c);
   void scheduleProbe(Backend& b);
@@ -429,19 +423,8 @@ void ProxyRole::onReply(Backend& b, CallPtr c, rpc::Response& r) {
 
 void ProxyRole::finish(CallPtr c, rpc::Response& r) {
   using S = rpc::Response::Status;
-  if (c->batch) {
-    Outcome o;
-    o.ok = r.status == S::kOk;
-    if (r.status == S::kOk) {
-      o.value = rpc::Value::fromBytes(r.raw_result).value_or(rpc::Value());
-    } else if (r.status == S::kError) {
-      o.value = r.keep(r.error);
-    } else {
-      o.kind = r.failureKind();  // (kNotSent never gets here: such calls are routed again)
-      o.message = r.message;
-    }
-    return deliver(*c->batch, c->item, std::move(o));
-  }
+  if (c->batch)  // (kNotSent never gets here: such calls are routed again)
+    return deliver(*c->batch, c->item, r.outcome());
   switch (r.status) {
     case S::kOk:
       return c->reply.reply(rpc::Raw{r.raw_result});  // the backend's bytes, not re-encoded
@@ -454,23 +437,19 @@ void ProxyRole::finish(CallPtr c, rpc::Response& r) {
 }
 
 void ProxyRole::fail(CallPtr c, Kind k, std::string msg) {
-  if (c->batch) {
-    Outcome o;
-    o.kind = k;
-    o.message = std::move(msg);
-    return deliver(*c->batch, c->item, std::move(o));
-  }
-  c->reply.error(k, msg);
+  rpc::Outcome o = rpc::Outcome::failure(k, std::move(msg));
+  if (c->batch) return deliver(*c->batch, c->item, std::move(o));
+  c->reply.answer(o);
 }
 
-void ProxyRole::deliver(Batch& b, size_t item, Outcome o) {
+void ProxyRole::deliver(Batch& b, size_t item, rpc::Outcome o) {
   b.out[item] = std::move(o);
   if (--b.left > 0) return;
   for (size_t i = 0; i < b.out.size(); ++i) {
-    Outcome& x = b.out[i];
-    if (x.ok) continue;
+    rpc::Outcome& x = b.out[i];
+    if (x.ok()) continue;
     std::string where = "item " + std::to_string(i) + ": ";
-    if (x.value.isNil()) return b.reply.error(x.kind, where + x.message);
+    if (x.type == rpc::Outcome::Type::kFailure) return b.reply.error(x.kind, where + x.message);
     // The backend's error: ours keeps its kind, a foreign one becomes ApplicationError text.
     Object e = x.value.view();
     if (e.isArray() && e.size() == 2 && e[0].isStrOrBin() && e[1].isStrOrBin() &&

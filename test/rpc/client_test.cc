@@ -55,13 +55,13 @@ struct RawPeer {
   }
 };
 
-struct Outcome {
+struct Seen {
   bool done = false;
   Response::Status status{};
   std::string text;
 };
 
-ResponseFn record(Outcome& o) {
+ResponseFn record(Seen& o) {
   return [&o](Response& r) {
     o.done = true;
     o.status = r.status;
@@ -247,7 +247,7 @@ TEST_SUITE("client") {
     RawPeer peer(loop);
     ClientOptions o;
     o.timeout = 0.05;
-    Outcome a, b;
+    Seen a, b;
     Client c(loop, peer.addr, o);
     c.send(
         "slow", [](Packer& p) { p.nil(); }, record(a));
@@ -270,7 +270,7 @@ TEST_SUITE("client") {
   TEST_CASE("replies out of order are matched by msgid") {
     core::Loop loop;
     RawPeer peer(loop);
-    Outcome r[3];
+    Seen r[3];
     Client c(loop, peer.addr);
     for (auto& o : r)
       c.send(
@@ -287,8 +287,8 @@ TEST_SUITE("client") {
   TEST_CASE("peer closes with calls in flight: every pending call fails once") {
     core::Loop loop;
     RawPeer peer(loop);
-    std::vector<Outcome> out(50);
-    Outcome again;  // outcomes outlive the client, which fails pending calls when destroyed
+    std::vector<Seen> out(50);
+    Seen again;  // outcomes outlive the client, which fails pending calls when destroyed
     Client c(loop, peer.addr);
     for (auto& o : out)
       c.send(
@@ -316,7 +316,7 @@ TEST_SUITE("client") {
       nowhere = gone.addr;
     }  // closed: connects are refused
     Client c(loop, nowhere);
-    Outcome a, b;
+    Seen a, b;
     c.send(
         "m", [](Packer& p) { p.nil(); }, record(a));
     c.send(
@@ -337,13 +337,13 @@ TEST_SUITE("client") {
     o.dead_for = 60;
     Client c(loop, nowhere, o);
     for (int i = 0; i < 4; ++i) {
-      Outcome x;
+      Seen x;
       c.send(
           "m", [](Packer& p) { p.nil(); }, record(x));
       REQUIRE(runUntil(loop, [&] { return x.done; }));
     }
     CHECK(c.dead());
-    Outcome fast;
+    Seen fast;
     c.send(
         "m", [](Packer& p) { p.nil(); }, record(fast));
     CHECK_FALSE(fast.done);
@@ -356,7 +356,7 @@ TEST_SUITE("client") {
   TEST_CASE("a client answers requests with NoMethodError and ignores notifications") {
     core::Loop loop;
     RawPeer peer(loop);
-    Outcome a;
+    Seen a;
     Client c(loop, peer.addr);
     c.send(
         "m", [](Packer& p) { p.nil(); }, record(a));
@@ -375,7 +375,7 @@ TEST_SUITE("client") {
     RawPeer peer(loop);
     ClientOptions o;
     o.timeout = 0.05;
-    Outcome a, b, c1;
+    Seen a, b, c1;
     Client c(loop, peer.addr, o);
     c.send(
         "m", [](Packer& p) { p.nil(); }, record(a));
@@ -465,7 +465,7 @@ TEST_SUITE("client raw results") {
     ClientOptions o;
     o.raw_results = true;
     Client c(loop, peer.addr, o);
-    Outcome a;
+    Seen a;
     c.send(
         "m", [](Packer& p) { p.nil(); }, record(a));
     REQUIRE(runUntil(loop, [&] { return peer.received().size() == 1; }));

@@ -318,4 +318,50 @@ TEST_SUITE("endpoint") {
     CHECK_FALSE(gone.cancel());
     CHECK_FALSE(CallHandle().cancel());
   }
+
+  TEST_CASE("one outcome type: a raw client's Future gets the value; a handler answers with one") {
+    core::Loop loop;
+    Service back("back");
+    back.def(
+        "add", [](int a, int b) { return a + b; }, arg("a"), arg("b"));
+    back.def(
+        "foreign", [](int, int) -> int { throw RpcError(Kind::kApplication, "x"); }, arg("a"),
+        arg("b"));
+    Server backend(loop, back);
+    auto baddr = *backend.listen("127.0.0.1:0");
+    ClientOptions raw;
+    raw.raw_results = true;
+    Client down(loop, baddr, raw);
+    // a raw client's Future: the result's bytes decoded once (was nil)
+    auto f = down.call("add", 2, 3);
+    REQUIRE(runUntil(loop, [&] { return f.done(); }));
+    CHECK(f.get().view().toText() == "5");
+    // a relay answers each call with the downstream outcome as it is
+    Service front("front");
+    front.def(
+        "relay",
+        [&](std::string method, Reply<Value> reply) {
+          down.send(
+              method,
+              [](Packer& p) {
+                p.pack(std::tuple{1, 2});
+              },
+              [r = std::move(reply)](Response& resp) mutable { r.raw().answer(resp.outcome()); },
+              -1);
+        },
+        arg("method"));
+    Server server(loop, front);
+    auto addr = *server.listen("127.0.0.1:0");
+    Client c(loop, addr);
+    auto ok = c.call("relay", "add");
+    auto err = c.call("relay", "foreign");
+    auto none = c.call("relay", "nope");
+    REQUIRE(runUntil(loop, [&] { return ok.done() && err.done() && none.done(); }));
+    CHECK(ok.get().view().toText() == "3");
+    CHECK_THROWS_WITH_AS(err.get(), "ApplicationError: x", RpcError);
+    CHECK_THROWS_WITH_AS(none.get(), doctest::Contains("NoMethodError"), RpcError);
+    Outcome failed = Outcome::failure(Kind::kOverloaded, "full");
+    CHECK_FALSE(failed.ok());
+    CHECK_THROWS_WITH_AS(std::rethrow_exception(failed.exception()), "Overloaded: full", RpcError);
+  }
 }
