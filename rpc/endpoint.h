@@ -253,6 +253,10 @@ class Endpoint final : public core::ConnectionHandler {
   std::span<char> readBuffer() override;
   void onData(size_t n) override;
   void onEof(core::Connection&) override { finish(); }
+  // Over the high-water mark a serving endpoint stops reading its peer (backpressure on the
+  // requests that make replies pile up). Its own calls' replies then wait too: a server that
+  // calls back a client which does not read stalls that connection until the output drains
+  // (or the output limit closes it). A client endpoint without a service never stops reading.
   void onHighWater(core::Connection& c) override;
   void onLowWater(core::Connection& c) override;
   // The peer does not read: it counts as broken; closed from the loop, never inside a write.
