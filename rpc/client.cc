@@ -129,11 +129,8 @@ void Client::connect() {
     if (connect_result_) connect_result_(false);
     if (alive.expired() || !ep_) return;  // the callback destroyed this client
     // Every call made for this connect fails as not sent (from the loop: we are in a callback).
-    Endpoint* e = std::exchange(ep_, nullptr);
-    auto it = peers_->map.find(e->id());
-    loop_.deferDelete(std::move(it->second));
-    peers_->map.erase(it);
-    late_replies_ += e->lateReplies();
+    Endpoint* e = ep_;
+    retire(*e);  // freed from the loop: alive for abandon()
     e->abandon(fmt::format("connect to {} failed: {}", addr_.toString(), r.error().message()));
   });
 }
@@ -153,12 +150,13 @@ void Client::endpointClosed(Endpoint& e, std::error_code why) {
       if (!alive.expired() && connect_result_) connect_result_(false);
     });
   }
+  retire(e);
+}
+
+void Client::retire(Endpoint& e) {
   late_replies_ += e.lateReplies();
   if (ep_ == &e) ep_ = nullptr;
-  auto it = peers_->map.find(e.id());
-  if (it == peers_->map.end()) return;
-  loop_.deferDelete(std::move(it->second));
-  peers_->map.erase(it);
+  if (auto owned = peers_->take(e.id())) loop_.deferDelete(std::move(owned));
 }
 
 ClientPool::ClientPool(core::Loop& loop, ClientOptions opts, double idle_close)

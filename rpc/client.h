@@ -114,6 +114,8 @@ class Client final : private Endpoint::Owner {
   Endpoint& endpoint();  // the current one, made when there is none
   void connect();
   void endpointClosed(Endpoint& e, std::error_code why) override;
+  // Out of the table and no longer current (freed from the loop); its late replies counted.
+  void retire(Endpoint& e);
 
   core::Loop& loop_;
   core::Address addr_;

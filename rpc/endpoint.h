@@ -133,6 +133,14 @@ class Peers final : public ReplyHub {
     auto it = map.find(id);
     return it == map.end() ? nullptr : it->second.get();
   }
+  // Out of the table, for its owner to free from the loop; null when it is not in it.
+  std::unique_ptr<Endpoint> take(uint64_t id) noexcept {
+    auto it = map.find(id);
+    if (it == map.end()) return nullptr;
+    auto e = std::move(it->second);
+    map.erase(it);
+    return e;
+  }
   bool reply(uint64_t session, Object msgid, const ReplyBody& body) override;
   size_t outputBytes(uint64_t session) const override;
 

@@ -106,13 +106,12 @@ void Server::accept(core::Fd fd) {
 }
 
 void Server::endpointClosed(Endpoint& e, std::error_code) {
-  auto it = peers_->map.find(e.id());
-  if (it == peers_->map.end()) return;
+  uint64_t id = e.id();
+  auto owned = peers_->take(id);
+  if (!owned) return;
   --stats_.connections_open;  // replies still owed to it are counted as dropped later
   stats_.bytes_out += e.bytesWritten();
-  uint64_t id = e.id();
-  loop_.deferDelete(std::move(it->second));
-  peers_->map.erase(it);
+  loop_.deferDelete(std::move(owned));
   for (auto& fn : close_hooks_) fn(id);
   if (draining_) maybeDrained();
 }
