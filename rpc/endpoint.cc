@@ -280,8 +280,7 @@ void Endpoint::erasePending(uint32_t id) noexcept {
 }
 
 bool CallHandle::cancel() noexcept {
-  auto p = peers_.lock();
-  Endpoint* e = p ? p->find(endpoint_) : nullptr;
+  Endpoint* e = Peers::find(peers_, endpoint_);
   return e && e->cancel(msgid_);
 }
 
@@ -361,15 +360,14 @@ void Endpoint::onOverLimit(core::Connection&) {
   // What was not written of our calls fails as not-sent (and may go elsewhere).
   if (close_posted_) return;
   close_posted_ = true;
-  loop_.post([peers = peers_, id = id_] {
-    auto p = peers.lock();
-    Endpoint* e = p ? p->find(id) : nullptr;
-    if (!e) return;
-    e->close_posted_ = false;
-    if (!e->open() || e->conn_->pendingBytes() <= e->opts_.max_output) return;
-    ++e->counters_.output_limit_closes;
-    e->conn_->close(core::sysError(ENOBUFS));
-  });
+  later<&Endpoint::closeOverLimit>();
+}
+
+void Endpoint::closeOverLimit() {
+  close_posted_ = false;
+  if (!open() || conn_->pendingBytes() <= opts_.max_output) return;
+  ++counters_.output_limit_closes;
+  conn_->close(core::sysError(ENOBUFS));
 }
 
 void Endpoint::failCalls(std::vector<Slot> calls, uint64_t written, const std::string& why) {
@@ -516,15 +514,14 @@ void Endpoint::processFrames() {
 void Endpoint::resumeLater() {
   if (scheduled_) return;
   scheduled_ = true;
-  loop_.post([peers = peers_, id = id_] {
-    auto p = peers.lock();
-    Endpoint* e = p ? p->find(id) : nullptr;
-    if (!e) return;
-    e->scheduled_ = false;
-    if (!e->open()) return;
-    if (!e->stopping_ && !e->throttled_ && !e->full_) e->conn_->resumeReading();
-    e->process();
-  });
+  later<&Endpoint::resumed>();
+}
+
+void Endpoint::resumed() {
+  scheduled_ = false;
+  if (!open()) return;
+  if (!stopping_ && !throttled_ && !full_) conn_->resumeReading();
+  process();
 }
 
 bool Endpoint::handle(Object msg) {

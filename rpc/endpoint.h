@@ -133,6 +133,11 @@ class Peers final : public ReplyHub {
     auto it = map.find(id);
     return it == map.end() ? nullptr : it->second.get();
   }
+  // The endpoint `id` of a table that may have gone (with its owner): null then.
+  static Endpoint* find(const std::weak_ptr<Peers>& peers, uint64_t id) noexcept {
+    auto p = peers.lock();
+    return p ? p->find(id) : nullptr;
+  }
   // Out of the table, for its owner to free from the loop; null when it is not in it.
   std::unique_ptr<Endpoint> take(uint64_t id) noexcept {
     auto it = map.find(id);
@@ -275,6 +280,15 @@ class Endpoint final : public core::ConnectionHandler {
   void processFrames();    // process() with raw_results
   bool goOn(int& budget);  // after a message: false to stop reading for now
   void resumeLater();      // process() again from the loop, reading resumed if allowed
+  void resumed();
+  void closeOverLimit();
+  // Runs `step` on this endpoint from the loop, if it is still in its owner's table then.
+  template <void (Endpoint::*step)()>
+  void later() {
+    loop_.post([peers = peers_, id = id_] {
+      if (Endpoint* e = Peers::find(peers, id)) (e->*step)();
+    });
+  }
   // The one classification of a decoded message: request, notification, reply or malformed.
   // False when a reply's callback destroyed our owner (and so this endpoint): stop at once.
   bool handle(Object msg);
