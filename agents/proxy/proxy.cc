@@ -54,8 +54,7 @@ struct Call {
   // retries on the next instance).
   char small[96];
   std::unique_ptr<char[]> big;
-  std::string_view raw_params;
-  bool raw = false;
+  std::string_view raw_params;  // empty for a decoded call (a params item is never empty)
   char* keep(size_t n) {
     if (n <= sizeof small) return small;
     big.reset(new char[n]);
@@ -68,7 +67,6 @@ struct Call {
     params = Object();
     big.reset();
     raw_params = {};
-    raw = false;
     hint = Hint{};
     instances = nullptr;
     table_gen = 0;
@@ -146,6 +144,8 @@ class ProxyRole final : public RoleInstance {
   bool rawInvoke(rpc::RawRequest& rq);
   // Parses a hint: nil/0 → none; a non-zero integer → set; anything else → error text.
   static std::optional<std::string> hintOf(Object h, Hint& out);
+  // An invoke's first step: ServiceNotFound, or the first candidate and route().
+  void admit(CallPtr c);
   void route(CallPtr c);
   void sendTo(Backend& b, CallPtr c);
   void onReply(Backend& b, CallPtr c, rpc::Response& r);
@@ -216,14 +216,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
         if (auto h = ctx.find("__hint__")) {
           if (auto bad = hintOf(*h, c->hint)) return c->reply.error(Kind::kArgument, *bad);
         }
-        auto it = table_.find(service);
-        if (it == table_.end() || it->second.list.empty())
-          return c->reply.error(Kind::kServiceNotFound,
-                                "no service '" + std::string(service) + "'");
-        start(*c, it->second);
-        c->instances = &it->second;
-        c->table_gen = table_gen_;
-        route(std::move(c));
+        admit(std::move(c));
       },
       rpc::arg("ctx"), rpc::arg("service"), rpc::arg("method"), rpc::arg("params"));
   svc_.raw("invoke", [this](rpc::RawRequest& rq) { return rawInvoke(rq); });
@@ -282,7 +275,6 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
   if (!method) return false;
   std::string_view params = p.substr(1 + n1 + n2);  // the array was framed whole: the rest
   auto c = calls_.get();
-  c->raw = true;
   char* at = c->keep(service->size() + method->size() + params.size());
   auto put = [&at](std::string_view v) {
     std::memcpy(at, v.data(), v.size());
@@ -293,17 +285,20 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
   c->method = put(*method);
   c->raw_params = put(params);
   c->reply = rq.detach();
+  admit(std::move(c));
+  return true;
+}
+
+void ProxyRole::admit(CallPtr c) {
   auto it = table_.find(c->service);
   if (it == table_.end() || it->second.list.empty()) {
     std::string msg = "no service '" + std::string(c->service) + "'";
-    c->reply.error(Kind::kServiceNotFound, msg);
-    return true;
+    return c->reply.error(Kind::kServiceNotFound, msg);
   }
   start(*c, it->second);
   c->instances = &it->second;
   c->table_gen = table_gen_;
   route(std::move(c));
-  return true;
 }
 
 void ProxyRole::onResolved(const std::string& name) {
@@ -391,7 +386,7 @@ void ProxyRole::sendTo(Backend& b, CallPtr c) {
   b.client.send(
       method,
       [raw](rpc::Packer& p) {
-        if (raw->raw) {
+        if (!raw->raw_params.empty()) {
           p.raw(raw->raw_params);  // the caller's bytes, as they came
         } else {
           p.object(raw->params);
