@@ -44,13 +44,22 @@ class _Member:
 
 class EtcdCluster:
     def __init__(self, n=3):
-        self.dir = tempfile.mkdtemp(prefix="aiorpc-etcd-")
-        self.ports = [(free_port(), free_port()) for _ in range(n)]
-        self.initial = ",".join(f"e{i}=http://127.0.0.1:{pp}" for i, (_, pp) in enumerate(self.ports))
-        self.members = [None] * n
-        for i in range(n):
-            self.start(i)
-        assert self.wait_healthy(), "etcd cluster did not come up: " + self.logs()
+        # A port picked free can be taken before etcd binds it (another test's connect, the
+        # other build's suite running at the same time): that member exits, and the cluster is
+        # started again on new ports.
+        for attempt in range(3):
+            self.dir = tempfile.mkdtemp(prefix="aiorpc-etcd-")
+            self.ports = [(free_port(), free_port()) for _ in range(n)]
+            self.initial = ",".join(f"e{i}=http://127.0.0.1:{pp}"
+                                    for i, (_, pp) in enumerate(self.ports))
+            self.members = [None] * n
+            for i in range(n):
+                self.start(i)
+            if self.wait_healthy():
+                break
+            logs = self.logs()
+            self.kill()
+            assert attempt < 2, "etcd cluster did not come up: " + logs
         harness._procs.append(self)  # reaped with the daemons
 
     def start(self, i):
@@ -90,6 +99,8 @@ class EtcdCluster:
     def wait_healthy(self, timeout=20):
         deadline = time.time() + timeout
         while time.time() < deadline:
+            if any(m.p.poll() is not None for m in self.members):
+                return False  # a member exited (its port was taken): start again
             try:
                 if self.leader() is not None:
                     post(self.ports[0][0], "/v3/kv/put", {"key": "aGVhbHRo", "value": "b2s="})
