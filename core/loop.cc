@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <csignal>
@@ -96,6 +97,44 @@ unsigned backendFlags(LoopBackend b) noexcept {
 }
 }  // namespace
 
+namespace {
+// Where promises broken on this thread resume their waiters (STYLE rule 8): a task posted to the
+// innermost loop running here (a SyncClient's nested loop takes over for its run), else to the
+// newest loop alive here (a promise broken between runs, e.g. a call cancelled or a client
+// destroyed by the program's own code, resumes at the loop's next run, or as it is destroyed).
+thread_local std::vector<Loop*> t_alive;
+thread_local std::vector<Loop*> t_running;
+
+void pointDeferral() noexcept {
+  Loop* to = !t_running.empty() ? t_running.back() : !t_alive.empty() ? t_alive.back() : nullptr;
+  if (!to) {
+    detail::t_deferral = {};
+    return;
+  }
+  detail::t_deferral = {
+      [](void* l, Callback<void()> task) { static_cast<Loop*>(l)->post(std::move(task)); }, to};
+}
+
+// For the length of a run (or of the teardown): this loop is where broken promises resume.
+class DeferTo {
+ public:
+  explicit DeferTo(Loop* loop) : loop_(loop) {
+    t_running.push_back(loop);
+    pointDeferral();
+  }
+  ~DeferTo() {
+    auto it = std::find(t_running.rbegin(), t_running.rend(), loop_);
+    if (it != t_running.rend()) t_running.erase(std::next(it).base());
+    pointDeferral();
+  }
+  DeferTo(const DeferTo&) = delete;
+  DeferTo& operator=(const DeferTo&) = delete;
+
+ private:
+  Loop* loop_;
+};
+}  // namespace
+
 Loop::Loop(LoopBackend backend)
     : loop_(ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV) | backendFlags(backend))) {
   if (!loop_) loop_ = ev_loop_new(static_cast<unsigned>(EVFLAG_NOENV));  // not available here
@@ -109,25 +148,9 @@ Loop::Loop(LoopBackend backend)
   async_.bind<&Loop::onAsync>(loop_, this);
   async_.keepLoopAlive(false);  // waiting for worker threads alone does not keep run() going
   async_.start();
+  t_alive.push_back(this);
+  pointDeferral();
 }
-
-namespace {
-// While a loop runs on this thread, promises broken under it resume their waiters from a task
-// posted to it (STYLE rule 8); a nested loop (a SyncClient's) takes over for its run.
-class DeferTo {
- public:
-  explicit DeferTo(Loop* loop) noexcept : prev_(detail::t_deferral) {
-    detail::t_deferral = {
-        [](void* l, Callback<void()> task) { static_cast<Loop*>(l)->post(std::move(task)); }, loop};
-  }
-  ~DeferTo() { detail::t_deferral = prev_; }
-  DeferTo(const DeferTo&) = delete;
-  DeferTo& operator=(const DeferTo&) = delete;
-
- private:
-  detail::Deferral prev_;
-};
-}  // namespace
 
 void Loop::postFromThread(Callback<void()> cb) {
   {
@@ -171,6 +194,7 @@ Loop::~Loop() {
   check_.stop();
   idle_.stop();
   ev_loop_destroy(loop_);
+  std::erase(t_alive, this);  // the teardown's DeferTo points the deferral elsewhere as it ends
 }
 
 void Loop::linger(Fd fd) noexcept {

@@ -73,9 +73,9 @@ Endpoint& Client::endpoint() {
   return *ep_;
 }
 
-core::Future<Value> Client::futureFor(std::string method, Client& c,
-                                      core::FunctionRef<void(Packer&)> params) {
-  return futureOf([&](ResponseFn done) { c.send(method, params, std::move(done)); });
+CallFuture Client::futureFor(std::string method, Client& c,
+                             core::FunctionRef<void(Packer&)> params) {
+  return futureOf([&](ResponseFn done) { return c.send(method, params, std::move(done)); });
 }
 
 CallHandle Client::send(std::string_view method, core::FunctionRef<void(Packer&)> params,

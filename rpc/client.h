@@ -66,12 +66,13 @@ class Client final : private Endpoint::Owner {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  // Positional params (nil when none), or a map when every argument is kw(...).
+  // Positional params (nil when none), or a map when every argument is kw(...). The returned
+  // Future's cancel() drops the call (the Future fails with core::BrokenPromise).
   template <class... A>
-  core::Future<Value> call(std::string_view method, const A&... args);
+  CallFuture call(std::string_view method, const A&... args);
   // Params sent exactly as given (any encodable value; Object/Value included).
   template <class P>
-  core::Future<Value> request(std::string_view method, const P& params);
+  CallFuture request(std::string_view method, const P& params);
   template <class... A>
   void notify(std::string_view method, const A&... args);
   template <class P>
@@ -109,8 +110,8 @@ class Client final : private Endpoint::Owner {
  private:
   template <class... A>
   static void packArgs(Packer& p, const A&... args);
-  static core::Future<Value> futureFor(std::string method, Client& c,
-                                       core::FunctionRef<void(Packer&)> params);
+  static CallFuture futureFor(std::string method, Client& c,
+                              core::FunctionRef<void(Packer&)> params);
   Endpoint& endpoint();  // the current one, made when there is none
   void connect();
   void endpointClosed(Endpoint& e, std::error_code why) override;
@@ -152,12 +153,12 @@ void Client::packArgs(Packer& p, const A&... args) {
 }
 
 template <class... A>
-core::Future<Value> Client::call(std::string_view method, const A&... args) {
+CallFuture Client::call(std::string_view method, const A&... args) {
   return futureFor(std::string(method), *this, [&](Packer& p) { packArgs(p, args...); });
 }
 
 template <class P>
-core::Future<Value> Client::request(std::string_view method, const P& params) {
+CallFuture Client::request(std::string_view method, const P& params) {
   return futureFor(std::string(method), *this, [&](Packer& p) { p.pack(params); });
 }
 

@@ -68,10 +68,10 @@ std::exception_ptr Response::exception() {
   return outcome().exception();
 }
 
-core::Future<Value> futureOf(core::FunctionRef<void(ResponseFn)> start) {
+CallFuture futureOf(core::FunctionRef<CallHandle(ResponseFn)> start) {
   core::Promise<Value> p;
   auto f = p.future();
-  start([p = std::move(p)](Response& r) mutable {
+  CallHandle h = start([p = std::move(p)](Response& r) mutable {
     Outcome o = r.outcome();
     if (o.ok()) {
       p.setValue(std::move(o.value));
@@ -79,7 +79,7 @@ core::Future<Value> futureOf(core::FunctionRef<void(ResponseFn)> start) {
       p.setException(o.exception());
     }
   });
-  return f;
+  return {std::move(f), std::move(h)};
 }
 
 Peers::~Peers() {

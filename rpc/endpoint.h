@@ -101,9 +101,6 @@ struct Response {
 };
 using ResponseFn = core::Callback<void(Response&)>;
 
-// A Future for one call: `start` is given the callback that settles it.
-core::Future<Value> futureOf(core::FunctionRef<void(ResponseFn)> start);
-
 class Endpoint;
 class Peers;
 
@@ -123,6 +120,24 @@ class CallHandle {
   uint64_t endpoint_ = 0;
   uint32_t msgid_ = 0;
 };
+
+// The Future of one call, with its handle: co_await it, .then() it, or cancel() the call. A
+// cancelled call's Future fails with core::BrokenPromise (the operation was abandoned), from a
+// task posted to the loop, never inside cancel(). Dropping the Future does not cancel the call.
+class [[nodiscard]] CallFuture : public core::Future<Value> {
+ public:
+  CallFuture() = default;
+  CallFuture(core::Future<Value> f, CallHandle h) noexcept
+      : core::Future<Value>(std::move(f)), handle_(std::move(h)) {}
+  // True when the call was still pending (and is now dropped).
+  bool cancel() noexcept { return handle_.cancel(); }
+
+ private:
+  CallHandle handle_;
+};
+
+// A Future for one call: `start` is given the callback that settles it and returns its handle.
+CallFuture futureOf(core::FunctionRef<CallHandle(ResponseFn)> start);
 
 // The endpoints of one Server or Client, by id. Responders reach them through a weak_ptr to it.
 class Peers final : public ReplyHub {
@@ -195,9 +210,9 @@ class Endpoint final : public core::ConnectionHandler {
   void notify(std::string_view method, core::FunctionRef<void(Packer&)> params);
   // The same as a Future (params sent exactly as given): co_await peer->request("f", params).
   template <class P>
-  core::Future<Value> request(std::string_view method, const P& params, double timeout = -1) {
+  CallFuture request(std::string_view method, const P& params, double timeout = -1) {
     return futureOf([&](ResponseFn done) {
-      call(
+      return call(
           method, [&](Packer& p) { p.pack(params); }, std::move(done), timeout);
     });
   }

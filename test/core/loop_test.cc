@@ -130,11 +130,39 @@ TEST_SUITE("loop") {
       watch(loop.sleep(0.01), "b");
     }
     loop.cancelOwned(a);
-    CHECK(seen == std::vector<std::string>{"a1!", "a2!"});  // failed at once (BrokenPromise)
+    CHECK(seen.empty());  // failed (BrokenPromise), the waiters resumed from the loop, not here
     REQUIRE(runUntil(loop, [&] { return seen.size() == 4; }));
+    CHECK(seen[0] == "a1!");
+    CHECK(seen[1] == "a2!");
     CHECK(seen[2] == "b");
     CHECK(seen[3] == "timer");
     loop.cancelOwned(a);  // nothing left: harmless
+  }
+
+  TEST_CASE("a promise broken between runs resumes its waiter from a loop, never in place") {
+    Loop outer;
+    int resumed = 0;
+    std::vector<Future<int>> held;  // a waiter holds its future, as a coroutine frame does
+    auto breakOne = [&] {
+      Promise<int> p;
+      held.push_back(p.future());
+      held.back().then([&](Future<int>& r) { resumed += r.failed() ? 1 : 100; });
+      // p is dropped unfulfilled here, outside any run
+    };
+    breakOne();
+    CHECK(resumed == 0);
+    REQUIRE(runUntil(outer, [&] { return resumed == 1; }));
+    // the newest loop alive takes it; loops freed in any order leave nothing dangling
+    auto first = std::make_unique<Loop>();
+    auto second = std::make_unique<Loop>();
+    first.reset();
+    breakOne();
+    CHECK(resumed == 1);
+    second.reset();  // runs what was posted to it as it goes
+    CHECK(resumed == 2);
+    breakOne();  // back to the outer loop
+    CHECK(resumed == 2);
+    REQUIRE(runUntil(outer, [&] { return resumed == 3; }));
   }
 
   TEST_CASE("postFromThread: callbacks from many threads all run, on the loop's thread") {

@@ -319,6 +319,55 @@ TEST_SUITE("endpoint") {
     CHECK_FALSE(CallHandle().cancel());
   }
 
+  TEST_CASE("call()'s Future cancels: it fails with BrokenPromise from the loop, reply late") {
+    core::Loop loop;
+    Service svc("s");
+    svc.def(
+        "sleep",
+        [&loop](double sec) -> core::Task<int> {
+          co_await loop.sleep(sec);
+          co_return 1;
+        },
+        arg("sec"));
+    Server server(loop, svc);
+    auto addr = *server.listen("127.0.0.1:0");
+    Client c(loop, addr);
+    // .then(): the continuation runs from the loop, never inside cancel()
+    CallFuture f = c.call("sleep", 0.05);
+    bool settled = false;
+    f.then([&](core::Future<Value>& r) {
+      settled = true;
+      CHECK(r.failed());
+      CHECK_THROWS_AS(r.get(), core::BrokenPromise);
+    });
+    CHECK(f.cancel());
+    CHECK_FALSE(settled);
+    CHECK_FALSE(f.cancel());
+    // a coroutine waiting on a call cancelled from outside resumes with the error
+    CallFuture g = c.call("sleep", 0.05);
+    std::string seen;
+    auto waiter = [](CallFuture& call, std::string& seen) -> core::Task<> {
+      try {
+        co_await call;
+        seen = "value";
+      } catch (const core::BrokenPromise&) {
+        seen = "abandoned";
+      }
+    }(g, seen);
+    CHECK(g.cancel());
+    CHECK(seen.empty());
+    REQUIRE(runUntil(loop, [&] { return settled && !seen.empty(); }));
+    CHECK(seen == "abandoned");
+    REQUIRE(runUntil(loop, [&] { return c.lateReplies() == 2; }));  // the replies still came
+    CHECK(c.inFlight() == 0);
+    // a completed call's cancel() does nothing
+    CallFuture done = c.call("sleep", 0.0);
+    REQUIRE(runUntil(loop, [&] { return done.done(); }));
+    CHECK_FALSE(done.cancel());
+    CHECK(done.get().view().toText() == "1");
+    CHECK(waiter.done());
+  }
+
   TEST_CASE("one outcome type: a raw client's Future gets the value; a handler answers with one") {
     core::Loop loop;
     Service back("back");
