@@ -52,13 +52,15 @@ struct Http::Impl {
   CURLM* multi = nullptr;
   TimerWatcher timer;
   std::unordered_map<curl_socket_t, std::unique_ptr<Sock>> socks;
-  std::unordered_map<Id, std::unique_ptr<Transfer>> transfers;
+  // By id. A callback may destroy the Http: code that ran one goes on only while this table
+  // (freed with the Http) still exists.
+  using Transfers = std::unordered_map<Id, std::unique_ptr<Transfer>>;
+  std::shared_ptr<Transfers> transfers = std::make_shared<Transfers>();
   Id last_id = 0;
   std::vector<std::unique_ptr<Transfer>> completing;
   std::vector<std::unique_ptr<Transfer>>* completing_now = nullptr;  // being answered
   // Cancelled transfers, freed when no callback runs (one may cancel its own transfer).
   std::vector<std::unique_ptr<Transfer>> dead;
-  std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 
   explicit Impl(Loop& l) : loop(l) {
     globalInit();
@@ -70,10 +72,9 @@ struct Http::Impl {
     timer.bind<&Impl::onTimeout>(loop, this);
   }
   ~Impl() {
-    *alive = false;
     timer.stop();
-    for (auto& [id, t] : transfers) curl_multi_remove_handle(multi, t->easy);
-    transfers.clear();
+    for (auto& [id, t] : *transfers) curl_multi_remove_handle(multi, t->easy);
+    transfers->clear();
     curl_multi_cleanup(multi);
     socks.clear();
   }
@@ -121,19 +122,19 @@ struct Http::Impl {
   void action(curl_socket_t fd, int flags) noexcept {
     int running = 0;
     curl_multi_socket_action(multi, fd, flags, &running);
-    std::weak_ptr<bool> guard = alive;
+    std::weak_ptr<Transfers> guard = transfers;
     deliver(guard);
     if (!guard.expired()) dead.clear();
   }
 
-  void deliver(const std::weak_ptr<bool>& guard) noexcept {
+  void deliver(const std::weak_ptr<Transfers>& guard) noexcept {
     // Stream data first, in arrival order per transfer.
     std::vector<Id> ids;
-    for (auto& [id, t] : transfers)
+    for (auto& [id, t] : *transfers)
       if (t->streaming && !t->pending.empty()) ids.push_back(id);
     for (Id id : ids) {
-      auto it = transfers.find(id);
-      if (it == transfers.end()) continue;
+      auto it = transfers->find(id);
+      if (it == transfers->end()) continue;
       std::string chunk = std::move(it->second->pending);
       it->second->pending.clear();
       if (it->second->data) it->second->data(chunk);
@@ -147,10 +148,10 @@ struct Http::Impl {
       Transfer* raw = nullptr;
       curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, reinterpret_cast<char**>(&raw));
       CURLcode code = m->data.result;
-      auto it = raw ? transfers.find(raw->id) : transfers.end();
-      if (it == transfers.end()) continue;
+      auto it = raw ? transfers->find(raw->id) : transfers->end();
+      if (it == transfers->end()) continue;
       std::unique_ptr<Transfer> t = std::move(it->second);
-      transfers.erase(it);
+      transfers->erase(it);
       if (code == CURLE_OK) {
         curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->resp.status);
       } else {
@@ -206,7 +207,7 @@ struct Http::Impl {
     if (req.timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(req.timeout));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, std::max(1L, ms(req.connect_timeout)));
     Id id = t->id;
-    transfers.emplace(id, std::move(t));
+    transfers->emplace(id, std::move(t));
     curl_multi_add_handle(multi, e);  // starts on the loop (curl sets a 0 s timer)
     return id;
   }
@@ -225,8 +226,8 @@ Http::Id Http::stream(HttpRequest req, Callback<void(std::string_view)> data,
 }
 
 void Http::cancel(Id id) noexcept {
-  auto it = impl_->transfers.find(id);
-  if (it == impl_->transfers.end()) {
+  auto it = impl_->transfers->find(id);
+  if (it == impl_->transfers->end()) {
     if (impl_->completing_now)
       for (auto& t : *impl_->completing_now)
         if (t->id == id) t->cancelled = true;
@@ -234,9 +235,9 @@ void Http::cancel(Id id) noexcept {
   }
   curl_multi_remove_handle(impl_->multi, it->second->easy);
   impl_->dead.push_back(std::move(it->second));
-  impl_->transfers.erase(it);
+  impl_->transfers->erase(it);
 }
 
-size_t Http::active() const noexcept { return impl_->transfers.size(); }
+size_t Http::active() const noexcept { return impl_->transfers->size(); }
 
 }  // namespace aiorpc::core

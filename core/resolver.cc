@@ -55,6 +55,7 @@ Resolver::Resolver(Loop& loop, ResolverOptions o) : loop_(loop), opts_(std::move
 
 Resolver::~Resolver() {
   timer_.stop();
+  for (auto& [seq, t] : updates_) loop_.cancel(t);
   // Answers each query with ARES_EDESTRUCTION: onAnswer then frees its Query and calls no one.
   if (channel_) ares_destroy(channel_);
   socks_.clear();
@@ -134,8 +135,10 @@ void Resolver::onAnswer(void* arg, int status, int, ares_addrinfo* res) {
   e.expires = r->loop_.now() + ttl;
   std::string name = q->name;
   // From the loop, never inside c-ares' processing.
-  r->loop_.post([r, name = std::move(name), alive = std::weak_ptr<char>(r->alive_)] {
-    if (!alive.expired() && r->on_update) r->on_update(name);
+  uint64_t seq = ++r->last_update_;
+  r->updates_[seq] = r->loop_.after(0, [r, seq, name = std::move(name)] {
+    r->updates_.erase(seq);
+    if (r->on_update) r->on_update(name);
   });
 }
 

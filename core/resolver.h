@@ -69,7 +69,10 @@ class Resolver {
   std::unordered_map<std::string, Entry> cache_;
   TimerWatcher timer_;
   size_t pending_ = 0;
-  std::shared_ptr<char> alive_ = std::make_shared<char>();  // posted updates check it
+  // Updates on their way to on_update (one timer each, at most one per query ended), by
+  // sequence number: the destructor cancels them, so none runs after the resolver has gone.
+  std::unordered_map<uint64_t, Loop::TimerId> updates_;
+  uint64_t last_update_ = 0;
 };
 
 }  // namespace aiorpc::core

@@ -107,11 +107,20 @@ struct Client::WatchState {
   core::Callback<void(Status, int64_t)> ended;
 };
 
-Client::Client(core::Loop& loop, Options opts) : loop_(loop), opts_(std::move(opts)), http_(loop) {
+Client::Client(core::Loop& loop, Options opts)
+    : loop_(loop), opts_(std::move(opts)), http_(loop), watches_(std::make_shared<Watches>()) {
   if (opts_.endpoints.empty()) throw std::invalid_argument("etcd: no endpoint");
 }
 
-Client::~Client() { *alive_ = false; }
+Client::~Client() = default;
+
+Client::WatchState* Client::find(const std::weak_ptr<Watches>& table, WatchId id) noexcept {
+  auto t = table.lock();
+  if (!t) return nullptr;
+  for (const auto& w : *t)
+    if (w->id == id) return w.get();
+  return nullptr;
+}
 
 void Client::post(const char* path, std::string body,
                   core::Callback<void(Status, std::string&)> done) {
@@ -297,10 +306,10 @@ Client::WatchId Client::watch(const std::string& prefix, int64_t from,
   WatchState* ws = w.get();
   WatchId id = w->id;
   auto finish = [this, id](Status s, int64_t compact) {
-    for (auto it = watches_.begin(); it != watches_.end(); ++it) {
+    for (auto it = watches_->begin(); it != watches_->end(); ++it) {
       if ((*it)->id != id) continue;
       auto w = std::move(*it);
-      watches_.erase(it);
+      watches_->erase(it);
       if (w->http) http_.cancel(w->http);
       if (!s && current_ == w->endpoint) current_ = (w->endpoint + 1) % opts_.endpoints.size();
       if (w->ended) w->ended(s, compact);
@@ -330,10 +339,12 @@ Client::WatchId Client::watch(const std::string& prefix, int64_t from,
             return finish(Status{false, "etcd watch canceled: " + r.value("cancel_reason", "")},
                           compact);
           }
-          std::weak_ptr<bool> alive = alive_;
+          // Copies: the user may destroy the client (and this callback with it) or cancel.
+          std::weak_ptr<Watches> table = watches_;
+          const WatchId wid = id;
           if (r.value("created", false) && ws->created) {
             ws->created();
-            if (alive.expired() || !watching(id)) return;
+            if (!find(table, wid)) return;
           }
           std::vector<Event> evs;
           for (const auto& e : r.value("events", json::array())) {
@@ -345,7 +356,7 @@ Client::WatchId Client::watch(const std::string& prefix, int64_t from,
           int64_t rev = i64(r.value("header", json::object()), "revision");
           if (!evs.empty() && ws->events) {
             ws->events(evs, rev);
-            if (alive.expired() || !watching(id)) return;
+            if (!find(table, wid)) return;
           }
         }
       },
@@ -355,21 +366,17 @@ Client::WatchId Client::watch(const std::string& prefix, int64_t from,
                                              : "etcd watch: " + r.error},
                0);
       });
-  watches_.push_back(std::move(w));
+  watches_->push_back(std::move(w));
   return id;
 }
 
-bool Client::watching(WatchId id) const noexcept {
-  for (const auto& w : watches_)
-    if (w->id == id) return true;
-  return false;
-}
+bool Client::watching(WatchId id) const noexcept { return find(watches_, id) != nullptr; }
 
 void Client::cancelWatch(WatchId id) noexcept {
-  for (auto it = watches_.begin(); it != watches_.end(); ++it) {
+  for (auto it = watches_->begin(); it != watches_->end(); ++it) {
     if ((*it)->id != id) continue;
     if ((*it)->http) http_.cancel((*it)->http);
-    watches_.erase(it);
+    watches_->erase(it);
     return;
   }
 }

@@ -97,9 +97,12 @@ class Client {
   size_t current_ = 0;  // the endpoint that answered last
   size_t in_flight_ = 0;
   std::deque<std::shared_ptr<Call>> queue_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   struct WatchState;
-  std::vector<std::unique_ptr<WatchState>> watches_;
+  using Watches = std::vector<std::unique_ptr<WatchState>>;
+  // Found by id: a watch's stream, having called the user, goes on only while its id is still in
+  // this table (the table goes with the client; cancelWatch takes the id out).
+  std::shared_ptr<Watches> watches_;  // made in the constructor (WatchState is private)
+  static WatchState* find(const std::weak_ptr<Watches>& table, WatchId id) noexcept;
   WatchId last_watch_ = 0;
 };
 

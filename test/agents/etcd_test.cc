@@ -290,6 +290,78 @@ TEST_SUITE("etcd client (real etcd)") {
   }
 }
 
+TEST_SUITE("etcd client lifetime (real etcd)") {
+  TEST_CASE("the client destroyed inside a watch's callbacks: nothing runs after, nothing read") {
+    core::Loop loop;
+    // inside `created`
+    auto c = ready(loop);
+    int calls = 0;
+    c->watch(
+        "/life/", 0, [&](std::vector<etcd::Event>&, int64_t) { ++calls; },
+        [&] {
+          ++calls;
+          c.reset();
+        },
+        [&](etcd::Status, int64_t) { ++calls; });
+    REQUIRE(runUntil(loop, [&] { return !c; }));
+    runUntil(
+        loop, [] { return false; }, 0.2);
+    CHECK(calls == 1);
+    // inside `events`: two watches on one client see the same put; the first to be told
+    // destroys the client, and the other is never called
+    c = ready(loop);
+    int64_t from = range(loop, *c, "/life/").revision + 1;
+    int created = 0, events = 0, ended = 0;
+    for (int i = 0; i < 2; ++i)
+      c->watch(
+          "/life/", from,
+          [&](std::vector<etcd::Event>&, int64_t) {
+            ++events;
+            c.reset();
+          },
+          [&] { ++created; }, [&](etcd::Status, int64_t) { ++ended; });
+    REQUIRE(runUntil(loop, [&] { return created == 2; }));
+    auto writer = ready(loop);
+    bool put = false;
+    writer->put("/life/a", "1", 0, [&](etcd::Status s) { put = static_cast<bool>(s); });
+    REQUIRE(runUntil(loop, [&] { return put && !c; }));
+    runUntil(
+        loop, [] { return false; }, 0.2);
+    CHECK(events == 1);
+    CHECK(ended == 0);
+  }
+
+  TEST_CASE("a watch cancelled inside its own callback gets nothing more") {
+    core::Loop loop;
+    auto c = ready(loop);
+    int64_t from = range(loop, *c, "/own/").revision + 1;
+    bool put = false;
+    c->put("/own/a", "1", 0, [&](etcd::Status s) { put = static_cast<bool>(s); });
+    REQUIRE(runUntil(loop, [&] { return put; }));
+    put = false;
+    c->put("/own/b", "2", 0, [&](etcd::Status s) { put = static_cast<bool>(s); });
+    REQUIRE(runUntil(loop, [&] { return put; }));
+    int batches = 0, ended = 0;
+    etcd::Client::WatchId w = 0;
+    w = c->watch(
+        "/own/", from,
+        [&](std::vector<etcd::Event>&, int64_t) {
+          ++batches;
+          c->cancelWatch(w);
+        },
+        [] {}, [&](etcd::Status, int64_t) { ++ended; });
+    REQUIRE(runUntil(loop, [&] { return batches > 0; }));
+    CHECK_FALSE(c->watching(w));
+    put = false;
+    c->put("/own/c", "3", 0, [&](etcd::Status s) { put = static_cast<bool>(s); });
+    REQUIRE(runUntil(loop, [&] { return put; }));
+    runUntil(
+        loop, [] { return false; }, 0.2);
+    CHECK(batches == 1);
+    CHECK(ended == 0);
+  }
+}
+
 TEST_SUITE("registry keys on etcd") {
   using aiorpc::agents::keepalive::etcdKey;
   using aiorpc::agents::keepalive::parseEtcdKey;
