@@ -353,12 +353,13 @@ void Loop::cancelAll() noexcept {
   owned_.clear();
 }
 
-void Loop::cancel(TimerId id) noexcept {
+bool Loop::cancel(TimerId id) noexcept {
   uint64_t slot = id & 0xffffffffu;
   if (slot == 0 || slot > timers_.size() || !timers_[slot - 1] || timers_[slot - 1]->id != id)
-    return;
+    return false;
   timers_[slot - 1].reset();
   free_timer_ids_.push_back(slot);
+  return true;
 }
 
 void Loop::onSignal(int signo, Callback<void(int)> cb) {

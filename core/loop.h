@@ -73,7 +73,8 @@ class Loop {
   // where they come in.
   using TimerId = uint64_t;
   TimerId after(double sec, Callback<void()> cb);
-  void cancel(TimerId id) noexcept;
+  // True when the timer was pending (its callback is destroyed, never called).
+  bool cancel(TimerId id) noexcept;
   // Drops every one-shot timer without running it (sleeps then fail with BrokenPromise). The
   // owner calls it at shutdown while what those callbacks touch is still alive; ~Loop does too.
   void cancelAll() noexcept;

@@ -81,25 +81,16 @@ CallFuture Client::futureFor(std::string method, Client& c,
 CallHandle Client::send(std::string_view method, core::FunctionRef<void(Packer&)> params,
                         ResponseFn done, double timeout) {
   last_used_ = loop_.now();
-  auto notSent = [&](std::string why) {
-    // Fail fast, but from the loop: callbacks never run inside send().
-    loop_.post([done = std::move(done), why = std::move(why)]() mutable {
-      Response r;
-      r.status = Response::Status::kNotSent;
-      r.message = std::move(why);
-      done(r);
-    });
-  };
-  if (dead()) {
-    notSent(fmt::format("{} is dead after {} failed connects; retrying after {} s",
-                        addr_.toString(), failures_, opts_.dead_for));
-    return {};
-  }
-  if (opts_.max_output && !connected() && ep_ && ep_->unsentBytes() > opts_.max_output) {
-    notSent(fmt::format("over {} bytes wait for the connect to {}", opts_.max_output,
-                        addr_.toString()));
-    return {};
-  }
+  // Fail fast, but from the loop: callbacks never run inside send().
+  if (dead())
+    return CallHandle::refused(
+        loop_, std::move(done), Response::Status::kNotSent,
+        fmt::format("{} is dead after {} failed connects; retrying after {} s", addr_.toString(),
+                    failures_, opts_.dead_for));
+  if (opts_.max_output && !connected() && ep_ && ep_->unsentBytes() > opts_.max_output)
+    return CallHandle::refused(loop_, std::move(done), Response::Status::kNotSent,
+                               fmt::format("over {} bytes wait for the connect to {}",
+                                           opts_.max_output, addr_.toString()));
   CallHandle h = endpoint().call(method, params, std::move(done), timeout);
   connect();
   return h;

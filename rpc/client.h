@@ -82,7 +82,7 @@ class Client final : private Endpoint::Owner {
 
   // Low level: `params` packs the params value; `done` runs exactly once, never inside send(),
   // unless the returned handle cancels the call first (then never; a call refused at once, by
-  // a dead peer or a full queue, has its outcome posted already and cannot be cancelled).
+  // a dead peer or a full queue, gets its outcome from the loop and cancels the same way).
   CallHandle send(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
                   double timeout = -1);
   void sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params);

@@ -279,7 +279,21 @@ void Endpoint::erasePending(uint32_t id) noexcept {
   --calls_in_flight_;
 }
 
+CallHandle CallHandle::refused(core::Loop& loop, ResponseFn done, Response::Status st,
+                               std::string why) {
+  CallHandle h;
+  h.loop_ = &loop;
+  h.timer_ = loop.after(0, [done = std::move(done), st, why = std::move(why)]() mutable {
+    Response r;
+    r.status = st;
+    r.message = std::move(why);
+    done(r);
+  });
+  return h;
+}
+
 bool CallHandle::cancel() noexcept {
+  if (loop_) return loop_->cancel(timer_);
   Endpoint* e = Peers::find(peers_, endpoint_);
   return e && e->cancel(msgid_);
 }
@@ -292,24 +306,14 @@ bool Endpoint::cancel(uint32_t msgid) noexcept {
 
 CallHandle Endpoint::call(std::string_view method, core::FunctionRef<void(Packer&)> params,
                           ResponseFn done, double timeout) {
-  auto later = [&](Response::Status st, std::string why) {
-    loop_.post([done = std::move(done), st, why = std::move(why)]() mutable {
-      Response r;
-      r.status = st;
-      r.message = std::move(why);
-      done(r);
-    });
-  };
-  if (conn_ && conn_->closed()) {
-    later(Response::Status::kNotSent, "connection to " + remote_.toString() + " closed");
-    return {};
-  }
+  if (conn_ && conn_->closed())
+    return CallHandle::refused(loop_, std::move(done), Response::Status::kNotSent,
+                               "connection to " + remote_.toString() + " closed");
   uint32_t id;
   Pending* pc = addPending(id);
-  if (!pc) {
-    later(Response::Status::kNotSent, "over 1,048,576 calls in flight on one connection");
-    return {};
-  }
+  if (!pc)
+    return CallHandle::refused(loop_, std::move(done), Response::Status::kNotSent,
+                               "over 1,048,576 calls in flight on one connection");
   pc->done = std::move(done);
   pc->seq = ++seq_;
   pc->queued = conn_.has_value();  // else it waits in unsent_ for attach()

@@ -104,14 +104,18 @@ using ResponseFn = core::Callback<void(Response&)>;
 class Endpoint;
 class Peers;
 
-// A call in flight, found by id (its endpoint's table, the endpoint's id, the msgid): cancel()
-// drops it: its callback is destroyed, never called, and a reply that still comes is counted
-// as late. Harmless once the call has completed, its connection closed or its client gone.
+// A call in flight, found by id (its endpoint's table, the endpoint's id, the msgid), or a call
+// refused at once whose outcome waits on a loop timer: cancel() drops it: its callback is
+// destroyed, never called, and a reply that still comes is counted as late. Harmless once the
+// call has completed, its connection closed or its client gone (the loop outlives them all).
 class CallHandle {
  public:
   CallHandle() = default;
   CallHandle(std::weak_ptr<Peers> peers, uint64_t endpoint, uint32_t msgid) noexcept
       : peers_(std::move(peers)), endpoint_(endpoint), msgid_(msgid) {}
+  // A call that is not sent: `done` gets status `st` and `why` from the loop, unless cancelled.
+  static CallHandle refused(core::Loop& loop, ResponseFn done, Response::Status st,
+                            std::string why);
   // True when the call was still pending (and is now dropped).
   bool cancel() noexcept;
 
@@ -119,6 +123,8 @@ class CallHandle {
   std::weak_ptr<Peers> peers_;
   uint64_t endpoint_ = 0;
   uint32_t msgid_ = 0;
+  core::Loop* loop_ = nullptr;  // refused: its outcome is timer_ on this loop
+  core::Loop::TimerId timer_ = 0;
 };
 
 // The Future of one call, with its handle: co_await it, .then() it, or cancel() the call. A

@@ -311,6 +311,31 @@ TEST_SUITE("endpoint") {
     CHECK(w.cancel());
     idle(loop, 0.15);
     CHECK(waited == 0);
+    // a call refused at once (the peer is dead) cancels too: its outcome waits on the loop
+    core::Address closed;
+    {
+      core::Listener l(loop, [](core::Fd, const core::Address&) {});
+      closed = *l.listen(*core::Address::parse("127.0.0.1:0"));
+    }  // nothing listens there now
+    ClientOptions once;
+    once.dead_after = 0;  // dead after one failed connect
+    once.dead_for = 60;
+    Client dead(loop, closed, once);
+    bool refused = false;
+    dead.send(
+        "x", [](Packer& p) { p.nil(); }, [&](Response&) { refused = true; });
+    REQUIRE(runUntil(loop, [&] { return refused && dead.dead(); }));
+    int told = 0;
+    CallHandle r = dead.send(
+        "x", [](Packer& p) { p.nil(); }, [&](Response&) { ++told; });
+    CallFuture rf = dead.call("x");
+    CHECK(r.cancel());
+    CHECK_FALSE(r.cancel());
+    CHECK(rf.cancel());
+    REQUIRE(runUntil(loop, [&] { return rf.done(); }));
+    CHECK_THROWS_AS(rf.get(), core::BrokenPromise);  // abandoned, not "dead"
+    idle(loop, 0.05);
+    CHECK(told == 0);
     // the client gone: harmless
     CallHandle gone = c->send(
         "now", [](Packer& p) { p.nil(); }, [&](Response&) { ++fast_called; });
