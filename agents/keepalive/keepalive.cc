@@ -3,9 +3,11 @@
 
 #include <cmath>
 #include <list>
+#include <optional>
 #include <unordered_map>
 
 #include "aiorpc/agents/auth.h"
+#include "aiorpc/agents/flags.h"
 #include "aiorpc/agents/keepalive/etcd_store.h"
 #include "aiorpc/core/log.h"
 #include "aiorpc/rpc/server.h"
@@ -362,19 +364,18 @@ class KeepaliveRole final : public RoleInstance {
 
 }  // namespace
 
-// etcd://HOST:PORT[,HOST:PORT...] → the endpoints; throws on anything else.
+// etcd://HOST:PORT[,HOST:PORT...] → the endpoints; throws on anything else (unix paths too).
 std::vector<std::string> etcdEndpoints(const std::string& store) {
+  std::optional<std::vector<core::Address>> list;
+  if (store.rfind("etcd://", 0) == 0) list = Flags::endpointList(std::string_view(store).substr(7));
   std::vector<std::string> out;
-  std::string_view rest = std::string_view(store).substr(7);
-  while (!rest.empty()) {
-    size_t comma = rest.find(',');
-    std::string ep(rest.substr(0, comma));
-    auto a = core::Address::parse(ep);
-    if (!a || a->isUnix()) throw std::invalid_argument("--store: bad etcd endpoint '" + ep + "'");
-    out.push_back(ep);
-    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  for (const auto& a : list ? *list : std::vector<core::Address>{}) {
+    if (a.isUnix()) break;
+    out.push_back(a.toString());
   }
-  if (out.empty()) throw std::invalid_argument("--store=etcd://HOST:PORT[,HOST:PORT...]");
+  if (out.empty() || out.size() != list->size())
+    throw std::invalid_argument("--store: expected etcd://HOST:PORT[,HOST:PORT...], not '" + store +
+                                "'");
   return out;
 }
 
@@ -393,7 +394,7 @@ std::unique_ptr<RoleInstance> create(RoleEnv& env) {
   if (env.flags.seconds("check-interval") <= 0)
     throw std::invalid_argument("--check-interval must be > 0");
   std::string store = env.flags.str("store");
-  if (store != "memory") etcdEndpoints(store.rfind("etcd://", 0) == 0 ? store : "etcd://");
+  if (store != "memory") etcdEndpoints(store);
   std::string prefix = env.flags.str("store-prefix");
   if (prefix.empty() || prefix[0] != '/' || prefix.back() == '/')
     throw std::invalid_argument("--store-prefix: /name[/name...] (no trailing /)");

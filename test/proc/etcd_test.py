@@ -173,6 +173,7 @@ def test_bad_store_flags_are_refused():
     import subprocess
     from harness import binary
     for bad in (("--store", "etcd://"), ("--store", "etcd://nohostport"), ("--store", "redis://x"),
+                ("--store", "etcd://unix:/tmp/etcd.sock"), ("--store", "etcd://127.0.0.1:1,"),
                 ("--store", "etcd://127.0.0.1:1", "--store-prefix", "noslash"),
                 ("--store", "etcd://127.0.0.1:1", "--store-prefix", "/trailing/")):
         p = subprocess.run([binary("aiorpcd"), "--role=keepalive", "--bind", "127.0.0.1:0", *bad],
