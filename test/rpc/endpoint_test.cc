@@ -52,6 +52,19 @@ struct CallingBack {
   }
 };
 
+// "sleep": answers 1 after `sec` seconds.
+Service sleepy(core::Loop& loop) {
+  Service s("s");
+  s.def(
+      "sleep",
+      [&loop](double sec) -> core::Task<int> {
+        co_await loop.sleep(sec);
+        co_return 1;
+      },
+      arg("sec"));
+  return s;
+}
+
 Service clientSide() {
   Service s("back");
   s.def(
@@ -268,14 +281,7 @@ TEST_SUITE("endpoint") {
 
   TEST_CASE("a call's handle cancels it: its callback is never called, its reply counted late") {
     core::Loop loop;
-    Service svc("s");
-    svc.def(
-        "sleep",
-        [&loop](double sec) -> core::Task<int> {
-          co_await loop.sleep(sec);
-          co_return 1;
-        },
-        arg("sec"));
+    Service svc = sleepy(loop);
     svc.def("now", [] { return 2; });
     Server server(loop, svc);
     auto addr = *server.listen("127.0.0.1:0");
@@ -346,14 +352,7 @@ TEST_SUITE("endpoint") {
 
   TEST_CASE("call()'s Future cancels: it fails with BrokenPromise from the loop, reply late") {
     core::Loop loop;
-    Service svc("s");
-    svc.def(
-        "sleep",
-        [&loop](double sec) -> core::Task<int> {
-          co_await loop.sleep(sec);
-          co_return 1;
-        },
-        arg("sec"));
+    Service svc = sleepy(loop);
     Server server(loop, svc);
     auto addr = *server.listen("127.0.0.1:0");
     Client c(loop, addr);
