@@ -1,6 +1,7 @@
 // Keepalive: heartbeat / get_services / unregister / watch over a Registry.
 #include "aiorpc/agents/keepalive/keepalive.h"
 
+#include <algorithm>
 #include <cmath>
 #include <list>
 #include <optional>
@@ -368,14 +369,11 @@ class KeepaliveRole final : public RoleInstance {
 std::vector<std::string> etcdEndpoints(const std::string& store) {
   std::optional<std::vector<core::Address>> list;
   if (store.rfind("etcd://", 0) == 0) list = Flags::endpointList(std::string_view(store).substr(7));
-  std::vector<std::string> out;
-  for (const auto& a : list ? *list : std::vector<core::Address>{}) {
-    if (a.isUnix()) break;
-    out.push_back(a.toString());
-  }
-  if (out.empty() || out.size() != list->size())
+  if (!list || std::any_of(list->begin(), list->end(), [](auto& a) { return a.isUnix(); }))
     throw std::invalid_argument("--store: expected etcd://HOST:PORT[,HOST:PORT...], not '" + store +
                                 "'");
+  std::vector<std::string> out;
+  for (const auto& a : *list) out.push_back(a.toString());
   return out;
 }
 
