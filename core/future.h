@@ -44,9 +44,9 @@ void release(State<T>* s) noexcept {
   if (s && --s->refs == 0) delete s;
 }
 
-// How a broken promise's waiter is resumed: from a task posted to a loop of this thread (kept
-// by core::Loop: the innermost running, else the newest alive), never inside the destructor
-// that broke the promise (STYLE rule 8). With no loop on the thread it runs at once.
+// How a broken promise's waiter is resumed: from a task posted to a loop (kept by core::Loop:
+// the innermost running on this thread, else the newest made on this thread and alive), never
+// inside the destructor that broke the promise (STYLE rule 8). With no loop it runs at once.
 struct Deferral {
   void (*post)(void* loop, Callback<void()> task) = nullptr;
   void* loop = nullptr;

@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string_view>
+#include <thread>
+#include <utility>
 
 #include "aiorpc/core/log.h"
 #include "aiorpc/core/platform.h"
@@ -100,19 +102,35 @@ unsigned backendFlags(LoopBackend b) noexcept {
 namespace {
 // Where promises broken on this thread resume their waiters (STYLE rule 8): a task posted to the
 // innermost loop running here (a SyncClient's nested loop takes over for its run), else to the
-// newest loop alive here (a promise broken between runs, e.g. a call cancelled or a client
-// destroyed by the program's own code, resumes at the loop's next run, or as it is destroyed).
-thread_local std::vector<Loop*> t_alive;
+// newest loop made on this thread and still alive (a promise broken between runs, e.g. a call
+// cancelled or a client destroyed by the program's own code): through its thread-safe queue,
+// since it may be running on another thread; it resumes at that loop's next run, or as it is
+// destroyed. No loop: at once. Any thread may destroy a loop, so the registry is shared.
+struct Alive {
+  std::mutex mu;
+  std::vector<std::pair<std::thread::id, Loop*>> loops;  // guarded by mu
+};
+Alive& alive() {
+  static auto* a = new Alive;  // never freed: a static Loop may be destroyed after statics here
+  return *a;
+}
 thread_local std::vector<Loop*> t_running;
 
-void pointDeferral() noexcept {
-  Loop* to = !t_running.empty() ? t_running.back() : !t_alive.empty() ? t_alive.back() : nullptr;
-  if (!to) {
-    detail::t_deferral = {};
-    return;
+void postToRunning(void* l, Callback<void()> task) { static_cast<Loop*>(l)->post(std::move(task)); }
+
+void postToNewest(void*, Callback<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(alive().mu);  // held: the loop cannot go meanwhile
+    auto me = std::this_thread::get_id();
+    for (auto it = alive().loops.rbegin(); it != alive().loops.rend(); ++it)
+      if (it->first == me) return it->second->postFromThread(std::move(task));
   }
-  detail::t_deferral = {
-      [](void* l, Callback<void()> task) { static_cast<Loop*>(l)->post(std::move(task)); }, to};
+  task();
+}
+
+void pointDeferral() noexcept {
+  detail::t_deferral = t_running.empty() ? detail::Deferral{postToNewest, nullptr}
+                                         : detail::Deferral{postToRunning, t_running.back()};
 }
 
 // For the length of a run (or of the teardown): this loop is where broken promises resume.
@@ -148,7 +166,10 @@ Loop::Loop(LoopBackend backend)
   async_.bind<&Loop::onAsync>(loop_, this);
   async_.keepLoopAlive(false);  // waiting for worker threads alone does not keep run() going
   async_.start();
-  t_alive.push_back(this);
+  {
+    std::lock_guard<std::mutex> lock(alive().mu);
+    alive().loops.emplace_back(std::this_thread::get_id(), this);
+  }
   pointDeferral();
 }
 
@@ -170,8 +191,17 @@ void Loop::onAsync(int) noexcept {
 }
 
 Loop::~Loop() {
+  {
+    std::lock_guard<std::mutex> lock(alive().mu);
+    std::erase_if(alive().loops, [this](const auto& e) { return e.second == this; });
+  }
   DeferTo defer(this);  // what the teardown breaks resumes from the posted rounds below
   while (!lingering_.empty()) endLinger(lingering_.back().get());
+  {  // what came through the thread-safe queue (broken promises among it) runs here too
+    std::lock_guard<std::mutex> lock(remote_mu_);
+    for (auto& cb : remote_) posted_.push_back(std::move(cb));
+    remote_.clear();
+  }
   // Run what was posted (deferred deletes among it) so nothing leaks.
   for (int i = 0; i < 16 && !posted_.empty(); ++i) runPosted();
   cancelAll();
@@ -194,7 +224,6 @@ Loop::~Loop() {
   check_.stop();
   idle_.stop();
   ev_loop_destroy(loop_);
-  std::erase(t_alive, this);  // the teardown's DeferTo points the deferral elsewhere as it ends
 }
 
 void Loop::linger(Fd fd) noexcept {

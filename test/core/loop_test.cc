@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
@@ -163,6 +165,42 @@ TEST_SUITE("loop") {
     breakOne();  // back to the outer loop
     CHECK(resumed == 2);
     REQUIRE(runUntil(outer, [&] { return resumed == 3; }));
+    // a loop made here and destroyed on another thread leaves nothing dangling here
+    auto gone = std::make_unique<Loop>();
+    std::thread([&] { gone.reset(); }).join();
+    breakOne();
+    REQUIRE(runUntil(outer, [&] { return resumed == 4; }));
+  }
+
+  TEST_CASE(
+      "a promise broken here between runs, its loop running on another thread: resumed there") {
+    auto worker = std::make_unique<Loop>();  // the newest loop made on this thread
+    std::atomic<bool> stop{false};
+    std::atomic<bool> resumed{false};
+    std::thread::id resumed_on;
+    Future<int> held;
+    {
+      Promise<int> p;
+      held = p.future();
+      held.then([&](Future<int>& r) {
+        resumed_on = std::this_thread::get_id();
+        resumed = r.failed();
+      });
+      std::thread runner([&] {
+        while (!stop) worker->runOnce();
+      });
+      {
+        Promise<int> dropped = std::move(p);  // broken here, on this thread, outside any run
+      }
+      for (int i = 0; i < 2000 && !resumed; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      auto runner_id = runner.get_id();
+      stop = true;
+      worker->postFromThread([] {});  // wakes the runner's last runOnce
+      runner.join();
+      CHECK(resumed);
+      CHECK(resumed_on == runner_id);
+    }
   }
 
   TEST_CASE("postFromThread: callbacks from many threads all run, on the loop's thread") {
