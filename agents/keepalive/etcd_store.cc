@@ -191,10 +191,9 @@ void EtcdStore::apply(const etcd::KeyValue& kv, bool deleted) {
   std::string owner;
   if (auto i = v->view().find("ident")) ident = *i;
   if (auto o = v->view().find("owner"); o && o->isStrOrBin()) owner = std::string(o->str());
-  // A record changed by a put: the old one goes first so the owner is the new value's.
+  // The record as etcd has it now (a put may have changed its owner).
   Meta& m = meta_[kv.key];
-  if (m.value != kv.value) cache_.unregister(rk->name, rk->host, rk->port);
-  cache_.heartbeat(rk->name, rk->host, rk->port, ident, owner);
+  cache_.put(rk->name, rk->host, rk->port, ident, owner);
   if (m.lease != kv.lease) m.renewed = loop_.now();  // a new lease starts at its full TTL
   m.lease = kv.lease;
   m.mod_revision = kv.mod_revision;

@@ -12,8 +12,8 @@ Registry::Registry(Clock now, double ttl)
   if (version_ == 0) version_ = 1;
 }
 
-Registry::Change Registry::heartbeat(const std::string& name, const std::string& host, int port,
-                                     rpc::Object ident, std::string_view owner) {
+Registry::Change Registry::set(const std::string& name, const std::string& host, int port,
+                               rpc::Object ident, std::string_view owner, bool replace_owner) {
   std::string packed = rpc::packToString(ident);
   auto svc = services_.try_emplace(name).first;
   auto [ep, added] = svc->second.try_emplace({host, port});
@@ -22,9 +22,9 @@ Registry::Change Registry::heartbeat(const std::string& name, const std::string&
   if (added) {
     r.svc = svc;
     r.self = ep;
-    r.owner = owner;
     ++count_;
   }
+  if (added || replace_owner) r.owner = owner;
   r.ident = std::move(packed);
   r.seen = now_();
   lru_.pushBack(&r);  // to the tail: refreshed last

@@ -27,7 +27,15 @@ class Registry {
   // unregister's owner check; refreshes do not change it.
   enum Change : int { kUnchanged = 0, kAdded, kIdentChanged };
   Change heartbeat(const std::string& name, const std::string& host, int port, rpc::Object ident,
-                   std::string_view owner = {});
+                   std::string_view owner = {}) {
+    return set(name, host, port, ident, owner, false);
+  }
+  // The record exactly as given, its owner too (a cache of another store takes that store's
+  // record as it is now).
+  Change put(const std::string& name, const std::string& host, int port, rpc::Object ident,
+             std::string_view owner) {
+    return set(name, host, port, ident, owner, true);
+  }
   // True if a record was removed.
   bool unregister(const std::string& name, const std::string& host, int port);
   // The record's owner, or null when there is no such record.
@@ -66,6 +74,8 @@ class Registry {
   size_t count_ = 0;
   uint64_t version_;
 
+  Change set(const std::string& name, const std::string& host, int port, rpc::Object ident,
+             std::string_view owner, bool replace_owner);
   void erase(Record& r);
 };
 

@@ -475,6 +475,34 @@ TEST_SUITE("keepalive store on etcd") {
     CHECK_FALSE(went_stale);
   }
 
+  TEST_CASE("a record put again with another owner: the cache has the new owner") {
+    core::Loop loop;
+    ready(loop);
+    Registry cache([&loop] { return loop.now(); }, 1e9);
+    EtcdStore store(loop, cache, EtcdStore::Options{{server().endpoint()}, "/store-owner", 30},
+                    [] {});
+    REQUIRE(runUntil(loop, [&] { return store.synced(); }));
+    auto c = ready(loop);
+    auto putOwner = [&](const char* owner) {
+      std::string value;
+      aiorpc::rpc::Packer p(value);
+      p.map(3);
+      p.str("endpoint"), p.array(2), p.str("127.0.0.1"), p.integer(5001);
+      p.str("ident"), p.nil();
+      p.str("owner"), p.str(owner);
+      bool put = false;
+      c->put(aiorpc::agents::keepalive::etcdKey("/store-owner", {"svc", "127.0.0.1", 5001}), value,
+             0, [&](etcd::Status s) { put = static_cast<bool>(s); });
+      REQUIRE(runUntil(loop, [&] { return put; }));
+    };
+    putOwner("127.0.0.1");
+    REQUIRE(runUntil(loop, [&] { return cache.owner("svc", "127.0.0.1", 5001) != nullptr; }));
+    CHECK(*cache.owner("svc", "127.0.0.1", 5001) == "127.0.0.1");
+    putOwner("127.0.0.2");
+    REQUIRE(runUntil(loop, [&] { return *cache.owner("svc", "127.0.0.1", 5001) == "127.0.0.2"; }));
+    CHECK(cache.size() == 1);
+  }
+
   TEST_CASE("two stores on one prefix: one record, written once; unregister revokes") {
     core::Loop loop;
     ready(loop);

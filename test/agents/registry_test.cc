@@ -73,6 +73,22 @@ TEST_SUITE("keepalive registry") {
     CHECK(r.version() == v0 + 3);
   }
 
+  TEST_CASE("heartbeat keeps the first owner; put takes the one given") {
+    double now = 0;
+    Registry r([&] { return now; }, 30);
+    CHECK(r.heartbeat("s", "h", 1, v("id"), "10.0.0.1") == Registry::kAdded);
+    CHECK(r.heartbeat("s", "h", 1, v("id"), "10.0.0.2") == Registry::kUnchanged);
+    REQUIRE(r.owner("s", "h", 1));
+    CHECK(*r.owner("s", "h", 1) == "10.0.0.1");
+    uint64_t before = r.version();
+    CHECK(r.put("s", "h", 1, v("id"), "10.0.0.2") == Registry::kUnchanged);  // owner only
+    CHECK(*r.owner("s", "h", 1) == "10.0.0.2");
+    CHECK(r.version() == before);  // the owner is not in get_services()
+    CHECK(r.put("s", "h", 2, v("id"), "10.0.0.3") == Registry::kAdded);
+    CHECK(*r.owner("s", "h", 2) == "10.0.0.3");
+    CHECK(r.size() == 2);
+  }
+
   TEST_CASE("100,000 records: refresh and expire in bulk") {
     double now = 0;
     Registry r([&] { return now; }, 30);
