@@ -129,14 +129,22 @@ class [[nodiscard]] Future {
     };
   }
 
-  bool await_ready() const noexcept { return done(); }
-  void await_suspend(std::coroutine_handle<> h) {
-    s_->cont = [h] { h.resume(); };
-  }
-  T await_resume() {
-    if (s_->error) std::rethrow_exception(s_->error);
-    if constexpr (!std::is_void_v<T>) return std::move(*s_->value);
-  }
+  // co_await: the awaiter refers to this Future (g++ 12 would otherwise try to copy a Future
+  // named through a lambda's reference capture, and a Future is move-only).
+  struct Awaiter {
+    Future* f;
+    bool await_ready() const noexcept { return f->done(); }
+    void await_suspend(std::coroutine_handle<> h) {
+      f->s_->cont = [h] { h.resume(); };
+    }
+    T await_resume() {
+      if (f->s_->error) std::rethrow_exception(f->s_->error);
+      if constexpr (!std::is_void_v<T>) return std::move(*f->s_->value);
+    }
+  };
+  Awaiter operator co_await() & noexcept { return {this}; }
+  // A temporary lives to the end of the full expression, past the resumption.
+  Awaiter operator co_await() && noexcept { return {this}; }
 
  private:
   friend class Promise<T>;

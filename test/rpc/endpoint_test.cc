@@ -370,14 +370,17 @@ TEST_SUITE("endpoint") {
     // a coroutine waiting on a call cancelled from outside resumes with the error
     CallFuture g = c.call("sleep", 0.05);
     std::string seen;
-    auto waiter = [](CallFuture& call, std::string& seen) -> core::Task<> {
+    // g through a reference capture: co_await must not copy it (g++ 12 tried to); the lambda
+    // is named, so its captures outlive the suspension
+    auto body = [&]() -> core::Task<> {
       try {
-        co_await call;
+        co_await g;
         seen = "value";
       } catch (const core::BrokenPromise&) {
         seen = "abandoned";
       }
-    }(g, seen);
+    };
+    auto waiter = body();
     CHECK(g.cancel());
     CHECK(seen.empty());
     REQUIRE(runUntil(loop, [&] { return settled && !seen.empty(); }));
