@@ -106,12 +106,12 @@ namespace {
 // cancelled or a client destroyed by the program's own code): through its thread-safe queue,
 // since it may be running on another thread; it resumes at that loop's next run, or as it is
 // destroyed. No loop: at once. Any thread may destroy a loop, so the registry is shared.
-struct Alive {
+struct Loops {
   std::mutex mu;
-  std::vector<std::pair<std::thread::id, Loop*>> loops;  // guarded by mu
+  std::vector<std::pair<std::thread::id, Loop*>> all;  // guarded by mu
 };
-Alive& alive() {
-  static auto* a = new Alive;  // never freed: a static Loop may be destroyed after statics here
+Loops& loops() {
+  static auto* a = new Loops;  // never freed: a static Loop may be destroyed after statics here
   return *a;
 }
 thread_local std::vector<Loop*> t_running;
@@ -120,9 +120,9 @@ void postToRunning(void* l, Callback<void()> task) { static_cast<Loop*>(l)->post
 
 void postToNewest(void*, Callback<void()> task) {
   {
-    std::lock_guard<std::mutex> lock(alive().mu);  // held: the loop cannot go meanwhile
+    std::lock_guard<std::mutex> lock(loops().mu);  // held: the loop cannot go meanwhile
     auto me = std::this_thread::get_id();
-    for (auto it = alive().loops.rbegin(); it != alive().loops.rend(); ++it)
+    for (auto it = loops().all.rbegin(); it != loops().all.rend(); ++it)
       if (it->first == me) return it->second->postFromThread(std::move(task));
   }
   task();
@@ -167,8 +167,8 @@ Loop::Loop(LoopBackend backend)
   async_.keepLoopAlive(false);  // waiting for worker threads alone does not keep run() going
   async_.start();
   {
-    std::lock_guard<std::mutex> lock(alive().mu);
-    alive().loops.emplace_back(std::this_thread::get_id(), this);
+    std::lock_guard<std::mutex> lock(loops().mu);
+    loops().all.emplace_back(std::this_thread::get_id(), this);
   }
   pointDeferral();
 }
@@ -192,8 +192,8 @@ void Loop::onAsync(int) noexcept {
 
 Loop::~Loop() {
   {
-    std::lock_guard<std::mutex> lock(alive().mu);
-    std::erase_if(alive().loops, [this](const auto& e) { return e.second == this; });
+    std::lock_guard<std::mutex> lock(loops().mu);
+    std::erase_if(loops().all, [this](const auto& e) { return e.second == this; });
   }
   DeferTo defer(this);  // what the teardown breaks resumes from the posted rounds below
   while (!lingering_.empty()) endLinger(lingering_.back().get());

@@ -116,9 +116,9 @@ void Client::connect() {
     }
     ++failures_;
     last_failure_ = loop_.now();
-    std::weak_ptr<Peers> alive = peers_;
+    std::weak_ptr<Peers> peers = peers_;
     if (connect_result_) connect_result_(false);
-    if (alive.expired() || !ep_) return;  // the callback destroyed this client
+    if (peers.expired() || !ep_) return;  // the callback destroyed this client
     // Every call made for this connect fails as not sent (from the loop: we are in a callback).
     Endpoint* e = ep_;
     retire(*e);  // freed from the loop: alive for abandon()
@@ -137,8 +137,8 @@ void Client::endpointClosed(Endpoint& e, std::error_code why) {
   // connection (it crashed or is refusing): a failed connect attempt, not a lost call.
   bool failed_connect = why && !e.heardFromPeer() && e.bytesWritten() > 0;
   if (failed_connect && connect_result_) {
-    loop_.post([alive = std::weak_ptr<Peers>(peers_), this] {
-      if (!alive.expired() && connect_result_) connect_result_(false);
+    loop_.post([peers = std::weak_ptr<Peers>(peers_), this] {
+      if (!peers.expired() && connect_result_) connect_result_(false);
     });
   }
   retire(e);

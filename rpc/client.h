@@ -96,7 +96,8 @@ class Client final : private Endpoint::Owner {
   // without one, the peer's requests are answered NoMethodError. `service` outlives the client.
   void serve(Service& service);
   double lastUsed() const noexcept { return last_used_; }
-  // Closes the connection (pending calls fail); the next call reconnects.
+  // Closes the connection; pending calls fail from the loop, never inside close() (dropped
+  // uncalled if the client is destroyed first); the next call reconnects.
   void close();
   // Starts a connect now if there is no connection (a probe: no call waits on it).
   void connectNow() { connect(); }

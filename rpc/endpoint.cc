@@ -374,10 +374,12 @@ void Endpoint::closeOverLimit() {
   conn_->close(core::sysError(ENOBUFS));
 }
 
-void Endpoint::failCalls(std::vector<Slot> calls, uint64_t written, const std::string& why) {
+void Endpoint::failCalls(const std::weak_ptr<Peers>& peers, std::vector<Slot> calls,
+                         uint64_t written, const std::string& why) {
   // Calls whose bytes wholly left may have run: ConnectionError. The rest never reached the
   // peer: not-sent (safe to retry elsewhere).
   for (Slot& s : calls) {
+    if (peers.expired()) return;  // a callback destroyed the owner: the rest are dropped
     if (!s.used) continue;
     Pending& pc = s.p;
     Response r;
@@ -396,7 +398,7 @@ void Endpoint::abandon(const std::string& why) {
   std::string().swap(unsent_);
   deadlines_.clear();
   timer_.stop();
-  failCalls(std::move(calls), 0, why);
+  failCalls(peers_, std::move(calls), 0, why);
 }
 
 bool Endpoint::completeCall(uint64_t id, Response& r) {
@@ -732,13 +734,19 @@ void Endpoint::onClose(std::error_code why) {
       why ? fmt::format("connection to {} lost: {}", remote_.toString(), why.message())
           : fmt::format("connection to {} closed", remote_.toString());
   auto calls = std::move(slots_);
+  bool pending = calls_in_flight_ > 0;
   slots_.clear();
   free_slots_.clear();
   calls_in_flight_ = 0;
   deadlines_.clear();
   timer_.stop();
   owner_.endpointClosed(*this, why);  // takes us out of its table; freed from the loop
-  failCalls(std::move(calls), written, msg);
+  // The calls fail from the loop: close() may have been called by the program (Client::close)
+  // with a callback's state on its stack. Dropped uncalled if the owner goes first.
+  if (pending)
+    loop_.post([peers = peers_, calls = std::move(calls), written, msg = std::move(msg)]() mutable {
+      failCalls(peers, std::move(calls), written, msg);
+    });
 }
 
 }  // namespace aiorpc::rpc

@@ -116,7 +116,8 @@ class CallHandle {
   // A call that is not sent: `done` gets status `st` and `why` from the loop, unless cancelled.
   static CallHandle refused(core::Loop& loop, ResponseFn done, Response::Status st,
                             std::string why);
-  // True when the call was still pending (and is now dropped).
+  // True when the call was still pending (and is now dropped). False once its outcome is
+  // decided, even if not yet delivered (its connection closed: the callback still gets that).
   bool cancel() noexcept;
 
  private:
@@ -277,7 +278,10 @@ class Endpoint final : public core::ConnectionHandler {
   Pending* findPending(uint32_t id) noexcept;
   Pending* addPending(uint32_t& id);
   void erasePending(uint32_t id) noexcept;
-  static void failCalls(std::vector<Slot> calls, uint64_t written, const std::string& why);
+  // Fails each call (ConnectionError if its bytes left, else not-sent); stops, dropping the rest
+  // uncalled, if a callback destroys the owner (its table `peers`).
+  static void failCalls(const std::weak_ptr<Peers>& peers, std::vector<Slot> calls,
+                        uint64_t written, const std::string& why);
   // Runs the call's callback; false when that destroyed our owner (and so this endpoint).
   bool completeCall(uint64_t id, Response& r);
   void onTimer(int) noexcept;

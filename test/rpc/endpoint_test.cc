@@ -350,6 +350,38 @@ TEST_SUITE("endpoint") {
     CHECK_FALSE(CallHandle().cancel());
   }
 
+  TEST_CASE("close() by the program: pending calls fail from the loop, never inside close()") {
+    core::Loop loop;
+    Service svc = sleepy(loop);
+    Server server(loop, svc);
+    auto addr = *server.listen("127.0.0.1:0");
+    auto c = std::make_unique<Client>(loop, addr);
+    bool inside = false;
+    std::vector<std::string> seen;
+    auto record = [&](Response& r) {
+      CHECK_FALSE(inside);
+      seen.push_back(r.status == Response::Status::kConnection ? "lost" : "other");
+    };
+    c->send(
+        "sleep", [](Packer& p) { p.pack(std::tuple{5.0}); }, record);
+    c->send(
+        "sleep", [](Packer& p) { p.pack(std::tuple{5.0}); },
+        [&](Response& r) {
+          record(r);
+          c.reset();  // the rest are dropped uncalled
+        });
+    c->send(
+        "sleep", [](Packer& p) { p.pack(std::tuple{5.0}); }, record);
+    REQUIRE(runUntil(loop, [&] { return server.stats().requests == 3; }));
+    inside = true;
+    c->close();
+    inside = false;
+    CHECK(seen.empty());
+    REQUIRE(runUntil(loop, [&] { return !c; }));
+    idle(loop, 0.05);
+    CHECK(seen == std::vector<std::string>{"lost", "lost"});
+  }
+
   TEST_CASE("call()'s Future cancels: it fails with BrokenPromise from the loop, reply late") {
     core::Loop loop;
     Service svc = sleepy(loop);
