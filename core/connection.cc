@@ -176,7 +176,9 @@ void Connection::afterWrite() noexcept {
     handler_->onLowWater(*this);
     if (closed_) return;
   }
-  if (!more && close_after_flush_) closeGracefully();
+  // Looked at again: the upcall may have queued more (replies to what it held back) and asked
+  // to close after them; closing on the count from before would drop them.
+  if (out_.empty() && close_after_flush_) closeGracefully();
 }
 
 void Connection::closeGracefully() noexcept {

@@ -171,6 +171,43 @@ TEST_SUITE("connection") {
     CHECK(r.conn->pendingBytes() <= low);
   }
 
+  TEST_CASE("what the low-water upcall queues before closeAfterFlush is delivered, then EOF") {
+    // A server answering the requests it held back while over its mark, the last of them
+    // malformed: the upcall queues replies and asks to close after them. The close must wait.
+    Loop loop;
+    auto [a, b] = socketPair();
+    struct Closer final : ConnectionHandler {
+      std::unique_ptr<Connection> conn;
+      Buffer in;
+      int lows = 0;
+      std::span<char> readBuffer() override { return in.reserve(4096); }
+      void onData(size_t n) override { in.commit(n); }
+      void onLowWater(Connection& c) override {
+        if (lows++ > 0) return;
+        c.send(std::string("tail"));
+        c.closeAfterFlush();
+      }
+      void onClose(std::error_code) override {}
+    } h;
+    h.conn = std::make_unique<Connection>(loop, std::move(a), &h);
+    h.conn->setWaterMarks(64 * 1024, 0);  // low-water only once the queue is empty
+    const std::string body(256 * 1024, 'z');
+    h.conn->send(body);
+    std::string got;
+    int bfd = b.get();
+    bool eof = false;
+    REQUIRE(runUntil(loop, [&] {
+      char buf[65536];
+      ssize_t n = ::read(bfd, buf, sizeof buf);
+      if (n > 0) got.append(buf, static_cast<size_t>(n));
+      if (n == 0) eof = true;
+      return eof;
+    }));
+    CHECK(h.lows == 1);
+    CHECK(got.size() == body.size() + 4);
+    CHECK(got.substr(body.size()) == "tail");
+  }
+
   TEST_CASE("pauseReading stops delivery until resumed") {
     Loop loop;
     auto [a, b] = socketPair();
