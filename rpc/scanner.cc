@@ -8,12 +8,6 @@
 namespace aiorpc::rpc {
 namespace {
 
-uint64_t be(const unsigned char* p, int n) {
-  uint64_t v = 0;
-  for (int i = 0; i < n; ++i) v = v << 8 | p[i];
-  return v;
-}
-
 // The one table of msgpack item shapes, by type byte: the whole-message walk reads items with
 // it, the incremental scanner sizes and parses headers with it.
 enum Shape : unsigned char {
@@ -142,7 +136,7 @@ bool Scanner::header(const unsigned char* h) {
       skip_ = s.size + (t & s.mask) - s.head;
       break;
     case kVar:
-      skip_ = be(h + 1, s.size);
+      skip_ = detail::bigEndian(h + 1, s.size);
       break;
     case kFixArray:
       count = t & 0x0f, container = true;
@@ -151,10 +145,10 @@ bool Scanner::header(const unsigned char* h) {
       count = 2u * (t & 0x0f), container = true;
       break;
     case kArray:
-      count = be(h + 1, s.size), container = true;
+      count = detail::bigEndian(h + 1, s.size), container = true;
       break;
     case kMap:
-      count = 2 * be(h + 1, s.size), container = true;
+      count = 2 * detail::bigEndian(h + 1, s.size), container = true;
       break;
     case kInvalid:
       return fail(fmt::format("invalid msgpack type byte 0x{:02x}", t));
@@ -204,7 +198,7 @@ size_t walk(const unsigned char* p, size_t end, int max_depth, size_t max_elemen
         case kVar: {
           size_t head = 1u + s.size + s.extra;
           if (end - i < head) return 0;
-          uint64_t len = be(p + i + 1, s.size);
+          uint64_t len = detail::bigEndian(p + i + 1, s.size);
           if (len > end - i - head) return 0;
           i += head + len;
           goto item;
@@ -220,7 +214,7 @@ size_t walk(const unsigned char* p, size_t end, int max_depth, size_t max_elemen
         case kArray:
         case kMap:
           if (end - i < 1u + s.size) return 0;
-          count = be(p + i + 1, s.size) * (s.shape == kMap ? 2 : 1);
+          count = detail::bigEndian(p + i + 1, s.size) * (s.shape == kMap ? 2 : 1);
           i += 1u + s.size;
           break;
         default:
