@@ -40,10 +40,9 @@ Heartbeat::Heartbeat(core::Loop& loop, HeartbeatOptions opts)
   for (auto& t : targets_) beat(*t);
 }
 
-// The clients go with their targets and drop their callbacks unrun (STYLE rule 8).
-Heartbeat::~Heartbeat() {
-  for (auto& t : targets_) loop_.cancel(t->timer);
-}
+// The clients go with their targets and drop their callbacks unrun; the timers go with
+// tasks_ (STYLE rule 8).
+Heartbeat::~Heartbeat() = default;
 
 void Heartbeat::beat(Target& t) {
   t.timer = 0;
@@ -54,7 +53,7 @@ void Heartbeat::beat(Target& t) {
       [this, &t](rpc::Response& r) {
         t.in_flight = false;
         ++sent_;
-        if (r.status != rpc::Response::Status::kOk) {
+        if (!r.ok()) {
           ++failed_;
           if (t.log.admit(loop_.now())) {
             uint64_t held = t.log.held();
@@ -65,7 +64,7 @@ void Heartbeat::beat(Target& t) {
           }
         }
         if (stopping_) return unregister(t);  // stop() waited for this one
-        t.timer = loop_.after(opts_.interval, [this, &t] { beat(t); });
+        t.timer = tasks_.after(opts_.interval, [this, &t] { beat(t); });
       });
 }
 
@@ -78,7 +77,10 @@ void Heartbeat::stop(core::Callback<void()> done) {
     loop_.cancel(t->timer);
     t->timer = 0;
   }
-  if (targets_.empty()) return loop_.post([this] { unregistered(); });
+  if (targets_.empty()) {
+    tasks_.post([this] { unregistered(); });
+    return;
+  }
   for (auto& t : targets_)
     if (!t->in_flight) unregister(*t);  // the others unregister when their heartbeat returns
 }

@@ -54,6 +54,7 @@ class Heartbeat {
   size_t left_ = 0;  // unregisters not yet answered
   core::Callback<void()> done_;
   uint64_t sent_ = 0, failed_ = 0;
+  core::Tasks tasks_{loop_};  // last: dropped first
 };
 
 }  // namespace aiorpc::agents

@@ -13,8 +13,6 @@ class Category final : public std::error_category {
         return "bad address";
       case Errc::kTimedOut:
         return "timed out";
-      case Errc::kClosed:
-        return "connection closed";
     }
     return "unknown error";
   }

@@ -12,8 +12,7 @@ namespace aiorpc::core {
 enum class Errc {
   kBadAddress = 1,  // an address string that does not parse or resolve
   kTimedOut,        // connect or call did not finish in time
-  kClosed,          // the connection is closed
-};  // (rpc-level outcomes are rpc::Kind and rpc::Response::Status, not transport errors)
+};                  // (rpc-level outcomes are rpc::Kind and rpc::Ended, not transport errors)
 
 const std::error_category& category() noexcept;
 inline std::error_code make_error_code(Errc e) noexcept {

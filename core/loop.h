@@ -28,8 +28,10 @@ class Flushable : public ListNode {
 };
 
 // Single-threaded. Every method must be called from the thread running the loop.
-// Callbacks never run inside the call that schedules them: post() runs them later in the same
-// iteration, once the current callback stack has unwound.
+// Callbacks never run inside the call that schedules them: what post() queues runs once the
+// current callback stack has unwound, from the loop's check watcher (after the poll) or its
+// prepare watcher (before the next sleep), whichever comes first. post() is not cancellable:
+// work for an object that may be destroyed first goes through that object's Tasks.
 // libev's backend. kAuto: the platform's best (epoll on Linux, kqueue on the BSDs and macOS),
 // unless the environment variable AIORPC_LOOP_BACKEND names one (poll, select, epoll, kqueue):
 // the test run uses it to run the suites once more on poll.
@@ -100,7 +102,13 @@ class Loop {
     Loop& loop_;
     Owner prev_;
   };
+  // Ends every timer and sleep of `owner`: timers are dropped uncalled, sleeps fail with
+  // BrokenPromise (their waiters resume from a posted task).
   void cancelOwned(Owner owner) noexcept;
+  // A one-shot timer that belongs to `owner`: cancelOwned(owner) drops it (see Tasks).
+  TimerId after(double sec, Owner owner, Callback<void()> cb) {
+    return start(sec, std::move(cb), owner);
+  }
 
   // Handles `signo` (replacing an earlier handler for it).
   void onSignal(int signo, Callback<void(int)> cb);
@@ -147,6 +155,33 @@ class Loop {
   bool cancelling_ = false;
   std::vector<std::unique_ptr<Sig>> signals_;
   std::vector<std::unique_ptr<Linger>> lingering_;  // unordered; erased by swap with the last
+};
+
+// The pending work of one object on a loop (STYLE rule 8): timers and posted tasks started
+// through it belong to it, and its destructor drops those that have not run (their callbacks
+// destroyed, never called), so a task never runs for an object that has gone. Declare it last
+// among the object's members: it goes first, while what those callbacks hold is still alive.
+// The Loop outlives every object made on it (as libev's watchers need).
+class Tasks {
+ public:
+  explicit Tasks(Loop& loop) : loop_(loop), owner_(loop.newOwner()) {}
+  ~Tasks() { loop_.cancelOwned(owner_); }
+  Tasks(const Tasks&) = delete;
+  Tasks& operator=(const Tasks&) = delete;
+
+  Loop::TimerId after(double sec, Callback<void()> cb) {
+    return loop_.after(sec, owner_, std::move(cb));
+  }
+  // Runs `cb` from the loop at its next iteration, unless this goes first.
+  Loop::TimerId post(Callback<void()> cb) { return after(0, std::move(cb)); }
+  bool cancel(Loop::TimerId id) noexcept { return loop_.cancel(id); }
+  void cancelAll() noexcept { loop_.cancelOwned(owner_); }
+  Loop& loop() const noexcept { return loop_; }
+  Loop::Owner owner() const noexcept { return owner_; }
+
+ private:
+  Loop& loop_;
+  Loop::Owner owner_;
 };
 
 // Process set-up for servers: ignore SIGPIPE, raise RLIMIT_NOFILE's soft limit to the hard one.

@@ -39,18 +39,17 @@ Client::Client(core::Loop& loop, core::Address addr, ClientOptions opts)
       opts_(opts),
       eopts_(endpointOptions(opts)),
       connector_(loop),
-      peers_(std::make_shared<Peers>(counters_)) {}
+      peers_(std::make_shared<Peers>(loop, counters_)) {}
 
 Client::Client(core::Loop& loop, std::string_view spec, ClientOptions opts)
     : Client(loop, parseOrThrow(spec), opts) {}
 
 Client::~Client() {
   connector_.cancel();
-  // Every endpoint drops its pending calls without running them: no user callback inside a
-  // destructor (the owner that destroys a client has nothing left its callbacks could touch).
-  auto all = std::move(peers_->map);
-  peers_->map.clear();
+  // Every endpoint drops its pending calls without running them, and so do outcomes decided
+  // but not yet delivered: no user callback inside a destructor or after it.
   ep_ = nullptr;
+  peers_->clear();
 }
 
 bool Client::dead() const noexcept {
@@ -83,14 +82,13 @@ CallHandle Client::send(std::string_view method, core::FunctionRef<void(Packer&)
   last_used_ = loop_.now();
   // Fail fast, but from the loop: callbacks never run inside send().
   if (dead())
-    return CallHandle::refused(
-        loop_, std::move(done), Response::Status::kNotSent,
-        fmt::format("{} is dead after {} failed connects; retrying after {} s", addr_.toString(),
-                    failures_, opts_.dead_for));
+    return peers_->refuse(std::move(done), Kind::kNotSent,
+                          fmt::format("{} is dead after {} failed connects; retrying after {} s",
+                                      addr_.toString(), failures_, opts_.dead_for));
   if (opts_.max_output && !connected() && ep_ && ep_->unsentBytes() > opts_.max_output)
-    return CallHandle::refused(loop_, std::move(done), Response::Status::kNotSent,
-                               fmt::format("over {} bytes wait for the connect to {}",
-                                           opts_.max_output, addr_.toString()));
+    return peers_->refuse(std::move(done), Kind::kNotSent,
+                          fmt::format("over {} bytes wait for the connect to {}", opts_.max_output,
+                                      addr_.toString()));
   CallHandle h = endpoint().call(method, params, std::move(done), timeout);
   connect();
   return h;
@@ -137,8 +135,8 @@ void Client::endpointClosed(Endpoint& e, std::error_code why) {
   // connection (it crashed or is refusing): a failed connect attempt, not a lost call.
   bool failed_connect = why && !e.heardFromPeer() && e.bytesWritten() > 0;
   if (failed_connect && connect_result_) {
-    loop_.post([peers = std::weak_ptr<Peers>(peers_), this] {
-      if (!peers.expired() && connect_result_) connect_result_(false);
+    tasks_.post([this] {
+      if (connect_result_) connect_result_(false);
     });
   }
   retire(e);

@@ -61,7 +61,9 @@ class Client final : private Endpoint::Owner {
   // Parses `spec` (HOST:PORT, [v6]:PORT, unix:/path); throws std::invalid_argument if bad.
   Client(core::Loop& loop, std::string_view spec, ClientOptions opts = {});
   // Pending calls are dropped: their callbacks are destroyed, never called (no user code runs
-  // inside a destructor; a Future's waiter sees BrokenPromise).
+  // inside a destructor; a Future's waiter sees BrokenPromise), calls refused or failed but not
+  // yet told included. May be called from anywhere, this client's own callbacks and handlers
+  // included (docs/architecture.md, "Who owns a pending callback").
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -135,6 +137,7 @@ class Client final : private Endpoint::Owner {
   double last_used_ = 0;
   uint64_t late_replies_ = 0;  // on connections gone
   core::Callback<void(bool)> connect_result_;
+  core::Tasks tasks_{loop_};  // last: dropped first
 };
 
 template <class... A>

@@ -53,6 +53,8 @@ class Decoder {
   const std::string& error() const noexcept { return error_; }
   // Bytes buffered and not yet decoded.
   size_t pending() const noexcept { return unp_.used - unp_.off; }
+  // Bytes read after the message handed out last (pending() less that message, when framed).
+  size_t after() const noexcept { return pending() - frame_len_; }
   bool midMessage() const noexcept { return !scanner_.atBoundary() || pending() > 0; }
 
  private:

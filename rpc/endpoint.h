@@ -3,13 +3,16 @@
 // serves requests (when it has a Service), completes the calls it sent, and writes every reply
 // through one function.
 //
-// Lifetime rules (docs/architecture.md):
+// Lifetime rules (docs/architecture.md, "Who owns a pending callback"):
 // - No user callback runs inside a destructor or inside the call that started the work: a
 //   destroyed endpoint drops its pending calls uncalled; call()'s outcome always comes later.
 // - Endpoints live in a Peers table owned by their Server or Client and are found by id:
-//   Responders, posted tasks and reply routing look them up, never keep pointers. While its
-//   owner lives an endpoint is only ever freed from the loop (deferred), so code that ran a
-//   callback checks that the table still exists and its connection is open before going on.
+//   Responders, posted tasks and reply routing look them up, never keep pointers. An outcome
+//   decided before it is delivered (a call refused at once, the calls of a closed connection)
+//   waits in that table too, so destroying the owner drops it uncalled.
+// - The owner may be destroyed from inside any upcall (a handler, a reply's callback): code
+//   that called out holds a core::Liveness::Watch and stops when it says the endpoint is gone;
+//   an endpoint disposed of while busy is orphaned (closed, calls dropped) and freed from the loop.
 // - A Context owns what it shows (addresses by value).
 #pragma once
 
@@ -25,6 +28,7 @@
 #include "aiorpc/core/callback.h"
 #include "aiorpc/core/connection.h"
 #include "aiorpc/core/future.h"
+#include "aiorpc/core/liveness.h"
 #include "aiorpc/core/loop.h"
 #include "aiorpc/core/watcher.h"
 #include "aiorpc/rpc/decoder.h"
@@ -62,11 +66,16 @@ struct EndpointCounters {
   std::array<uint64_t, kKindCount> errors{};
 };
 
+// How a call ended, in the one classification that Response (a view, during its callback) and
+// Outcome (owned) share: a result, the peer's error object (kept intact), or a failure named by
+// a Kind (for a call of ours: kTimeout, kConnection or kNotSent).
+enum class Ended : uint8_t { kResult, kPeerError, kFailure };
+
 // One call's outcome, owned: a result, the peer's error object (kept intact), or a failure
-// (Kind + message). The one outcome type: a Future settles with it (Response::outcome), a
+// (Kind + message). The one owned outcome: a Future settles with it (Response::outcome), a
 // proxy keeps one per batch item, a handler may answer with one (Responder::answer).
 struct Outcome {
-  enum class Type : uint8_t { kResult, kPeerError, kFailure };
+  using Type = Ended;
   Type type = Type::kFailure;
   Value value;                  // kResult: the result; kPeerError: the error object
   Kind kind = Kind::kInternal;  // kFailure
@@ -82,17 +91,17 @@ struct Outcome {
 // One call's outcome as low-level callbacks see it. The objects are views valid during the
 // callback; keep() makes an owning Value (sharing the received zone, no copy).
 struct Response {
-  enum class Status { kOk, kError, kTimeout, kConnection, kNotSent };
-  Status status = Status::kOk;
-  Object result, error;
-  std::string_view raw_result;  // kOk with raw_results: the result's bytes
-  std::string message;          // for kTimeout / kConnection / kNotSent
+  Ended type = Ended::kResult;
+  Kind kind = Kind::kInternal;  // kFailure: kTimeout, kConnection or kNotSent
+  Object result, error;         // kResult / kPeerError
+  std::string_view raw_result;  // kResult with raw_results: the result's bytes
+  std::string message;          // kFailure
+  bool ok() const noexcept { return type == Ended::kResult; }
+  bool failed(Kind k) const noexcept { return type == Ended::kFailure && kind == k; }
   Value keep(Object o);
-  // The one Status→Kind mapping: kTimeout, kConnection, kNotSent for those statuses (kError:
-  // the error object's own kind; kOk: kInternal, never asked).
+  // The kind of a call that did not succeed: the failure's, or the peer's error object's own
+  // (kInternal for a result: never asked).
   Kind failureKind() const noexcept;
-  // kOk: nullptr. Otherwise the error as an exception (RpcError) for Futures and SyncClient.
-  std::exception_ptr exception();
   // The outcome, owned (a raw result decoded once; views kept by sharing the received zone).
   Outcome outcome();
 
@@ -104,28 +113,24 @@ using ResponseFn = core::Callback<void(Response&)>;
 class Endpoint;
 class Peers;
 
-// A call in flight, found by id (its endpoint's table, the endpoint's id, the msgid), or a call
-// refused at once whose outcome waits on a loop timer: cancel() drops it: its callback is
-// destroyed, never called, and a reply that still comes is counted as late. Harmless once the
-// call has completed, its connection closed or its client gone (the loop outlives them all).
+// A call in flight, found by id in its owner's table (the endpoint's id and the msgid), or a
+// call refused at once (endpoint 0: its key among the table's decided outcomes): cancel()
+// drops it: its callback is destroyed, never called, and a reply that still comes is counted
+// as late. Harmless once the call has completed, its connection closed or its owner gone;
+// it holds no pointer to the loop or the owner.
 class CallHandle {
  public:
   CallHandle() = default;
-  CallHandle(std::weak_ptr<Peers> peers, uint64_t endpoint, uint32_t msgid) noexcept
-      : peers_(std::move(peers)), endpoint_(endpoint), msgid_(msgid) {}
-  // A call that is not sent: `done` gets status `st` and `why` from the loop, unless cancelled.
-  static CallHandle refused(core::Loop& loop, ResponseFn done, Response::Status st,
-                            std::string why);
+  CallHandle(std::weak_ptr<Peers> peers, uint64_t endpoint, uint64_t call) noexcept
+      : peers_(std::move(peers)), endpoint_(endpoint), call_(call) {}
   // True when the call was still pending (and is now dropped). False once its outcome is
-  // decided, even if not yet delivered (its connection closed: the callback still gets that).
+  // decided by its connection closing (the callback still gets that).
   bool cancel() noexcept;
 
  private:
   std::weak_ptr<Peers> peers_;
-  uint64_t endpoint_ = 0;
-  uint32_t msgid_ = 0;
-  core::Loop* loop_ = nullptr;  // refused: its outcome is timer_ on this loop
-  core::Loop::TimerId timer_ = 0;
+  uint64_t endpoint_ = 0;  // 0: call_ is a refused call's key in the table's decided outcomes
+  uint64_t call_ = 0;      // the msgid on that endpoint
 };
 
 // The Future of one call, with its handle: co_await it, .then() it, or cancel() the call. A
@@ -146,11 +151,15 @@ class [[nodiscard]] CallFuture : public core::Future<Value> {
 // A Future for one call: `start` is given the callback that settles it and returns its handle.
 CallFuture futureOf(core::FunctionRef<CallHandle(ResponseFn)> start);
 
-// The endpoints of one Server or Client, by id. Responders reach them through a weak_ptr to it.
-class Peers final : public ReplyHub {
+// The endpoints of one Server or Client, by id, and the outcomes decided for its calls but not
+// yet delivered. Responders, CallHandles and posted tasks reach it through a weak_ptr.
+class Peers final : public ReplyHub, public std::enable_shared_from_this<Peers> {
  public:
-  explicit Peers(EndpointCounters& c) : counters(c) {}
+  Peers(core::Loop& l, EndpointCounters& c) : loop(l), counters(c) {}
+  // Disposes of every endpoint (Endpoint::dispose) and drops undelivered outcomes uncalled.
   ~Peers() override;
+  // The same, for an owner that is going (from its destructor, maybe inside an upcall).
+  void clear() noexcept;
   Endpoint* find(uint64_t id) const noexcept {
     auto it = map.find(id);
     return it == map.end() ? nullptr : it->second.get();
@@ -171,8 +180,29 @@ class Peers final : public ReplyHub {
   bool reply(uint64_t session, Object msgid, const ReplyBody& body) override;
   size_t outputBytes(uint64_t session) const override;
 
+  // An outcome decided before its callback may run: kept here under a key until a task posted
+  // by deliverLater() runs it, or cancelDecided() or this table's end drops it uncalled.
+  uint64_t decide(ResponseFn done, Kind failure, std::string why);
+  // Delivers the decided outcomes `keys` in order from the loop, stopping (the rest dropped
+  // uncalled, here) if a callback destroys the owner.
+  void deliverLater(std::vector<uint64_t> keys);
+  // A call refused at once: decided and delivered from the loop; its handle cancels it.
+  CallHandle refuse(ResponseFn done, Kind failure, std::string why);
+  bool cancelDecided(uint64_t key) noexcept { return decided_.erase(key) > 0; }
+  size_t undelivered() const noexcept { return decided_.size(); }
+
+  core::Loop& loop;
   EndpointCounters& counters;
   std::unordered_map<uint64_t, std::unique_ptr<Endpoint>> map;
+
+ private:
+  struct Decided {
+    ResponseFn done;
+    Kind failure;
+    std::string message;
+  };
+  std::unordered_map<uint64_t, Decided> decided_;
+  uint64_t next_key_ = 0;
 };
 
 class Endpoint final : public core::ConnectionHandler {
@@ -195,8 +225,13 @@ class Endpoint final : public core::ConnectionHandler {
   // `remote` names the peer in messages (a client's dial address); by default its address.
   Endpoint(core::Loop& loop, const EndpointOptions& opts, Service* service, Owner& owner,
            const std::shared_ptr<Peers>& peers, uint64_t id, core::Address remote = {});
-  // Pending calls are dropped uncalled; replies still owed are dropped (counted).
+  // Pending calls are dropped uncalled; replies still owed are dropped (counted); sleeps its
+  // handlers started end (BrokenPromise, from the loop).
   ~Endpoint();
+  // How an owner that is going lets go of an endpoint: freed now, or, when it is inside one of
+  // its upcalls (the owner destroyed from a handler or a callback), orphaned now (closed, its
+  // calls dropped uncalled, every Liveness::Watch told) and freed from the loop.
+  static void dispose(std::unique_ptr<Endpoint> e) noexcept;
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
 
@@ -209,7 +244,7 @@ class Endpoint final : public core::ConnectionHandler {
   void setService(Service* s) noexcept { service_ = s; }
 
   // Calls the peer. `done` runs exactly once, always from the loop, never inside call(), unless
-  // the returned handle cancels the call first (then never).
+  // the returned handle cancels the call first or the owner goes first (then never).
   CallHandle call(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
                   double timeout);
   // Drops a pending call (its callback destroyed uncalled); false when it is not pending.
@@ -244,7 +279,7 @@ class Endpoint final : public core::ConnectionHandler {
   bool sweep();
   size_t pendingOutput() const noexcept { return conn_ ? conn_->pendingBytes() : 0; }
   uint64_t bytesWritten() const noexcept { return conn_ ? conn_->out().written() : 0; }
-  bool heardFromPeer() const noexcept { return got_bytes_; }
+  bool heardFromPeer() const noexcept { return read_ > 0; }
   bool holdsBuffer() const noexcept { return dec_ != nullptr; }
   bool readingPaused() const noexcept { return open() && conn_->readingPaused(); }
   // A connection we do not read would never notice its peer's reset: look.
@@ -278,12 +313,12 @@ class Endpoint final : public core::ConnectionHandler {
   Pending* findPending(uint32_t id) noexcept;
   Pending* addPending(uint32_t& id);
   void erasePending(uint32_t id) noexcept;
-  // Fails each call (ConnectionError if its bytes left, else not-sent); stops, dropping the rest
-  // uncalled, if a callback destroys the owner (its table `peers`).
-  static void failCalls(const std::weak_ptr<Peers>& peers, std::vector<Slot> calls,
-                        uint64_t written, const std::string& why);
-  // Runs the call's callback; false when that destroyed our owner (and so this endpoint).
-  bool completeCall(uint64_t id, Response& r);
+  // Every call in flight fails (ConnectionError if its bytes left by `written`, else not-sent):
+  // decided in the owner's table now, delivered from the loop.
+  void failCalls(uint64_t written, const std::string& why);
+  // Runs the call's callback (which may destroy our owner: the caller's Watch tells).
+  void completeCall(uint64_t id, Response& r);
+  void orphan() noexcept;
   void onTimer(int) noexcept;
   void armTimer();
   uint64_t queue(core::FunctionRef<void(Packer&)> write);
@@ -302,7 +337,9 @@ class Endpoint final : public core::ConnectionHandler {
   void onClose(std::error_code why) override;
 
   void process();
-  void processFrames();    // process() with raw_results
+  void processFrames(core::Liveness::Watch& w);  // process() with raw_results
+  void caughtUp();                               // process() has handled every whole message read
+  bool readBeforeDrain() const noexcept { return read_ - dec_->after() <= drain_mark_; }
   bool goOn(int& budget);  // after a message: false to stop reading for now
   void resumeLater();      // process() again from the loop, reading resumed if allowed
   void resumed();
@@ -315,17 +352,19 @@ class Endpoint final : public core::ConnectionHandler {
     });
   }
   // The one classification of a decoded message: request, notification, reply or malformed.
-  // False when a reply's callback destroyed our owner (and so this endpoint): stop at once.
-  bool handle(Object msg);
-  // A successful reply read in place: 1 done, 0 not one (decode it), -1 our owner has gone.
-  int rawReply(std::string_view m);
+  // A handler or a reply's callback may destroy our owner: the caller's Watch tells.
+  void handle(Object msg);
+  // A successful reply read in place: true done, false not one (decode it).
+  bool rawReply(std::string_view m);
   // A request taken by its method's raw handler: true done, false decode it.
   bool rawRequest(std::string_view m);
   class RawServed;
-  void request(Object msgid, Object method, Object params, bool notify);
+  // Serves a request or notification of the peer (calls of ours are call()/request()).
+  void serve(Object msgid, Object method, Object params, bool notify);
   void protocolError(const std::string& why);
   void detached();  // a request of the peer will be answered later
 
+  core::Liveness live_;  // told in orphan() (from the destructor or dispose())
   core::Loop& loop_;
   const EndpointOptions& opts_;
   Service* service_;
@@ -342,11 +381,32 @@ class Endpoint final : public core::ConnectionHandler {
   std::unique_ptr<Decoder> dec_;
   static constexpr size_t kMinRead = 16 * 1024, kMaxRead = 256 * 1024;
   size_t read_size_ = kMinRead, offered_ = 0;
+  // The connection's state. Phases only move forward: kOpen (reading and serving), kFinishing
+  // (reading stopped after a protocol error, the peer's EOF or the drain; closes once the
+  // replies owed are written, at most drain_timeout later), kGone (orphaned or being
+  // destroyed: its owner has let go, nothing more runs). The drain is not a phase of its own
+  // but a mark in the input (drain_mark_): requests before it are served, after it refused.
+  enum class Phase : uint8_t { kOpen, kFinishing, kGone };
+  Phase phase_ = Phase::kOpen;
+  bool finishing() const noexcept { return phase_ != Phase::kOpen; }
+  static constexpr uint64_t kNoDrain = UINT64_MAX;
+  bool draining() const noexcept { return drain_mark_ != kNoDrain; }
+  // Why reading is paused, besides finishing (any bit set: not read, not processed).
+  enum : uint8_t {
+    kOverHighWater = 1,  // replies pile up for the peer: resumed below the low-water mark
+    kAtMaxPending = 2,   // max_pending requests in progress: resumed when one finishes
+  };
+  uint8_t paused_ = 0;
+  // Tasks posted for this endpoint and not yet run (each at most once at a time).
+  enum : uint8_t { kResume = 1, kCloseOverLimit = 2 };
+  uint8_t posted_ = 0;
+  bool active_ = true;    // read since the owner's last sweep
   size_t in_flight_ = 0;  // replies owed to the peer
-  bool active_ = true, stopping_ = false, throttled_ = false, scheduled_ = false;
-  bool full_ = false;      // max_pending requests in progress: not reading until one finishes
-  bool draining_ = false;  // kept here: one load on the request path
-  bool got_bytes_ = false, close_posted_ = false, destroying_ = false;
+  uint64_t read_ = 0;     // bytes read from the peer
+  // The drain (SPEC §7): requests read before it (ending at or before drain_mark_) are served as
+  // usual, also those held back by backpressure; those read after it are refused.
+  uint64_t drain_mark_ = kNoDrain;
+  bool held_ = false;  // process() stopped with whole messages possibly left (paused, budget)
   core::Loop::TimerId drain_timer_ = 0;
   // Our calls.
   std::string unsent_;  // requests made before attach()

@@ -88,16 +88,31 @@ void Responder::error(const RpcError& e) {
 
 void Responder::errorObject(Object err) { send(ReplyBody::ofErrorObject(err)); }
 
+ReplyBody replyForCurrentException(std::string& text) {
+  try {
+    throw;
+  } catch (const RpcError& e) {
+    if (e.downstream()) {
+      text = e.downstreamMessage();
+      return ReplyBody::ofError(Kind::kApplication, text);
+    }
+    if (e.hasPeerObject()) return ReplyBody::ofErrorObject(e.object());
+    text = e.message();
+    return ReplyBody::ofError(e.kind(), text);
+  } catch (const std::exception& e) {
+    text = e.what();
+  } catch (...) {
+    text = "unknown exception";
+  }
+  return ReplyBody::ofError(Kind::kApplication, text);
+}
+
 void Responder::fail(std::exception_ptr e) {
   try {
     std::rethrow_exception(e);
-  } catch (const RpcError& r) {
-    if (r.downstream()) return error(Kind::kApplication, r.downstreamMessage());
-    error(r);
-  } catch (const std::exception& x) {
-    error(Kind::kApplication, x.what());
   } catch (...) {
-    error(Kind::kApplication, "unknown exception");
+    std::string text;
+    send(replyForCurrentException(text));
   }
 }
 

@@ -34,6 +34,12 @@ struct ReplyBody {
   }
 };
 
+// The one exception→reply mapping (SPEC §2): a handler's RpcError answers as it is (a peer's
+// error object intact); a downstream error it let escape answers ApplicationError naming it;
+// any other exception ApplicationError. Only inside a catch block: the body refers to the
+// exception being handled and to `text`, valid while both are.
+ReplyBody replyForCurrentException(std::string& text);
+
 // Where detached replies go: the endpoints of a Server or Client, looked up by id at reply time,
 // so a reply for a connection that has gone is dropped (and counted) instead of touching freed
 // memory.

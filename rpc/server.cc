@@ -45,7 +45,7 @@ Server::Server(core::Loop& loop, Service& service, ServerOptions opts)
       service_(service),
       opts_(opts),
       eopts_(endpointOptions(opts, service)),
-      peers_(std::make_shared<Peers>(stats_)) {
+      peers_(std::make_shared<Peers>(loop, stats_)) {
   stats_.started = loop.now();
   sweep_.bind<&Server::onSweep>(loop, this);
   sweep_.keepLoopAlive(false);  // the sweep alone does not keep the loop running
@@ -70,10 +70,12 @@ void Server::onSweep(int) noexcept {
 }
 
 Server::~Server() {
+  live_.markGone();  // a hook or handler that destroyed us: its caller stops
   sweep_.stop();
   loop_.cancel(drain_timer_);
-  auto all = std::move(peers_->map);  // freed here, not deferred: the loop may be idle
-  peers_->map.clear();
+  // Connections closed and freed here (or, for one inside its own upcall, from the loop);
+  // their pending calls and the sleeps of their handlers end (STYLE rule 8).
+  peers_->clear();
 }
 
 core::Result<core::Address> Server::listen(std::string_view spec) {
@@ -112,7 +114,11 @@ void Server::endpointClosed(Endpoint& e, std::error_code) {
   --stats_.connections_open;  // replies still owed to it are counted as dropped later
   stats_.bytes_out += e.bytesWritten();
   loop_.deferDelete(std::move(owned));
-  for (auto& fn : close_hooks_) fn(id);
+  core::Liveness::Watch w(live_);  // a hook may destroy this server
+  for (auto& fn : close_hooks_) {
+    fn(id);
+    if (w.gone()) return;
+  }
   if (draining_) maybeDrained();
 }
 
@@ -132,11 +138,17 @@ void Server::drain(core::Callback<void()> done) {
   draining_ = true;
   drained_ = std::move(done);
   for (auto& l : listeners_) l->stop();
-  for (auto& fn : drain_hooks_) fn();
+  core::Liveness::Watch w(live_);  // a hook or a handler may destroy this server
+  for (auto& fn : drain_hooks_) {
+    fn();
+    if (w.gone()) return;
+  }
   std::vector<uint64_t> all;
   for (auto& [id, e] : peers_->map) all.push_back(id);
-  for (uint64_t id : all)  // by id: a connection that closes erases itself from the map
+  for (uint64_t id : all) {  // by id: a connection that closes erases itself from the map
     if (Endpoint* e = peers_->find(id)) e->drain();
+    if (w.gone()) return;
+  }
   drain_timer_ = loop_.after(opts_.drain_timeout + 0.1, [this] {
     drain_timer_ = 0;
     std::vector<uint64_t> left;
@@ -145,7 +157,7 @@ void Server::drain(core::Callback<void()> done) {
       if (Endpoint* e = peers_->find(id)) e->close(core::Errc::kTimedOut);
     maybeDrained();
   });
-  loop_.post([this] { maybeDrained(); });
+  tasks_.post([this] { maybeDrained(); });
 }
 
 void Server::maybeDrained() {

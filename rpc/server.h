@@ -10,6 +10,7 @@
 
 #include "aiorpc/core/cidr.h"
 #include "aiorpc/core/listener.h"
+#include "aiorpc/core/liveness.h"
 #include "aiorpc/core/log.h"
 #include "aiorpc/core/loop.h"
 #include "aiorpc/rpc/decoder.h"
@@ -44,6 +45,9 @@ struct ServerStats : EndpointCounters {
 class Server final : private Endpoint::Owner {
  public:
   Server(core::Loop& loop, Service& service, ServerOptions opts = {});
+  // May be called from anywhere, a handler of this server's included: connections close, their
+  // handlers' sleeps end, and nothing of the server runs afterwards (docs/architecture.md,
+  // "Who owns a pending callback"). `service` may go after it.
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -104,6 +108,8 @@ class Server final : private Endpoint::Owner {
   std::vector<std::function<void(uint64_t)>> close_hooks_;
   core::TimerWatcher sweep_;
   core::log::Throttle refused_log_{1};  // refusals are logged at most once a second
+  core::Liveness live_;
+  core::Tasks tasks_{loop_};  // last: dropped first
 };
 
 }  // namespace aiorpc::rpc

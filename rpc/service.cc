@@ -131,18 +131,11 @@ void dispatch(const MethodInfo& m, Invocation& inv) {
   }
   try {
     m.invoke(inv);
-  } catch (const RpcError& e) {
-    if (e.downstream()) {
-      inv.replyError(Kind::kApplication, e.downstreamMessage());
-    } else if (e.hasPeerObject()) {
-      inv.replyErrorObject(e.object());
-    } else {
-      inv.replyError(e.kind(), e.message());
-    }
-  } catch (const std::exception& e) {
-    inv.replyError(Kind::kApplication, e.what());
   } catch (...) {
-    inv.replyError(Kind::kApplication, "unknown exception");
+    std::string text;
+    ReplyBody b = replyForCurrentException(text);
+    if (b.type == ReplyBody::Type::kErrorObject) return inv.replyErrorObject(b.error);
+    inv.replyError(b.kind, b.message);
   }
 }
 

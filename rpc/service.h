@@ -304,6 +304,15 @@ Service& Service::def(std::string name, F fn, A... specs) {
     return false;
   }();
   static_assert(last - first <= kMaxParams, "too many parameters");
+  constexpr bool by_reference = []<size_t... I>(std::index_sequence<I...>) {
+    return (std::is_reference_v<std::tuple_element_t<I, Params>> || ...);
+  }
+  (std::make_index_sequence<n>{});
+  static_assert(!detail::IsFuture<R>::value || !by_reference,
+                "a handler returning Task<T> or Future<T> (a coroutine) takes its parameters by "
+                "value: write `Context ctx`, `Args args`, `std::string s` instead of `const "
+                "Context&`, `const Args&`, `const std::string&`: a reference points into the "
+                "request's stack frame, which is gone after the first co_await");
   static_assert(!has_reply || std::is_void_v<R>, "a Reply<T> handler returns void");
 
   MethodInfo m;

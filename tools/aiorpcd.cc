@@ -273,7 +273,6 @@ int main(int argc, char** argv) {
   // Sockets closed gracefully are still lingering (their peers read the last replies): exiting
   // now would reset them. Bounded by Loop::kMaxLingerSeconds.
   while (loop.lingering() > 0) loop.runOnce();
-  loop.cancelAll();  // while the role's state is still alive
   clog::info("aiorpcd stopped");
   if (pid_fd) ::unlink(pid_file.c_str());  // still ours: we hold its lock
   return 0;

@@ -132,10 +132,11 @@ void Client::post(const char* path, std::string body,
     if (queue_.size() >= opts_.max_queued) {
       Status s{false, "etcd client: over " + std::to_string(opts_.max_queued) + " calls waiting",
                true};
-      return loop_.post([call, s]() mutable {
+      tasks_.post([call, s]() mutable {  // ours: dropped uncalled if this client goes first
         std::string none;
         call->done(s, none);
       });
+      return;
     }
     queue_.push_back(std::move(call));
     return;

@@ -50,7 +50,9 @@ class Client {
     size_t max_in_flight = 32, max_queued = 65536;
   };
   Client(core::Loop& loop, Options opts);
-  ~Client();  // drops every callback (none runs)
+  // Drops every callback (none runs afterwards), calls refused but not yet told included. May be
+  // called from anywhere, its own callbacks included (docs/architecture.md).
+  ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
@@ -104,6 +106,7 @@ class Client {
   std::shared_ptr<Watches> watches_;  // made in the constructor (WatchState is private)
   static WatchState* find(const std::weak_ptr<Watches>& table, WatchId id) noexcept;
   WatchId last_watch_ = 0;
+  core::Tasks tasks_{loop_};  // last: dropped first
 };
 
 }  // namespace aiorpc::agents::etcd

@@ -399,36 +399,35 @@ void ProxyRole::sendTo(Backend& b, CallPtr c) {
 }
 
 void ProxyRole::onReply(Backend& b, CallPtr c, rpc::Response& r) {
-  using S = rpc::Response::Status;
+  using E = rpc::Ended;
   --b.in_flight;
   if (b.listed == 0 && b.in_flight == 0 && !sweep_timer_)
     sweep_timer_ = loop_.after(0, [this] { sweepBackends(); });
-  if (r.status == S::kNotSent) {  // never written (refused connect): the next instance
+  if (r.failed(Kind::kNotSent)) {  // never written (refused connect): the next instance
     ++b.errors;
     return route(std::move(c));
   }
-  if (r.status == S::kOk || r.status == S::kError) b.answered();
-  if (r.status == S::kError && notExecuted(r.error) && !c->hint.set) {
+  if (r.type != E::kFailure) b.answered();
+  if (r.type == E::kPeerError && notExecuted(r.error) && !c->hint.set) {
     ++b.errors;  // it did not run there (e.g. draining): the next instance, like a refusal
     return route(std::move(c));
   }
-  if (r.status != S::kOk) ++b.errors;
+  if (!r.ok()) ++b.errors;
   finish(std::move(c), r);
 }
 
 void ProxyRole::finish(CallPtr c, rpc::Response& r) {
-  using S = rpc::Response::Status;
   if (c->batch)  // (kNotSent never gets here: such calls are routed again)
     return deliver(*c->batch, c->item, r.outcome());
-  switch (r.status) {
-    case S::kOk:
+  switch (r.type) {
+    case rpc::Ended::kResult:
       return c->reply.reply(rpc::Raw{r.raw_result});  // the backend's bytes, not re-encoded
-    case S::kError:
+    case rpc::Ended::kPeerError:
       return c->reply.errorObject(r.error);  // the backend's error, intact
-    default:
-      return c->reply.error(r.failureKind(),
-                            r.status == S::kTimeout ? "backend " + r.message : r.message);
+    case rpc::Ended::kFailure:
+      break;
   }
+  c->reply.error(r.kind, r.kind == Kind::kTimeout ? "backend " + r.message : r.message);
 }
 
 void ProxyRole::fail(CallPtr c, Kind k, std::string msg) {
@@ -619,7 +618,7 @@ void ProxyRole::refresh() {
           p.str("__auth__"), p.str(token_);
         },
         [this, again, moveOn](rpc::Response& r) {
-          if (r.status == rpc::Response::Status::kOk) {
+          if (r.ok()) {
             auto v = r.result.find("version");
             auto s = r.result.find("services");
             auto stale = r.result.find("stale");
@@ -635,8 +634,7 @@ void ProxyRole::refresh() {
             if (is_stale) return moveOn();
           }
           // An older keepalive without watch: poll it.
-          if (r.status == rpc::Response::Status::kError &&
-              rpc::countedKind(r.error) == Kind::kNoMethod) {
+          if (r.type == rpc::Ended::kPeerError && rpc::countedKind(r.error) == Kind::kNoMethod) {
             use_watch_ = false;
             return again(0);
           }
@@ -656,7 +654,7 @@ void ProxyRole::refresh() {
         p.str("__auth__"), p.str(token_);
       },
       [this, again, moveOn](rpc::Response& r) {
-        if (r.status != rpc::Response::Status::kOk) return moveOn();
+        if (!r.ok()) return moveOn();
         failed_in_round_ = 0;
         table_stale_ = false;
         applyTable(r.result);

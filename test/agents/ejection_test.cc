@@ -4,7 +4,11 @@
 
 #include "aiorpc/agents/proxy/backend.h"
 #include "aiorpc/core/listener.h"
+#include "test/support/ended.h"
 #include "test/support/run_until.h"
+
+using aiorpc::test::St;
+using aiorpc::test::st;
 
 using aiorpc::agents::proxy::Backend;
 using aiorpc::agents::proxy::Ejection;
@@ -88,7 +92,7 @@ TEST_SUITE("proxy ejection") {
       for (int i = 0; i < 500; ++i)
         b.client.send(
             "m", [](rpc::Packer& p) { p.nil(); },
-            [&](rpc::Response& r) { not_sent += r.status == rpc::Response::Status::kNotSent; });
+            [&](rpc::Response& r) { not_sent += st(r) == St::kNotSent; });
     };
     burst();
     REQUIRE(runUntil(loop, [&] { return not_sent == 500; }));

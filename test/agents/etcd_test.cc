@@ -11,6 +11,7 @@
 #include "aiorpc/agents/etcd/client.h"
 #include "aiorpc/agents/keepalive/etcd_store.h"
 #include "aiorpc/core/http.h"
+#include "test/support/loopback.h"
 #include "test/support/run_until.h"
 
 namespace core = aiorpc::core;
@@ -291,6 +292,32 @@ TEST_SUITE("etcd client (real etcd)") {
 }
 
 TEST_SUITE("etcd client lifetime (real etcd)") {
+  TEST_CASE("a call refused because the queue is full, then the client destroyed: never runs") {
+    // No etcd needed: the first call hangs in its connect, the second waits, the third is
+    // refused at once (its outcome due from the loop) and must go with the client.
+    core::Loop loop;
+    aiorpc::test::Hanging hang;
+    etcd::Client::Options o{{"127.0.0.1:" + std::to_string(hang.port)}, 5};
+    o.max_in_flight = 1;
+    o.max_queued = 1;
+    auto c = std::make_unique<etcd::Client>(loop, o);
+    int ran = 0;
+    auto count = [&](etcd::Status, int64_t, std::vector<etcd::KeyValue>&) { ++ran; };
+    c->range("/a", count);
+    c->range("/b", count);
+    auto refused = std::make_shared<int>(0);  // the refused callback holds this
+    c->range("/c", [&ran, refused](etcd::Status s, int64_t, std::vector<etcd::KeyValue>&) {
+      ++ran;
+      CHECK(s.overloaded);
+    });
+    CHECK(refused.use_count() == 2);
+    c.reset();
+    CHECK(refused.use_count() == 1);  // dropped with the client
+    runUntil(
+        loop, [] { return false; }, 0.1);
+    CHECK(ran == 0);
+  }
+
   TEST_CASE("the client destroyed inside a watch's callbacks: nothing runs after, nothing read") {
     core::Loop loop;
     // inside `created`

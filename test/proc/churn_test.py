@@ -154,5 +154,21 @@ def test_drain_answers_buffered_requests():
     assert srv.wait(timeout=10) == 0
 
 
+def test_drain_answers_requests_held_for_a_slow_reader():
+    # SPEC §7: requests read before SIGTERM are answered, also those held back because the peer
+    # was slow to read its replies (the old code answered 22-33 of 260, then closed).
+    ka = keepalive()
+    srv = demo(ka, 0, "--drain-grace", "0")
+    r = Raw(srv, timeout=30)
+    assert r.call("set_cache", ["k", "v" * (384 * 1024)], msgid=0)[3] is True
+    r.send(*[[0, i, "get_cache", ["k"]] for i in range(1, 261)])
+    time.sleep(0.8)  # read nothing: the server holds the rest back (its high-water mark)
+    srv.signal(signal.SIGTERM)
+    got = r.expect_close(timeout=30)
+    assert sorted(m[1] for m in got) == list(range(1, 261)), len(got)
+    assert all(m[2] is None and len(m[3]) == 384 * 1024 for m in got)
+    assert srv.wait(timeout=10) == 0
+
+
 if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
     run(globals())

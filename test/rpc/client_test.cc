@@ -11,7 +11,11 @@
 #include "aiorpc/core/listener.h"
 #include "aiorpc/rpc/server.h"
 #include "test/support/core_peer.h"
+#include "test/support/ended.h"
 #include "test/support/run_until.h"
+
+using aiorpc::test::St;
+using aiorpc::test::st;
 
 using namespace aiorpc;
 using namespace aiorpc::rpc;
@@ -57,15 +61,15 @@ struct RawPeer {
 
 struct Seen {
   bool done = false;
-  Response::Status status{};
+  St status{};
   std::string text;
 };
 
 ResponseFn record(Seen& o) {
   return [&o](Response& r) {
     o.done = true;
-    o.status = r.status;
-    o.text = r.status == Response::Status::kOk ? r.result.toText() : r.message + r.error.toText();
+    o.status = st(r);
+    o.text = st(r) == St::kOk ? r.result.toText() : r.message + r.error.toText();
   };
 }
 
@@ -252,7 +256,7 @@ TEST_SUITE("client") {
     c.send(
         "slow", [](Packer& p) { p.nil(); }, record(a));
     REQUIRE(runUntil(loop, [&] { return a.done; }));
-    CHECK(a.status == Response::Status::kTimeout);
+    CHECK(a.status == St::kTimeout);
     CHECK(c.connected());
     // the peer answers late: dropped and counted; the next call still works
     peer.conns[0]->conn->send(packToString(std::tuple{1, 0, nullptr, "late"}));
@@ -263,7 +267,7 @@ TEST_SUITE("client") {
     auto id = peer.received()[1].view()[1].asUint();
     peer.conns[0]->conn->send(packToString(std::tuple{1, *id, nullptr, "ok"}));
     REQUIRE(runUntil(loop, [&] { return b.done; }));
-    CHECK(b.status == Response::Status::kOk);
+    CHECK(b.status == St::kOk);
     CHECK(b.text == "\"ok\"");
   }
 
@@ -300,7 +304,7 @@ TEST_SUITE("client") {
         if (!o.done) return false;
       return true;
     }));
-    for (auto& o : out) CHECK(o.status == Response::Status::kConnection);
+    for (auto& o : out) CHECK(o.status == St::kConnection);
     CHECK(c.inFlight() == 0);
     // the next call reconnects
     c.send(
@@ -322,8 +326,8 @@ TEST_SUITE("client") {
     c.send(
         "m", [](Packer& p) { p.nil(); }, record(b));
     REQUIRE(runUntil(loop, [&] { return a.done && b.done; }));
-    CHECK(a.status == Response::Status::kNotSent);
-    CHECK(b.status == Response::Status::kNotSent);
+    CHECK(a.status == St::kNotSent);
+    CHECK(b.status == St::kNotSent);
   }
 
   TEST_CASE("dead after more than 3 failed connects: fails fast, never inside send()") {
@@ -349,7 +353,7 @@ TEST_SUITE("client") {
     CHECK_FALSE(fast.done);
     REQUIRE(runUntil(
         loop, [&] { return fast.done; }, 1));
-    CHECK(fast.status == Response::Status::kNotSent);
+    CHECK(fast.status == St::kNotSent);
     CHECK(fast.text.find("dead") != std::string::npos);
   }
 
@@ -387,7 +391,7 @@ TEST_SUITE("client") {
     CHECK(ida == 0u);
     CHECK(idb == 1u);
     REQUIRE(runUntil(loop, [&] { return a.done; }));  // a times out; its slot is free again
-    CHECK(a.status == Response::Status::kTimeout);
+    CHECK(a.status == St::kTimeout);
     c.send(
         "m", [](Packer& p) { p.nil(); }, record(c1), 10);
     REQUIRE(runUntil(loop, [&] { return peer.received().size() == 3; }));
@@ -418,7 +422,7 @@ TEST_SUITE("client raw results") {
     Client c(loop, peer.addr, o);
     struct Got {
       bool done = false;
-      Response::Status status{};
+      St status{};
       std::string raw, error;
     } got[4];
     for (auto& g : got)
@@ -426,7 +430,7 @@ TEST_SUITE("client raw results") {
           "m", [](Packer& p) { p.nil(); },
           [&g](Response& r) {
             g.done = true;
-            g.status = r.status;
+            g.status = st(r);
             g.raw = std::string(r.raw_result);
             g.error = r.error.toText();
             CHECK(r.result.isNil());
@@ -450,9 +454,9 @@ TEST_SUITE("client raw results") {
     }
     REQUIRE(
         runUntil(loop, [&] { return got[0].done && got[1].done && got[2].done && got[3].done; }));
-    CHECK(got[0].status == Response::Status::kOk);
+    CHECK(got[0].status == St::kOk);
     CHECK(got[0].raw == packToString("ok"));
-    CHECK(got[1].status == Response::Status::kError);
+    CHECK(got[1].status == St::kError);
     CHECK(got[1].error == "[\"X\", \"boom\"]");
     CHECK(got[2].raw == map);
     CHECK(got[3].raw == packToString(4.5));
@@ -478,7 +482,7 @@ TEST_SUITE("client raw results") {
     CHECK_FALSE(a.done);
     peer.conns[0]->conn->send(std::string("\xc1", 1));  // not msgpack
     REQUIRE(runUntil(loop, [&] { return a.done; }));
-    CHECK(a.status == Response::Status::kConnection);
+    CHECK(a.status == St::kConnection);
   }
 }
 

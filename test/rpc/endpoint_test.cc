@@ -11,8 +11,12 @@
 #include "aiorpc/core/listener.h"
 #include "aiorpc/rpc/client.h"
 #include "aiorpc/rpc/server.h"
+#include "test/support/ended.h"
 #include "test/support/loopback.h"
 #include "test/support/run_until.h"
+
+using aiorpc::test::St;
+using aiorpc::test::st;
 
 using namespace aiorpc;
 using namespace aiorpc::rpc;
@@ -36,7 +40,7 @@ struct CallingBack {
   explicit CallingBack(core::Loop& l) : loop(l) {
     svc.def(
         "greet",
-        [this](const Context& ctx, int n) -> core::Task<std::string> {
+        [this](Context ctx, int n) -> core::Task<std::string> {
           sessions.push_back(ctx.session());
           Endpoint* peer = server->peer(ctx.session());
           if (!peer) throw RpcError(Kind::kConnection, "caller gone");
@@ -157,7 +161,7 @@ TEST_SUITE("endpoint") {
             },
             [&](Response& r) {
               ++called;
-              CHECK(r.status == Response::Status::kOk);
+              CHECK(st(r) == St::kOk);
               c.reset();  // the callback destroys its client (ASan: nothing read after)
             });
       REQUIRE(runUntil(loop, [&] { return called > 0; }));
@@ -178,7 +182,7 @@ TEST_SUITE("endpoint") {
           "x", [](Packer& p) { p.nil(); },
           [&](Response& r) {
             ++called;
-            CHECK(r.status == Response::Status::kTimeout);
+            CHECK(st(r) == St::kTimeout);
             c.reset();
           },
           0.05);
@@ -232,7 +236,7 @@ TEST_SUITE("endpoint") {
           "m", [&](Packer& p) { p.pack(std::tuple{big}); },
           [&](Response& r) {
             inside |= in_send;
-            if (r.status != Response::Status::kOk) ++failed;
+            if (st(r) != St::kOk) ++failed;
           });
       in_send = false;
       ++sent;
@@ -296,7 +300,7 @@ TEST_SUITE("endpoint") {
         "now", [](Packer& p) { p.nil(); },
         [&](Response& r) {
           ++fast_called;
-          CHECK(r.status == Response::Status::kOk);
+          CHECK(st(r) == St::kOk);
           CHECK(other.cancel());
         });
     CHECK(slow.cancel());
@@ -360,7 +364,7 @@ TEST_SUITE("endpoint") {
     std::vector<std::string> seen;
     auto record = [&](Response& r) {
       CHECK_FALSE(inside);
-      seen.push_back(r.status == Response::Status::kConnection ? "lost" : "other");
+      seen.push_back(st(r) == St::kConnection ? "lost" : "other");
     };
     c->send(
         "sleep", [](Packer& p) { p.pack(std::tuple{5.0}); }, record);
