@@ -29,6 +29,8 @@ struct HeartbeatOptions {
 class Heartbeat {
  public:
   Heartbeat(core::Loop& loop, HeartbeatOptions opts);
+  // Heartbeats and unregisters in flight and its timers are dropped, uncalled; stop()'s `done`
+  // never runs after it (docs/architecture.md, "Who owns a pending callback").
   ~Heartbeat();
   Heartbeat(const Heartbeat&) = delete;
   Heartbeat& operator=(const Heartbeat&) = delete;

@@ -37,6 +37,8 @@ class Http {
  public:
   using Id = uint64_t;
   explicit Http(Loop& loop);
+  // Transfers in flight are dropped, their callbacks never called; safe from inside one of
+  // them (docs/architecture.md, "Who owns a pending callback").
   ~Http();
   Http(const Http&) = delete;
   Http& operator=(const Http&) = delete;

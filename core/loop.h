@@ -40,6 +40,9 @@ enum class LoopBackend { kAuto, kPoll, kSelect, kEpoll, kKqueue };
 class Loop {
  public:
   explicit Loop(LoopBackend backend = LoopBackend::kAuto);
+  // Destroyed after every object made on it (libev's watchers need the loop). Runs what was
+  // posted (deferred deletes among it), then drops every timer uncalled; sleeps still pending
+  // fail with BrokenPromise (docs/architecture.md, "Who owns a pending callback").
   ~Loop();
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;

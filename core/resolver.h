@@ -33,6 +33,8 @@ struct ResolverOptions {
 class Resolver {
  public:
   Resolver(Loop& loop, ResolverOptions o = {});
+  // Lookups and updates not yet delivered are dropped uncalled (docs/architecture.md, "Who
+  // owns a pending callback").
   ~Resolver();
   Resolver(const Resolver&) = delete;
   Resolver& operator=(const Resolver&) = delete;

@@ -176,6 +176,7 @@ void Client::notify(std::string_view method, const A&... args) {
 class ClientPool {
  public:
   ClientPool(core::Loop& loop, ClientOptions opts = {}, double idle_close = 60);
+  // Its clients go, each dropping its pending calls uncalled (see ~Client).
   ~ClientPool();
   Client& get(const core::Address& addr);
   Client& get(std::string_view spec);  // throws std::invalid_argument on a bad address

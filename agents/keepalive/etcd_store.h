@@ -38,6 +38,8 @@ class EtcdStore {
   };
   // `cache` is filled from etcd; `changed` runs (from the loop) whenever it or stale() changed.
   EtcdStore(core::Loop& loop, Registry& cache, Options opts, core::Callback<void()> changed);
+  // Its etcd calls and retry timer go with it, uncalled (docs/architecture.md, "Who owns a
+  // pending callback").
   ~EtcdStore();
 
   // The error is set when the write did not reach etcd (stale).
