@@ -177,14 +177,20 @@ class KeepaliveRole final : public RoleInstance {
             return reply.error(Kind::kArgument, "argument 'version': expected int or nil");
           if (!(wait_ms >= 0) || !std::isfinite(wait_ms))  // NaN, inf, negative
             return reply.error(Kind::kArgument, "argument 'wait_ms': expected 0..60000 ms");
+          double wait_s = std::min(wait_ms, 60000.0) / 1000;
+          // Before its first read of etcd this instance knows nothing (it is stale). A caller
+          // with no table yet (version 0: a proxy starting cold) waits for that read, and is
+          // answered the moment it completes; one with a table is answered stale at once and
+          // moves on (SPEC §5: a version never goes backwards for a caller).
+          if (!synced() && !draining_ && version.asUint() == 0u)
+            return addWatcher(std::move(reply.raw()), wait_s, true);
           // On etcd a version newer than this instance's cache (a proxy that moved here from
           // another keepalive) waits until the cache passes it or its time is up.
           bool newer = store_ && version.asUint() && *version.asUint() > reg_.version();
-          bool stale = store_ && store_->stale();  // answered at once: the proxy moves on
           if (version.isNil() || (version.asUint() != reg_.version() && !newer) || draining_ ||
-              stale)
+              stale())  // answered at once: the proxy moves on
             return reply.raw().reply(rpc::Raw{encodedWatch()});
-          addWatcher(std::move(reply.raw()), std::min(wait_ms, 60000.0) / 1000);
+          addWatcher(std::move(reply.raw()), wait_s, false);
         },
         arg("version"), arg("wait_ms") = 30000);
     std::string store = env.flags.str("store");
@@ -218,7 +224,7 @@ class KeepaliveRole final : public RoleInstance {
       p.str("records"), p.uinteger(reg_.size());
       p.str("version"), p.uinteger(reg_.version());
       if (store_) {
-        p.str("stale"), p.boolean(store_->stale());
+        p.str("stale"), p.boolean(stale());
         p.str("etcd_endpoint"), p.str(store_->endpoint());
       }
     });
@@ -242,6 +248,7 @@ class KeepaliveRole final : public RoleInstance {
     rpc::Responder reply;
     core::Loop::TimerId timer = 0;
     uint64_t version = 0;  // the version it waits to see change
+    bool cold = false;     // waits for this instance's first read of etcd
   };
   using Watchers = std::list<Watcher>;
   // Watches waiting on one connection at most: a peer cannot make us hold more than this.
@@ -249,7 +256,7 @@ class KeepaliveRole final : public RoleInstance {
 
   // {"version": v, "services": {...}}, encoded once per version and shared by every answer.
   const std::string& encodedWatch() {
-    bool stale = store_ && store_->stale();
+    bool stale = this->stale();
     if (encoded_version_ != reg_.version() || encoded_.empty() || encoded_stale_ != stale) {
       encoded_.clear();
       rpc::Packer p(encoded_);
@@ -260,14 +267,19 @@ class KeepaliveRole final : public RoleInstance {
     return encoded_;
   }
 
-  void addWatcher(rpc::Responder reply, double wait_s) {
+  // On etcd: stale while etcd cannot be reached, and until the first read of it (before which
+  // the cache holds nothing and its version is no etcd revision).
+  bool synced() const noexcept { return !store_ || store_->synced(); }
+  bool stale() const noexcept { return store_ && (store_->stale() || !store_->synced()); }
+
+  void addWatcher(rpc::Responder reply, double wait_s, bool cold) {
     uint64_t session = reply.session();
     Watchers& list = watchers_[session];
     if (list.size() >= kMaxWatchesPerConnection)
       return reply.error(Kind::kOverloaded, fmt::format("over {} watches waiting on one connection",
                                                         kMaxWatchesPerConnection));
     reply.compact();
-    list.push_back(Watcher{std::move(reply), 0, reg_.version()});
+    list.push_back(Watcher{std::move(reply), 0, reg_.version(), cold});
     auto it = std::prev(list.end());
     it->timer = loop_.after(wait_s, [this, session, it] {
       // Its wait is over: answered whatever its connection holds (the output limit bounds it).
@@ -320,10 +332,13 @@ class KeepaliveRole final : public RoleInstance {
     for (auto s = watchers_.begin(); s != watchers_.end();) {
       Watchers& list = s->second;
       for (auto it = list.begin(); it != list.end();) {
-        // (a stale store answers every watcher: proxies move on to another keepalive)
-        bool stale = store_ && store_->stale();
-        if ((it->version == reg_.version() || (store_ && it->version > reg_.version())) &&
-            !draining_ && !stale) {
+        // (a stale store answers every watcher: proxies move on to another keepalive; one
+        // waiting for the first read is answered by that read)
+        bool wait = it->cold ? !synced()
+                             : (it->version == reg_.version() ||
+                                (store_ && it->version > reg_.version())) &&
+                                   !stale();
+        if (wait && !draining_) {
           ++it;
           continue;
         }

@@ -43,7 +43,15 @@ class _Member:
 
 
 class EtcdCluster:
-    def __init__(self, n=3):
+    def __init__(self, n=3, start=True):
+        if not start:  # the test starts the members (a cold start: quorum comes late)
+            self.dir = tempfile.mkdtemp(prefix="aiorpc-etcd-")
+            self.ports = [(free_port(), free_port()) for _ in range(n)]
+            self.initial = ",".join(f"e{i}=http://127.0.0.1:{pp}"
+                                    for i, (_, pp) in enumerate(self.ports))
+            self.members = [None] * n
+            harness._procs.append(self)
+            return
         # A port picked free can be taken before etcd binds it (another test's connect, the
         # other build's suite running at the same time): that member exits, and the cluster is
         # started again on new ports.
@@ -99,7 +107,7 @@ class EtcdCluster:
     def wait_healthy(self, timeout=20):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if any(m.p.poll() is not None for m in self.members):
+            if any(m and m.p.poll() is not None for m in self.members):
                 return False  # a member exited (its port was taken): start again
             try:
                 if self.leader() is not None:

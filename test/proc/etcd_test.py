@@ -169,6 +169,37 @@ def test_quorum_lost_then_back_stale_then_healed():
                       timeout=20)
 
 
+def test_cold_start_routes_as_soon_as_etcd_has_quorum():
+    # One member of three up (no quorum), a keepalive on it, a proxy watching the keepalive (its
+    # default --refresh-interval), a demo heartbeating; then the other members. The keepalive is
+    # stale until its first read of etcd and holds the proxy's first watch until that read: the
+    # proxy routes as soon as the demo's heartbeat is written (the old code: ~30 s, its version
+    # of the registry looked newer than etcd's first revision).
+    etcd = EtcdCluster(3, start=False)
+    etcd.start(0)
+    ka = keepalive(etcd)
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint)
+    d = demo([ka])
+    time.sleep(1.0)
+    w = watch_now(ka)
+    assert w.get("stale") is True and w["services"] == {}, w
+    etcd.start(1)
+    etcd.start(2)
+    assert etcd.wait_healthy(), etcd.logs()
+    t0 = time.time()
+
+    def routes():
+        try:
+            return Raw(px, timeout=2).call("invoke", ["sample.foo", "echo", [1]])[3] == [1]
+        except (AssertionError, ConnectionError, OSError):
+            return False
+    assert wait_until(routes, timeout=25, step=0.1)
+    took = time.time() - t0
+    assert took < 6, took  # quorum, a store retry (1 s), a heartbeat (0.2 s), one watch answer
+    assert watch_now(ka).get("stale") is None
+    d.kill()
+
+
 def test_bad_store_flags_are_refused():
     import subprocess
     from harness import binary
