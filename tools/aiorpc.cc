@@ -1,10 +1,14 @@
-// aiorpc: the command-line client. call / notify / services / bench.
+// aiorpc: the command-line client. call / notify / services / stats / methods / wait / bench.
+#include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "aiorpc/agents/auth.h"
 #include "aiorpc/rpc/client.h"
 #include "aiorpc/version.h"
 #include "tools/args.h"
@@ -25,6 +29,11 @@ const char kParamsHelp[] =
 const char kExitHelp[] =
     "Exit status: 0 ok; 1 error reply (KIND: message on stderr); 2 cannot connect (or the\n"
     "  connection was lost); 3 timeout; 64 bad usage.";
+const char kWaitHelp[] =
+    "Without --service: ready once the server answers (any reply). With --service NAME: a\n"
+    "  keepalive is ready once it lists NAME, a proxy once it routes a call to NAME (its\n"
+    "  \\0reflection). Tries every 0.1 s.\n"
+    "Exit status: 0 ready; 3 not ready within --timeout; 64 bad usage.";
 
 constexpr int kExitError = 1, kExitConnect = 2, kExitTimeout = 3, kExitUsage = 64;
 
@@ -55,6 +64,82 @@ void printMethods(rpc::Object r) {
 }
 
 enum class Show { kJson, kPretty, kMethods };
+
+// Adds the registry token (--auth-token-file) to the params: map form is the only one that can
+// carry it (SPEC §5). Returns an error text when the params cannot.
+std::optional<std::string> withToken(std::optional<json>& params, const std::string& token) {
+  if (token.empty()) return std::nullopt;
+  if (!params || params->is_null()) params = json::object();
+  if (!params->is_object() || params->contains("$map"))
+    return "--auth-token-file needs named params (a JSON object, or none): only map-form params "
+           "carry the token";
+  (*params)["__auth__"] = token;
+  return std::nullopt;
+}
+
+// One attempt of `wait`: true when the target is ready.
+bool readyOnce(const std::string& ep, const std::string& service, const std::string& token,
+               double timeout) {
+  rpc::ClientOptions o;
+  o.timeout = timeout;
+  o.connect_timeout = timeout;
+  o.dead_after = INT_MAX;  // every attempt dials again
+  rpc::SyncClient c(ep, o);
+  rpc::Value stats;
+  try {
+    stats = c.request(std::string("\0stats", 6), nullptr);
+  } catch (const rpc::RpcError& e) {
+    // Any reply (an older server's NoMethodError too) means it answers.
+    if (e.kind() == rpc::Kind::kConnection || e.kind() == rpc::Kind::kNotSent ||
+        e.kind() == rpc::Kind::kTimeout)
+      return false;
+    return service.empty();
+  }
+  if (service.empty()) return true;
+  auto reg = stats.view().find("registry");
+  try {
+    if (reg && reg->find("store")) {  // a keepalive: it lists the service
+      std::optional<json> params;
+      withToken(params, token);
+      std::string bytes;
+      rpc::Packer p(bytes);
+      if (params) {
+        tools::packJson(p, *params);
+      } else {
+        p.array(0);
+      }
+      rpc::Value v = c.request("get_services", rpc::Raw{bytes});
+      auto list = v.view().find(service);
+      return list && list->isArray() && list->size() > 0;
+    }
+    if (reg && reg->find("keepalive")) {  // a proxy: it routes a call there
+      c.request("invoke", std::tuple{service, std::string("\0reflection", 11), nullptr});
+      return true;
+    }
+  } catch (const rpc::RpcError&) {
+    return false;
+  }
+  throw std::invalid_argument(ep + " is not a keepalive or a proxy: --service asks one of them");
+}
+
+int runWait(const std::string& ep, const std::string& service, const std::string& token,
+            double timeout) {
+  using Clock = std::chrono::steady_clock;
+  auto deadline = Clock::now() + std::chrono::duration<double>(timeout);
+  for (;;) {
+    double left = std::chrono::duration<double>(deadline - Clock::now()).count();
+    if (left <= 0) break;
+    try {
+      if (readyOnce(ep, service, token, std::min(left, 2.0))) return 0;
+    } catch (const std::invalid_argument& e) {
+      std::fprintf(stderr, "aiorpc: %s\n", e.what());
+      return kExitUsage;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::fprintf(stderr, "aiorpc wait: %s not ready within %g s\n", ep.c_str(), timeout);
+  return kExitTimeout;
+}
 
 int runCall(const std::string& cmd, const std::string& ep, const std::string& method,
             const std::optional<json>& params, double timeout, Show show = Show::kJson) {
@@ -115,21 +200,36 @@ int main(int argc, char** argv) {
   app.option_defaults()->always_capture_default();
   double timeout = 10;
   bool raw_json = false;
-  std::string endpoint, method, params_text;
+  std::string endpoint, method, params_text, token_file, wait_service;
   auto common = [&](CLI::App* c, const char* what) {
     c->add_option("endpoint", endpoint, what)->required();
     c->add_option("--timeout", timeout, "seconds to wait for the reply")->check(tools::seconds());
   };
+  // Only where a registry may ask for it (its methods take map-form params).
+  auto token = [&](CLI::App* c) {
+    c->add_option("--auth-token-file", token_file,
+                  "a file holding the registry's token (as aiorpcd takes it): sent as __auth__");
+  };
   auto* call = app.add_subcommand("call", "call METHOD; prints the result as JSON on stdout");
   common(call, "HOST:PORT of the server");
+  token(call);
   call->add_option("method", method, "METHOD")->required();
   auto* call_params = call->add_option("params", params_text, "PARAMS-JSON (see below)");
   auto* notify = app.add_subcommand("notify", "send METHOD as a notification (no reply)");
-  common(notify, "HOST:PORT of the server");
+  notify->add_option("endpoint", endpoint, "HOST:PORT of the server")->required();
+  token(notify);
   notify->add_option("method", method, "METHOD")->required();
   auto* notify_params = notify->add_option("params", params_text, "PARAMS-JSON (see below)");
   auto* services = app.add_subcommand("services", "the services a keepalive knows");
   common(services, "HOST:PORT of the keepalive");
+  token(services);
+  auto* wait = app.add_subcommand(
+      "wait", "wait until a server answers, or a keepalive or proxy has a service (scripts)");
+  wait->add_option("endpoint", endpoint, "HOST:PORT of the server")->required();
+  wait->add_option("--service", wait_service, "NAME: wait until it is listed (or routed)");
+  wait->add_option("--timeout", timeout, "seconds to wait in all")->check(tools::seconds());
+  token(wait);
+  wait->footer(kWaitHelp);
   auto* stats = app.add_subcommand("stats", "the server's \\0stats counters");
   common(stats, "HOST:PORT of the server");
   stats->add_flag("--json", raw_json, "one line of JSON");
@@ -152,7 +252,19 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   if (bench_cmd->parsed()) return tools::runBench(bench);
-  if (services->parsed()) return runCall("call", endpoint, "get_services", std::nullopt, timeout);
+  std::string token_value;
+  if (!token_file.empty()) {
+    if (auto bad = agents::loadToken(token_file, token_value)) {
+      std::fprintf(stderr, "aiorpc: %s\n", bad->c_str());
+      return kExitUsage;
+    }
+  }
+  if (wait->parsed()) return runWait(endpoint, wait_service, token_value, timeout);
+  if (services->parsed()) {
+    std::optional<json> params;
+    withToken(params, token_value);
+    return runCall("call", endpoint, "get_services", params, timeout);
+  }
   if (stats->parsed() || methods->parsed()) {
     // Control commands start with a NUL byte, which no shell can pass in argv.
     std::string control = std::string(1, '\0') + (stats->parsed() ? "stats" : "reflection");
@@ -167,6 +279,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "aiorpc: %s\n", e.what());
       return kExitUsage;
     }
+  }
+  if (auto bad = withToken(params, token_value)) {
+    std::fprintf(stderr, "aiorpc: %s\n", bad->c_str());
+    return kExitUsage;
   }
   return runCall(notify->parsed() ? "notify" : "call", endpoint, method, params, timeout);
 }

@@ -107,6 +107,38 @@ def test_auth_reads():
     assert svc.port
 
 
+def test_cli_carries_the_token_from_a_file_and_waits_for_a_service():
+    # aiorpc --auth-token-file (never the secret in argv) for services, call and wait; wait's
+    # exit codes: 0 ready, 3 not within --timeout, 64 a --service on a plain server.
+    ka = keepalive("--auth-token-file", token_file(), "--auth-reads")
+    cli = binary("aiorpc")
+
+    def aiorpc(*args):
+        return subprocess.run([cli, *args], capture_output=True, text=True, timeout=30)
+    r = aiorpc("services", ka.endpoint)
+    assert r.returncode == 1 and "AuthError" in r.stderr, r
+    r = aiorpc("services", ka.endpoint, "--auth-token-file", token_file())
+    assert r.returncode == 0 and r.stdout.strip() == "{}", r
+    assert TOKEN not in r.stdout + r.stderr
+    r = aiorpc("call", ka.endpoint, "get_services", "[]", "--auth-token-file", token_file())
+    assert r.returncode == 64 and "named params" in r.stderr, r  # array form cannot carry it
+    r = aiorpc("wait", ka.endpoint, "--service", "sample.foo", "--timeout", "0.5",
+               "--auth-token-file", token_file())
+    assert r.returncode == 3, r
+    svc = daemon("--role=demo", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                 "--heartbeat-interval", "0.2", "--auth-token-file", token_file())
+    r = aiorpc("wait", ka.endpoint, "--service", "sample.foo", "--timeout", "10",
+               "--auth-token-file", token_file())
+    assert r.returncode == 0, r
+    r = aiorpc("wait", svc.endpoint, "--service", "sample.foo", "--timeout", "1")
+    assert r.returncode == 64, r
+    assert aiorpc("wait", svc.endpoint).returncode == 0
+    r = aiorpc("wait", "127.0.0.1:1", "--timeout", "0.3")
+    assert r.returncode == 3, r
+    r = aiorpc("notify", "--help")
+    assert r.returncode == 0 and "--timeout" not in r.stdout, r.stdout  # nothing to wait for
+
+
 def test_world_readable_or_empty_token_file_refused():
     for path, why in ((token_file(0o644), "readable by every user"),
                       (token_file(0o600, "\n"), "empty"),

@@ -7,20 +7,9 @@ import subprocess
 import sys
 import time
 
-if os.environ.get("AIORPC_IN_NETNS") != "1":
-    env = dict(os.environ, AIORPC_IN_NETNS="1")
-    try:
-        rc = subprocess.run(["unshare", "-n", "sh", "-c",
-                             'ip link set lo up && exec "$0" "$@"', sys.executable, *sys.argv],
-                            env=env).returncode
-    except FileNotFoundError:
-        rc = 77
-    if rc == 77 or rc == 1 and os.geteuid() != 0:
-        print("skipped: a private network namespace (unshare -n, as root) is not available here")
-        print("[proc] netns_test.py: test cases: 0 | 0 passed | 0 failed")
-        sys.exit(0)
-    sys.exit(rc)
+from harness import in_private_netns  # noqa: E402
 
+in_private_netns("netns_test.py")
 from harness import Raw, daemon, run, wait_until  # noqa: E402
 
 
