@@ -127,13 +127,16 @@ void Client::connect() {
 void Client::close() {
   connector_.cancel();
   connecting_ = false;
+  closing_ = true;  // (onClose comes from inside close())
   if (ep_) ep_->close();
+  closing_ = false;
 }
 
-void Client::endpointClosed(Endpoint& e, std::error_code why) {
-  // Reset before the first byte came back, with requests written: the peer never served this
-  // connection (it crashed or is refusing): a failed connect attempt, not a lost call.
-  bool failed_connect = why && !e.heardFromPeer() && e.bytesWritten() > 0;
+void Client::endpointClosed(Endpoint& e, std::error_code) {
+  // Reset or closed by the peer before the first byte came back, with requests written: the
+  // peer never served this connection (it crashed, is refusing, or accepts and drops): a failed
+  // connect attempt, not a lost call. A close of our own (close()) is none.
+  bool failed_connect = !closing_ && !e.heardFromPeer() && e.bytesWritten() > 0;
   if (failed_connect && connect_result_) {
     tasks_.post([this] {
       if (connect_result_) connect_result_(false);

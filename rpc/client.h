@@ -106,8 +106,10 @@ class Client final : private Endpoint::Owner {
   // Called with the outcome of every connect attempt, always from the loop (never inside a call
   // into the client): true once connected; false when the connect failed (refused, timed out)
   // or the connection was reset before its first byte came back with requests written on it.
-  // One attempt is one call however many requests waited on it (the proxy's ejection counts
-  // these, not calls).
+  // A connection the peer resets or closes before its first byte back, with requests written,
+  // is reported false too (whether or not the connect itself had been reported true). One
+  // attempt is one call however many requests waited on it (the proxy's ejection counts these,
+  // not calls).
   void onConnectResult(core::Callback<void(bool)> fn) { connect_result_ = std::move(fn); }
 
  private:
@@ -132,6 +134,7 @@ class Client final : private Endpoint::Owner {
   uint64_t next_id_ = 1;
   Service* service_ = nullptr;
   bool connecting_ = false;
+  bool closing_ = false;  // inside close(): the connection ends by our will
   int failures_ = 0;
   double last_failure_ = 0;
   double last_used_ = 0;

@@ -21,9 +21,11 @@ struct EjectPolicy {
 // It counts connect attempts, never calls: one refused connect with 500 calls waiting on it is
 // one failure. `after` failures in a row eject the instance for `base` seconds. When the period
 // is over the owner probes it with one connect of its own (probeDue / probeStarted): success
-// re-admits it, failure starts the next period, twice as long (at most `max`). A successful
-// connect or reply resets everything. While ejected, calls go elsewhere unless every candidate
-// is ejected or has refused the call (panic routing: longest ejected first, see since()).
+// re-admits it, failure starts the next period, twice as long (at most `max`). Only a reply
+// resets the count of failures in a row: a connect that is accepted and then reset or closed
+// before its first reply is a failed attempt (SPEC §6), so an instance that accepts and drops
+// every connection is ejected like one that refuses. While ejected, calls go elsewhere unless every
+// candidate is ejected or has refused the call (panic routing: longest ejected first, see since()).
 class Ejection {
  public:
   explicit Ejection(EjectPolicy p) : p_(p) {}
@@ -59,7 +61,16 @@ class Ejection {
     probing_ = false;
     return true;
   }
-  // A connect or a reply succeeded. Returns true when this re-admits an ejected instance.
+  // A connect succeeded: its probe re-admits an ejected instance (returns true), but the count
+  // of failures in a row stays until a reply comes.
+  bool connected() noexcept {
+    probing_ = false;
+    if (!ejected_) return false;
+    ejected_ = false;
+    period_ = 0;
+    return true;
+  }
+  // A reply came back. Returns true when this re-admits an ejected instance.
   bool succeeded() noexcept {
     in_a_row_ = 0;
     probing_ = false;
@@ -96,7 +107,7 @@ struct Backend {
   Backend& operator=(const Backend&) = delete;
 
   void connectResult(bool ok) {
-    if (ok ? eject.succeeded() : eject.connectFailed(loop.now()))
+    if (ok ? eject.connected() : eject.connectFailed(loop.now()))
       if (on_change) on_change(*this, ok ? Change::kReadmitted : Change::kEjected);
   }
   // A reply came back: a working instance.

@@ -1,6 +1,9 @@
 // Proxy ejection policy against a manual clock, and a backend's connect accounting on real
 // sockets (a refused connect with many calls waiting counts once).
 #include <doctest/doctest.h>
+#include <sys/socket.h>
+
+#include <vector>
 
 #include "aiorpc/agents/proxy/backend.h"
 #include "aiorpc/core/listener.h"
@@ -18,7 +21,18 @@ namespace rpc = aiorpc::rpc;
 using aiorpc::test::runUntil;
 
 TEST_SUITE("proxy ejection") {
-  TEST_CASE("after N failed connects in a row; a success in between resets the count") {
+  TEST_CASE("a connect that succeeds resets nothing: accepted then dropped, N times, ejects") {
+    Ejection e(EjectPolicy{3, 5, 60});
+    for (int i = 0; i < 2; ++i) {
+      CHECK_FALSE(e.connected());
+      CHECK_FALSE(e.connectFailed(0));  // reset before a reply
+    }
+    CHECK_FALSE(e.connected());
+    CHECK(e.connectFailed(0));
+    CHECK(e.ejected());
+  }
+
+  TEST_CASE("after N failed connects in a row; a reply in between resets the count") {
     Ejection e(EjectPolicy{3, 5, 60});
     CHECK_FALSE(e.connectFailed(0));
     CHECK_FALSE(e.connectFailed(0));
@@ -63,7 +77,7 @@ TEST_SUITE("proxy ejection") {
     CHECK(e.ejections() == 1);  // one episode
     now = e.until();
     e.probeStarted();
-    CHECK(e.succeeded());  // the probe connected
+    CHECK(e.connected());  // the probe connected
     CHECK_FALSE(e.ejected());
     CHECK(e.period() == 0);
     // a new episode starts from the base period again
@@ -122,5 +136,42 @@ TEST_SUITE("proxy ejection") {
     REQUIRE(runUntil(loop, [&] { return readmitted == 1; }));
     CHECK_FALSE(b.eject.ejected());
     CHECK(b.client.inFlight() == 0);
+  }
+
+  TEST_CASE("an instance that accepts, then resets or closes before replying, is ejected") {
+    // The old accounting let the successful connect reset the count just before the reset was
+    // counted: 150 failures in a row, never ejected. Both a reset and a plain close (FIN).
+    for (bool reset : {true, false}) {
+      CAPTURE(reset);
+      core::Loop loop;
+      std::vector<core::Fd> held;
+      core::Listener l(loop,
+                       [&](core::Fd fd, const core::Address&) { held.push_back(std::move(fd)); });
+      core::Address addr = *l.listen(*core::Address::parse("127.0.0.1:0"));
+      rpc::ClientOptions o;
+      o.dead_after = 1 << 30;
+      Backend b(loop, 1, addr.toString(), addr, o, EjectPolicy{3, 5, 60});
+      int ejected = 0, failed = 0;
+      b.on_change = [&](Backend&, Backend::Change c) { ejected += c == Backend::Change::kEjected; };
+      for (int round = 1; round <= 3; ++round) {
+        b.client.send(
+            "m", [](rpc::Packer& p) { p.nil(); }, [&](rpc::Response&) { ++failed; });
+        REQUIRE(runUntil(loop, [&] { return !held.empty() && b.client.connected(); }));
+        // the request has left; the peer drops the connection without a reply
+        REQUIRE(runUntil(loop, [&] {
+          char c;
+          return ::recv(held.back().get(), &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+        }));
+        if (reset) {
+          linger lg{1, 0};
+          ::setsockopt(held.back().get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        }
+        held.clear();  // closes it
+        REQUIRE(runUntil(loop, [&] { return failed == round; }));
+      }
+      REQUIRE(runUntil(loop, [&] { return ejected == 1; }));
+      CHECK(b.eject.ejected());
+      CHECK(b.eject.connectFailures() == 3);
+    }
   }
 }
