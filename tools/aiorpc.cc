@@ -1,4 +1,6 @@
 // aiorpc: the command-line client. call / notify / services / stats / methods / wait / bench.
+#include <fmt/format.h>
+
 #include <chrono>
 #include <climits>
 #include <cmath>
@@ -36,6 +38,20 @@ const char kWaitHelp[] =
     "Exit status: 0 ready; 3 not ready within --timeout; 64 bad usage.";
 
 constexpr int kExitError = 1, kExitConnect = 2, kExitTimeout = 3, kExitUsage = 64;
+
+// A peer's text for the terminal: valid UTF-8, control bytes shown as \xNN (a hostile server
+// must not drive the terminal).
+std::string printable(std::string_view text) {
+  std::string s = rpc::validUtf8(text), out;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
 
 std::string dump(const json& j, int indent = -1) {
   return j.dump(indent, ' ', false, json::error_handler_t::replace);
@@ -179,8 +195,8 @@ int runCall(const std::string& cmd, const std::string& ep, const std::string& me
     rpc::Object eo = obj.view();
     std::string kind(rpc::kindName(e.kind()));
     if (e.kind() == rpc::Kind::kOther && eo.isArray() && eo.size() == 2 && eo[0].isStrOrBin())
-      kind = rpc::validUtf8(eo[0].str());
-    std::fprintf(stderr, "%s: %s\n", kind.c_str(), rpc::validUtf8(e.message()).c_str());
+      kind = eo[0].str();
+    std::fprintf(stderr, "%s: %s\n", printable(kind).c_str(), printable(e.message()).c_str());
     if (e.kind() == rpc::Kind::kConnection || e.kind() == rpc::Kind::kNotSent) return kExitConnect;
     // Our own call timing out is 3; a server's TimeoutError reply (a proxy's backend timed
     // out) is an error reply like any other.

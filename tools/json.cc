@@ -135,9 +135,14 @@ json parseJson(const std::string& text) {
         bool ext = x->contains("$ext");
         if (x->size() != (ext ? 2u : 1u) || !b.is_string() || !unbase64(b.get<std::string>()))
           bad("{\"$base64\": ...} needs one strict base64 string (and \"$ext\" for ext)");
-        if (ext && (!(*x)["$ext"].is_number_integer() || (*x)["$ext"].get<int64_t>() < -128 ||
-                    (*x)["$ext"].get<int64_t>() > 127))
-          bad("\"$ext\" must be an integer type from -128 to 127");
+        if (ext) {  // (2^64-1 is an unsigned number: never read as -1)
+          const json& t = (*x)["$ext"];
+          bool in_range = t.is_number_unsigned() ? t.get<uint64_t>() <= 127
+                          : t.is_number_integer()
+                              ? t.get<int64_t>() >= -128 && t.get<int64_t>() <= 127
+                              : false;
+          if (!in_range) bad("\"$ext\" must be an integer type from -128 to 127");
+        }
         continue;
       }
       if (x->contains("$float")) {
@@ -156,6 +161,9 @@ json parseJson(const std::string& text) {
         }
         continue;
       }
+      // "$ext" alone, or another "$" key first: not one of the shapes above.
+      bad("a special object is {\"$base64\": \"...\"} (with \"$ext\": T for ext), "
+          "{\"$float\": \"nan\"|\"inf\"|\"-inf\"} or {\"$map\": [[key, value], ...]}");
     }
     if (x->is_structured())
       for (const auto& e : *x) todo.push_back(&e);

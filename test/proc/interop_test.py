@@ -46,6 +46,8 @@ class PyServer:
                     reply = [1, msgid, None, params]
                 elif method == "boom":
                     reply = [1, msgid, ["<class 'ValueError'>", "bad value"], None]
+                elif method == "evil":  # a hostile server's error text drives no terminal
+                    reply = [1, msgid, ["\x1b]0;pwned\x07Kind", "\x1b[2Jred\r\nfake"], None]
                 else:
                     reply = [1, msgid, ["<class 'AttributeError'>", f"no {method}"], None]
                 c.sendall(msgpack.packb(reply, use_bin_type=True))
@@ -73,6 +75,9 @@ def test_our_client_calls_a_python_server():
     p = cli("call", ep, "boom", "[]")
     assert p.returncode == 1
     assert p.stderr.strip() == "<class 'ValueError'>: bad value"
+    p = cli("call", ep, "evil", "[]")
+    assert p.returncode == 1 and not any(ord(c) < 0x20 for c in p.stderr.rstrip("\n")), p.stderr
+    assert p.stderr.strip() == "\\x1b]0;pwned\\x07Kind: \\x1b[2Jred\\x0d\\x0afake", p.stderr
     p = cli("notify", ep, "event", '["x"]')
     assert p.returncode == 0
     assert [2, "event", ["x"]] in py.seen
@@ -161,7 +166,11 @@ def test_cli_json_is_lossless_and_strict():
     assert json.loads(p.stdout) == {"$map": [[1, "a"], ["1", "b"]]}, p.stdout
     # strict base64 and tags: garbage is refused, not sent as a map
     for bad in ('[{"$base64": "!!!!"}]', '[{"$base64": "AAE"}]', '[{"$base64": "AA=A"}]',
-                '[{"$float": "NaN"}]', '[{"$map": [[1]]}]', '[{"$ext": 999, "$base64": ""}]'):
+                '[{"$float": "NaN"}]', '[{"$map": [[1]]}]', '[{"$ext": 999, "$base64": ""}]',
+                # $ext alone aborted the CLI; 2^64-1 was taken as type -1
+                '[{"$ext": 5}]', '[{"$ext": 18446744073709551615, "$base64": "AA=="}]',
+                '[{"$ext": -129, "$base64": "AA=="}]', '[{"$ext": 1.5, "$base64": "AA=="}]',
+                '[{"$ext": 5, "$float": "nan"}]'):
         p = cli("call", srv.endpoint, "echo", bad)
         assert p.returncode == 64 and p.stderr.strip(), (bad, p)
     # deep nesting is refused with a clear line (it crashed the CLI before)
