@@ -35,6 +35,15 @@ Result<Cidr> Cidr::parse(std::string_view text) {
   }
   c.prefix_ = prefix.value_or(max);
   if (c.prefix_ < 0 || c.prefix_ > max) return Errc::kBadAddress;
+  // An IPv4-mapped range (::ffff:a.b.c.d/96..128) is the IPv4 range it names: peers are
+  // matched as IPv4 (contains() unmaps them), so it must be one too, or it never matches.
+  static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (c.family_ == AF_INET6 && c.prefix_ >= 96 && std::memcmp(c.bytes_.data(), kMapped, 12) == 0) {
+    std::memmove(c.bytes_.data(), c.bytes_.data() + 12, 4);
+    std::memset(c.bytes_.data() + 4, 0, 12);
+    c.family_ = AF_INET;
+    c.prefix_ -= 96;
+  }
   return c;
 }
 

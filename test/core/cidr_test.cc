@@ -37,6 +37,24 @@ TEST_SUITE("cidr") {
     CHECK_FALSE((*Cidr::parse("127.0.0.0/8")).contains(ip("::ffff:10.0.0.1")));
   }
 
+  TEST_CASE("an IPv4-mapped range is the IPv4 range it names (it never matched before)") {
+    for (const char* text : {"::ffff:127.0.0.1/128", "::ffff:127.0.0.1", "::ffff:127.0.0.0/104",
+                             "::FFFF:7f00:1/128"}) {
+      CAPTURE(text);
+      auto r = Cidr::parse(text);
+      REQUIRE(r.ok());
+      CHECK(r->contains(ip("127.0.0.1")));         // an IPv4 peer
+      CHECK(r->contains(ip("::ffff:127.0.0.1")));  // the same peer on a dual-stack listener
+      CHECK_FALSE(r->contains(ip("10.0.0.1")));
+    }
+    auto wide = Cidr::parse("::ffff:0.0.0.0/96");  // every IPv4 address
+    REQUIRE(wide.ok());
+    CHECK(wide->contains(ip("192.0.2.7")));
+    auto v6 = Cidr::parse("::/0");  // a prefix shorter than 96 stays IPv6
+    REQUIRE(v6.ok());
+    CHECK(v6->contains(ip("::1")));
+  }
+
   TEST_CASE("bad ranges are refused") {
     for (const char* bad : {"", "/8", "127.0.0.1/33", "::1/129", "127.0.0.1/-1", "127.0.0.1/",
                             "127.0.0.1/8x", "host.example/8", "[::1]/128", "1.2.3/8"})
