@@ -1,23 +1,49 @@
 // Token file, constant-time comparison, rate-limited audit log.
 #include "aiorpc/agents/auth.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
-#include <fstream>
+#include <cstring>
 
 #include "aiorpc/core/log.h"
 
 namespace aiorpc::agents {
 
+std::optional<std::string> readRegularFile(const std::string& path, size_t max, std::string& out,
+                                           std::string_view what) {
+  std::string name = std::string(what) + " " + path;
+  core::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (!fd) return "cannot read " + name + ": " + std::strerror(errno);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return "cannot read " + name + ": " + std::strerror(errno);
+  if (!S_ISREG(st.st_mode)) return name + " is not a regular file";
+  if (static_cast<uint64_t>(st.st_size) > max)
+    return name + " is over " + std::to_string(max) + " bytes";
+  out.clear();
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return "cannot read " + name + ": " + std::strerror(errno);
+    if (n == 0) return std::nullopt;
+    if (out.size() + static_cast<size_t>(n) > max)  // (it grew while we read)
+      return name + " is over " + std::to_string(max) + " bytes";
+    out.append(buf, static_cast<size_t>(n));
+  }
+}
+
 std::optional<std::string> loadToken(const std::string& path, std::string& token) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return "cannot read token file " + path;
-  if (st.st_mode & S_IROTH)
+  if (S_ISREG(st.st_mode) && (st.st_mode & S_IROTH))
     return "token file " + path + " is readable by every user; chmod o-r it (e.g. chmod 600)";
-  std::ifstream in(path);
-  std::string line;
-  if (!in || !std::getline(in, line)) return "cannot read token file " + path;
+  std::string text;
+  if (auto bad = readRegularFile(path, 4096, text, "token file")) return bad;
+  std::string line = text.substr(0, text.find('\n'));
   auto first = line.find_first_not_of(" \t\r\n");
   auto last = line.find_last_not_of(" \t\r\n");
   if (first == std::string::npos) return "token file " + path + " is empty";

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "aiorpc/agents/auth.h"
 #include "aiorpc/core/address.h"
 #include "aiorpc/core/cidr.h"
 #include "aiorpc/core/log.h"
@@ -59,6 +60,20 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
     if (a == "--help" || a == "-h") help_ = true;
   }
   if (help_) return true;
+  // The config file: a regular file of bounded size only (a FIFO would hang start-up,
+  // /dev/zero grew to 4 GB), checked before CLI11 reads it.
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    std::string path;
+    if (a == "--config" && i + 1 < argc) path = argv[i + 1];
+    if (a.rfind("--config=", 0) == 0) path = std::string(a.substr(9));
+    std::string text;
+    if (!path.empty())
+      if (auto bad = readRegularFile(path, kMaxConfigBytes, text, "--config file")) {
+        error_ = *bad;
+        return false;
+      }
+  }
   CLI::App app{"aiorpcd"};
   app.set_help_flag();
   app.set_config("--config", "", "read flags from FILE (name = value lines)");

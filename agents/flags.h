@@ -37,6 +37,7 @@ struct FlagSpec {
 
 class Flags {
  public:
+  static constexpr size_t kMaxConfigBytes = 1 << 20;  // --config: a regular file up to 1 MiB
   // Parses argv against `specs`; on error returns false and sets error() to one line.
   bool parse(std::span<const FlagSpec> specs, int argc, const char* const* argv);
   const std::string& error() const noexcept { return error_; }

@@ -2,13 +2,17 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <systemd/sd-daemon.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -111,11 +115,19 @@ void usage(std::FILE* out) {
   }
 }
 
-// Opens, locks and writes `path`; on failure an invalid Fd and `error` says why (exit 2).
+// Opens, locks and writes `path`; on failure an invalid Fd and `error` says why (exit 2). A
+// symbolic link is refused (O_NOFOLLOW: it would make us overwrite its target), and so is
+// anything but a regular file.
 core::Fd writePidFile(const std::string& path, std::string& error) {
-  core::Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  core::Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644));
   if (!fd) {
-    error = "cannot open --pid-file " + path + ": " + std::strerror(errno);
+    error = "cannot open --pid-file " + path + ": " + std::strerror(errno) +
+            (errno == ELOOP ? " (a symbolic link: refused)" : "");
+    return {};
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    error = "--pid-file " + path + " is not a regular file";
     return {};
   }
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
@@ -133,6 +145,26 @@ core::Fd writePidFile(const std::string& path, std::string& error) {
     return {};
   }
   return fd;
+}
+
+// Readiness and status for systemd (Type=notify), never blocking: sd_notify's datagram socket
+// blocks when NOTIFY_SOCKET's queue is full (the daemon then never served and ignored SIGTERM).
+// A message that does not fit now is dropped with a warning. Nothing without NOTIFY_SOCKET.
+void notifySystemd(const std::string& message) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (!path || !*path) return;
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  size_t len = std::strlen(path);
+  if ((path[0] != '/' && path[0] != '@') || len >= sizeof sa.sun_path) return;
+  std::memcpy(sa.sun_path, path, len);
+  if (path[0] == '@') sa.sun_path[0] = '\0';  // the abstract namespace
+  core::Fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return;
+  auto salen = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+  if (::sendto(fd.get(), message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
+               reinterpret_cast<const sockaddr*>(&sa), salen) < 0)
+    clog::warn("readiness notification to {} not sent: {}", path, std::strerror(errno));
 }
 
 int fail(const std::string& msg) {
@@ -222,6 +254,15 @@ int main(int argc, char** argv) {
     pid_fd = writePidFile(pid_file, error);
     if (!pid_fd) return fail(error);
   }
+  // A start that fails from here on leaves no pid file behind (it is ours: we hold its lock).
+  struct PidFileGuard {
+    const std::string& path;
+    const core::Fd& fd;
+    bool keep = false;
+    ~PidFileGuard() {
+      if (fd && !keep) ::unlink(path.c_str());
+    }
+  } pid_guard{pid_file, pid_fd};
   rpc::Server server(loop, instance->service(), opts);
   std::string bind = flags.has("bind") ? flags.str("bind") : std::string(role->default_bind);
   auto bound = server.listen(bind);
@@ -235,7 +276,7 @@ int main(int argc, char** argv) {
   auto shutdown = [&](int sig) {
     if (stopping) return;
     stopping = true;
-    sd_notify(0, "STOPPING=1");
+    notifySystemd("STOPPING=1");
     core::Callback<void()> left = [&] {
       if (grace <= 0) return drain();
       clog::info("unregistered; serving {} s more before draining", grace);
@@ -266,14 +307,12 @@ int main(int argc, char** argv) {
                                        instance->service().name(), bound->port(),
                                        flags.seconds("heartbeat-interval"), env.auth_token});
   // Readiness for systemd (Type=notify); does nothing without NOTIFY_SOCKET.
-  sd_notify(
-      0, fmt::format("READY=1\nSTATUS=listening on {}\nMAINPID={}", bound->toString(), ::getpid())
-             .c_str());
+  notifySystemd(
+      fmt::format("READY=1\nSTATUS=listening on {}\nMAINPID={}", bound->toString(), ::getpid()));
   loop.run();
   // Sockets closed gracefully are still lingering (their peers read the last replies): exiting
   // now would reset them. Bounded by Loop::kMaxLingerSeconds.
   while (loop.lingering() > 0) loop.runOnce();
   clog::info("aiorpcd stopped");
-  if (pid_fd) ::unlink(pid_file.c_str());  // still ours: we hold its lock
   return 0;
 }

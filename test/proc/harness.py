@@ -26,9 +26,10 @@ _procs = []
 
 
 class Proc:
-    def __init__(self, argv, expect_listen=True, timeout=20, cwd=None):
+    def __init__(self, argv, expect_listen=True, timeout=20, cwd=None, env=None):
         self.argv = argv
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                                  env=env)
         _procs.append(self)
         self.host, self.port, self.endpoint = None, None, None
         self.out = b""

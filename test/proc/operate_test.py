@@ -64,6 +64,67 @@ def test_readiness_and_stopping_through_notify_socket():
             p.wait()
 
 
+def test_readiness_never_blocks_on_a_full_notify_socket():
+    # A NOTIFY_SOCKET whose queue is full (nobody reads it): sd_notify blocked forever there (the
+    # daemon never served and ignored SIGTERM). Now the notification is dropped with a warning.
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "notify")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    w = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    w.setblocking(False)
+    try:
+        while True:
+            w.sendto(b"x" * 512, path)
+    except BlockingIOError:
+        pass  # full
+    env = dict(os.environ, NOTIFY_SOCKET=path)
+    p = Proc([binary("aiorpcd"), "--role=demo", "--bind", "127.0.0.1:0"], env=env)
+    assert Raw(p).call("echo", [1])[3] == [1]
+    p.signal(signal.SIGTERM)
+    assert p.wait(timeout=10) == 0
+
+
+def test_pid_file_refuses_links_and_other_files_and_is_removed_when_start_fails():
+    d = tempfile.mkdtemp()
+    target = os.path.join(d, "target")
+    with open(target, "w") as f:
+        f.write("precious\n")
+    link = os.path.join(d, "link")
+    os.symlink(target, link)
+    for bad in (link, "/dev/null"):
+        r = subprocess.run([binary("aiorpcd"), "--role=demo", "--bind", "127.0.0.1:0",
+                            "--pid-file", bad], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and "--pid-file" in r.stderr, (bad, r.stderr)
+    assert open(target).read() == "precious\n"  # never followed
+    # listen fails after the pid file was written: it goes too
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    pid = os.path.join(d, "p.pid")
+    r = subprocess.run([binary("aiorpcd"), "--role=demo", "--bind",
+                        f"127.0.0.1:{taken.getsockname()[1]}", "--pid-file", pid],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "cannot listen" in r.stderr, r.stderr
+    assert not os.path.exists(pid)
+
+
+def test_token_and_config_only_from_regular_files_of_bounded_size():
+    d = tempfile.mkdtemp()
+    fifo = os.path.join(d, "fifo")
+    os.mkfifo(fifo, 0o600)  # opening it for reading used to hang start-up
+    big = os.path.join(d, "big.conf")
+    with open(big, "w") as f:
+        f.write("# " + "x" * (2 << 20) + "\n")
+    for args, word in ((["--role=keepalive", "--auth-token-file", fifo], "token file"),
+                       (["--role=demo", "--config", fifo], "--config"),
+                       (["--role=demo", "--config", "/dev/zero"], "--config"),
+                       (["--role=demo", "--config=" + big], "over")):
+        r = subprocess.run([binary("aiorpcd"), "--bind", "127.0.0.1:0", *args],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and word in r.stderr, (args, r.stderr)
+
+
 def test_meson_install_puts_binaries_and_unit_under_the_prefix():
     dest = tempfile.mkdtemp()
     r = subprocess.run(["meson", "install", "-C", BUILD, "--no-rebuild", "--destdir", dest,
