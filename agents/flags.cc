@@ -77,13 +77,21 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
   CLI::App app{"aiorpcd"};
   app.set_help_flag();
   app.set_config("--config", "", "read flags from FILE (name = value lines)");
+  // A key the command line would refuse is refused in the file too (a typo such as `alow` left a
+  // keepalive open that was meant to be closed), sections included.
+  app.allow_config_extras(CLI::config_extras_mode::error);
   std::map<std::string, std::string, std::less<>> parsed;
   for (const auto& s : specs) {
     std::string name(s.name);
     if (parsed.count(name)) continue;  // the same flag in two tables: one option
     auto* opt = app.add_option("--" + name, parsed[name]);
-    opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
     FlagType type = s.type;
+    if (type == FlagType::kEndpointList || type == FlagType::kAllowList) {
+      // A list: a TOML array, or the flag given several times, is joined (it kept the last).
+      opt->delimiter(',')->multi_option_policy(CLI::MultiOptionPolicy::Join);
+    } else {
+      opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
+    }
     if (type == FlagType::kBool) opt->expected(0, 1);  // --flag alone means true
     opt->check(
         [type](const std::string& v) -> std::string {
@@ -99,6 +107,16 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
     error_ = e.what();
     for (char& c : error_)
       if (c == '\n') c = ' ';
+    // CLI11 words an unknown key of the file as "INI was not able to parse KEY": name it.
+    if (auto at = error_.find("INI was not able to parse "); at != std::string::npos) {
+      std::string key = error_.substr(at + 26);
+      if (auto dot = key.find('.'); dot != std::string::npos)
+        error_ = "--config: section [" + key.substr(0, dot) +
+                 "] is not allowed (every flag is a top-level key)";
+      else
+        error_ = "--config: unknown key '" + key + "' (see --help)";
+      return false;
+    }
     if (error_.find("not expected") != std::string::npos) error_ += " (see --help)";
     return false;
   }

@@ -125,6 +125,32 @@ def test_token_and_config_only_from_regular_files_of_bounded_size():
         assert r.returncode == 2 and word in r.stderr, (args, r.stderr)
 
 
+def test_config_is_as_strict_as_the_command_line():
+    d = tempfile.mkdtemp()
+
+    def start(text, *extra):
+        path = os.path.join(d, "x.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return subprocess.run([binary("aiorpcd"), "--config", path, "--bind", "127.0.0.1:0",
+                               *extra], capture_output=True, text=True, timeout=10)
+    # a typo of a key, and a section, were ignored: a keepalive meant to be closed started open
+    r = start('role = "keepalive"\nalow = "10.0.0.0/8"\n')
+    assert r.returncode == 2 and "unknown key 'alow'" in r.stderr, r.stderr
+    r = start('role = "keepalive"\nauth-token-flie = "/x"\n')
+    assert r.returncode == 2 and "auth-token-flie" in r.stderr, r.stderr
+    r = start('role = "keepalive"\n[keepalive]\nttl = 5\n')
+    assert r.returncode == 2 and "section [keepalive]" in r.stderr, r.stderr
+    r = start('role = "keepalive"\nttl = "soon"\n')
+    assert r.returncode == 2 and "ttl" in r.stderr, r.stderr
+    # a list flag takes an array whole (it kept the last element): loopback is allowed here
+    path = os.path.join(d, "ok.conf")
+    with open(path, "w") as f:
+        f.write('role = "demo"\nallow = ["127.0.0.1/32", "10.0.0.0/8"]\n')
+    p = Proc([binary("aiorpcd"), "--config", path, "--bind", "127.0.0.1:0"])
+    assert Raw(p).call("echo", [1])[3] == [1]
+
+
 def test_meson_install_puts_binaries_and_unit_under_the_prefix():
     dest = tempfile.mkdtemp()
     r = subprocess.run(["meson", "install", "-C", BUILD, "--no-rebuild", "--destdir", dest,
