@@ -17,7 +17,7 @@ std::optional<std::string> readRegularFile(const std::string& path, size_t max, 
                                            std::string_view what) {
   std::string name = std::string(what) + " " + path;
   core::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
-  if (!fd) return "cannot read " + name + ": " + std::strerror(errno);
+  if (!fd) return "cannot read " + name + " (not readable: " + std::strerror(errno) + ")";
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return "cannot read " + name + ": " + std::strerror(errno);
   if (!S_ISREG(st.st_mode)) return name + " is not a regular file";
