@@ -13,8 +13,8 @@
 
 namespace aiorpc::agents {
 
-std::optional<std::string> readRegularFile(const std::string& path, size_t max, std::string& out,
-                                           std::string_view what) {
+std::optional<std::string> readRegularFile(const std::string& path, size_t max, std::string* out,
+                                           std::string_view what, mode_t* mode) {
   std::string name = std::string(what) + " " + path;
   core::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (!fd) return "cannot read " + name + " (not readable: " + std::strerror(errno) + ")";
@@ -23,26 +23,27 @@ std::optional<std::string> readRegularFile(const std::string& path, size_t max, 
   if (!S_ISREG(st.st_mode)) return name + " is not a regular file";
   if (static_cast<uint64_t>(st.st_size) > max)
     return name + " is over " + std::to_string(max) + " bytes";
-  out.clear();
+  if (mode) *mode = st.st_mode;
+  if (!out) return std::nullopt;
+  out->clear();
   char buf[4096];
   for (;;) {
     ssize_t n = ::read(fd.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return "cannot read " + name + ": " + std::strerror(errno);
     if (n == 0) return std::nullopt;
-    if (out.size() + static_cast<size_t>(n) > max)  // (it grew while we read)
+    if (out->size() + static_cast<size_t>(n) > max)  // (it grew while we read)
       return name + " is over " + std::to_string(max) + " bytes";
-    out.append(buf, static_cast<size_t>(n));
+    out->append(buf, static_cast<size_t>(n));
   }
 }
 
 std::optional<std::string> loadToken(const std::string& path, std::string& token) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return "cannot read token file " + path;
-  if (S_ISREG(st.st_mode) && (st.st_mode & S_IROTH))
-    return "token file " + path + " is readable by every user; chmod o-r it (e.g. chmod 600)";
   std::string text;
-  if (auto bad = readRegularFile(path, 4096, text, "token file")) return bad;
+  mode_t mode = 0;
+  if (auto bad = readRegularFile(path, 4096, &text, "token file", &mode)) return bad;
+  if (mode & S_IROTH)
+    return "token file " + path + " is readable by every user; chmod o-r it (e.g. chmod 600)";
   std::string line = text.substr(0, text.find('\n'));
   auto first = line.find_first_not_of(" \t\r\n");
   auto last = line.find_last_not_of(" \t\r\n");

@@ -1,6 +1,8 @@
 // Access control helpers shared by the roles: the registry write token and the audit log.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -11,11 +13,12 @@
 
 namespace aiorpc::agents {
 
-// Reads a small regular file whole into `out`: anything else is refused with an error line (a
-// FIFO would hang start-up, a device could be endless), and so is one over `max` bytes. Never
-// blocks on the file's kind (opened non-blocking, checked before reading).
-std::optional<std::string> readRegularFile(const std::string& path, size_t max, std::string& out,
-                                           std::string_view what);
+// Reads a small regular file whole into `*out` (null: only checks it): anything else is refused
+// with an error line (a FIFO would hang start-up, a device could be endless), and so is one
+// over `max` bytes. Never blocks on the file's kind (opened non-blocking, checked before
+// reading). `mode`, when given, gets the file's mode bits.
+std::optional<std::string> readRegularFile(const std::string& path, size_t max, std::string* out,
+                                           std::string_view what, mode_t* mode = nullptr);
 
 // Reads a token file: the first line, surrounding white space removed. Returns an error line
 // when the file cannot be read, is empty, or can be read by every user (mode o+r): a token

@@ -67,9 +67,8 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
     std::string path;
     if (a == "--config" && i + 1 < argc) path = argv[i + 1];
     if (a.rfind("--config=", 0) == 0) path = std::string(a.substr(9));
-    std::string text;
-    if (!path.empty())
-      if (auto bad = readRegularFile(path, kMaxConfigBytes, text, "--config file")) {
+    if (!path.empty())  // (checked only: CLI11 reads it)
+      if (auto bad = readRegularFile(path, kMaxConfigBytes, nullptr, "--config file")) {
         error_ = *bad;
         return false;
       }

@@ -177,10 +177,6 @@ class Tasks {
   }
   // Runs `cb` from the loop at its next iteration, unless this goes first.
   Loop::TimerId post(Callback<void()> cb) { return after(0, std::move(cb)); }
-  bool cancel(Loop::TimerId id) noexcept { return loop_.cancel(id); }
-  void cancelAll() noexcept { loop_.cancelOwned(owner_); }
-  Loop& loop() const noexcept { return loop_; }
-  Loop::Owner owner() const noexcept { return owner_; }
 
  private:
   Loop& loop_;

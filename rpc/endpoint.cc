@@ -40,12 +40,7 @@ void Endpoint::orphan() noexcept {
   drain_timer_ = 0;
   // What only this connection was waiting for ends (its waiters resume from the loop).
   loop_.cancelOwned(sleeps_);
-  timer_.stop();
-  deadlines_.clear();
-  // Pending calls are dropped, their callbacks destroyed, never called.
-  std::vector<Slot>().swap(slots_);
-  free_slots_.clear();
-  calls_in_flight_ = 0;
+  takeCalls();  // dropped here: their callbacks destroyed, never called
   if (conn_) conn_->close();
 }
 
@@ -114,11 +109,6 @@ void Endpoint::onData(size_t n) {
 
 [[gnu::always_inline]] inline bool Endpoint::goOn(int& budget) {
   if (finishing() && !conn_->eof()) return false;  // a protocol error: nothing after it is read
-  if (draining() && in_flight_ == 0 && dec_->after() == 0) [[unlikely]] {
-    held_ = false;
-    finish();
-    return false;
-  }
   if (--budget == 0 && !(posted_ & kResume)) {
     // Let other connections run; continue with what is buffered on the next iteration.
     conn_->pauseReading();

@@ -189,7 +189,6 @@ class Peers final : public ReplyHub, public std::enable_shared_from_this<Peers> 
   // A call refused at once: decided and delivered from the loop; its handle cancels it.
   CallHandle refuse(ResponseFn done, Kind failure, std::string why);
   bool cancelDecided(uint64_t key) noexcept { return decided_.erase(key) > 0; }
-  size_t undelivered() const noexcept { return decided_.size(); }
 
   core::Loop& loop;
   EndpointCounters& counters;
@@ -316,6 +315,9 @@ class Endpoint final : public core::ConnectionHandler {
   // Every call in flight fails (ConnectionError if its bytes left by `written`, else not-sent):
   // decided in the owner's table now, delivered from the loop.
   void failCalls(uint64_t written, const std::string& why);
+  // Every call in flight out of the slab (deadlines and timer stopped): the caller decides
+  // their outcomes or drops them.
+  std::vector<Slot> takeCalls() noexcept;
   // Runs the call's callback (which may destroy our owner: the caller's Watch tells).
   void completeCall(uint64_t id, Response& r);
   void orphan() noexcept;

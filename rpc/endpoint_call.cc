@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "aiorpc/core/log.h"
 #include "aiorpc/rpc/endpoint.h"
@@ -168,20 +169,16 @@ bool Endpoint::cancel(uint32_t msgid) noexcept {
 
 CallHandle Endpoint::call(std::string_view method, core::FunctionRef<void(Packer&)> params,
                           ResponseFn done, double timeout) {
-  if ((conn_ && conn_->closed()) || phase_ == Phase::kGone) {
+  auto refuse = [&](std::string why) {
     auto peers = peers_.lock();
     if (!peers) return CallHandle();  // our owner has gone: `done` dropped uncalled
-    return peers->refuse(std::move(done), Kind::kNotSent,
-                         "connection to " + remote_.toString() + " closed");
-  }
+    return peers->refuse(std::move(done), Kind::kNotSent, std::move(why));
+  };
+  if ((conn_ && conn_->closed()) || phase_ == Phase::kGone)
+    return refuse("connection to " + remote_.toString() + " closed");
   uint32_t id;
   Pending* pc = addPending(id);
-  if (!pc) {
-    auto peers = peers_.lock();
-    if (!peers) return CallHandle();
-    return peers->refuse(std::move(done), Kind::kNotSent,
-                         "over 1,048,576 calls in flight on one connection");
-  }
+  if (!pc) return refuse("over 1,048,576 calls in flight on one connection");
   pc->done = std::move(done);
   pc->seq = ++seq_;
   pc->queued = conn_.has_value();  // else it waits in unsent_ for attach()
@@ -228,14 +225,17 @@ uint64_t Endpoint::queue(core::FunctionRef<void(Packer&)> write) {
   return unsent_.size();
 }
 
-void Endpoint::failCalls(uint64_t written, const std::string& why) {
-  auto calls = std::move(slots_);
-  bool pending = calls_in_flight_ > 0;
-  slots_.clear();
+std::vector<Endpoint::Slot> Endpoint::takeCalls() noexcept {
+  timer_.stop();
+  deadlines_.clear();
   free_slots_.clear();
   calls_in_flight_ = 0;
-  deadlines_.clear();
-  timer_.stop();
+  return std::exchange(slots_, {});
+}
+
+void Endpoint::failCalls(uint64_t written, const std::string& why) {
+  bool pending = calls_in_flight_ > 0;
+  auto calls = takeCalls();
   auto peers = peers_.lock();
   if (!pending || !peers) return;  // (no owner: the callbacks are dropped uncalled)
   // Calls whose bytes wholly left may have run: ConnectionError. The rest never reached the
