@@ -74,8 +74,8 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
     --counters_.in_flight;
     --in_flight_;
     if ((paused_ & kAtMaxPending) && in_flight_ < opts_.max_pending) {
-      paused_ &=
-          ~kAtMaxPending;  // room again: read on, from the loop (we may be inside a handler here)
+      // Room again: read on, from the loop (we may be inside a handler here).
+      paused_ &= ~kAtMaxPending;
       resumeLater();
     }
     if (in_flight_ == 0 && (finishing() || (draining() && !held_))) finish();
