@@ -33,32 +33,44 @@ Kind countedKind(Object o) noexcept {
   return k == Kind::kOther || k == Kind::kNotSent ? Kind::kApplication : k;
 }
 
+namespace {
+// The length of the valid UTF-8 sequence at s[i], 0 if there is none.
+size_t utf8At(std::string_view s, size_t i) {
+  auto c = static_cast<unsigned char>(s[i]);
+  size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+  bool ok = len > 0 && i + len <= s.size();
+  for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
+  if (ok && len > 1) {  // reject overlong forms, surrogates and code points past U+10FFFF
+    uint32_t cp = c & (0x7f >> len);
+    for (size_t k = 1; k < len; ++k) cp = cp << 6 | (static_cast<unsigned char>(s[i + k]) & 0x3f);
+    ok = cp >= (len == 2   ? 0x80u
+                : len == 3 ? 0x800u
+                           : 0x10000u) &&
+         cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
+  }
+  return ok ? len : 0;
+}
+}  // namespace
+
+bool isUtf8(std::string_view s) noexcept {
+  for (size_t i = 0; i < s.size();) {
+    size_t len = utf8At(s, i);
+    if (!len) return false;
+    i += len;
+  }
+  return true;
+}
+
 std::string validUtf8(std::string_view s) {
   std::string out;
   out.reserve(s.size());
   size_t i = 0;
   while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    size_t len = c < 0x80           ? 1
-                 : (c >> 5) == 0x6  ? 2
-                 : (c >> 4) == 0xe  ? 3
-                 : (c >> 3) == 0x1e ? 4
-                                    : 0;
-    bool ok = len > 0 && i + len <= s.size();
-    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
-    if (ok && len > 1) {  // reject overlong forms, surrogates and code points past U+10FFFF
-      uint32_t cp = c & (0x7f >> len);
-      for (size_t k = 1; k < len; ++k) cp = cp << 6 | (static_cast<unsigned char>(s[i + k]) & 0x3f);
-      ok = cp >= (len == 2   ? 0x80u
-                  : len == 3 ? 0x800u
-                             : 0x10000u) &&
-           cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
-    }
-    if (ok) {
+    if (size_t len = utf8At(s, i)) {
       out.append(s.substr(i, len));
       i += len;
     } else {
-      out += fmt::format("\\x{:02x}", c);
+      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(s[i]));
       ++i;
     }
   }

@@ -28,6 +28,8 @@ constexpr int kKindCount = 12;
 std::string_view kindName(Kind k) noexcept;
 // `s` if it is valid UTF-8, else a copy with each invalid byte written as \xNN.
 std::string validUtf8(std::string_view s);
+// Whether `s` is valid UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
+bool isUtf8(std::string_view s) noexcept;
 Kind kindFromName(std::string_view s) noexcept;  // kOther when unknown
 // The kind an error object is counted under in \0stats: ours by its name, anything else (a
 // foreign peer's error passed on) as ApplicationError, never as a kind outside SPEC §1.

@@ -1,6 +1,7 @@
 // etcd v3 JSON gateway client.
 #include "aiorpc/agents/etcd/client.h"
 
+#include <charconv>
 #include <nlohmann/json.hpp>
 
 #include "aiorpc/core/log.h"
@@ -50,21 +51,52 @@ std::string unb64(std::string_view in) {
   return out;
 }
 
+// Anything the gateway sends that is not what etcd sends: the line or body is dropped whole.
+struct Malformed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // int64 fields arrive as strings; absent means 0 (defaults are omitted).
 int64_t i64(const json& j, const char* key) {
+  if (!j.is_object()) throw Malformed(std::string("not an object where '") + key + "' belongs");
   auto it = j.find(key);
   if (it == j.end()) return 0;
-  if (it->is_string()) return std::stoll(it->get<std::string>());
   if (it->is_number_integer()) return it->get<int64_t>();
-  return 0;
+  if (!it->is_string()) throw Malformed(std::string("'") + key + "' is not an integer");
+  const std::string& t = it->get_ref<const std::string&>();
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+  if (ec != std::errc() || end != t.data() + t.size() || t.empty())
+    throw Malformed(std::string("'") + key + "' is not an integer");
+  return v;
 }
 
 std::string str(const json& j, const char* key) {
   auto it = j.find(key);
-  return it != j.end() && it->is_string() ? unb64(it->get<std::string>()) : std::string();
+  if (it == j.end()) return std::string();
+  if (!it->is_string()) throw Malformed(std::string("'") + key + "' is not a string");
+  return unb64(it->get_ref<const std::string&>());
+}
+
+// j[key] if it is an object (absent: an empty one); anything else is malformed.
+const json& obj(const json& j, const char* key) {
+  static const json kEmpty = json::object();
+  if (!j.is_object()) throw Malformed(std::string("not an object where '") + key + "' belongs");
+  auto it = j.find(key);
+  if (it == j.end()) return kEmpty;
+  if (!it->is_object()) throw Malformed(std::string("'") + key + "' is not an object");
+  return *it;
+}
+const json& arr(const json& j, const char* key) {
+  static const json kEmpty = json::array();
+  auto it = j.find(key);
+  if (it == j.end()) return kEmpty;
+  if (!it->is_array()) throw Malformed(std::string("'") + key + "' is not an array");
+  return *it;
 }
 
 KeyValue kvOf(const json& j) {
+  if (!j.is_object()) throw Malformed("a key-value that is not an object");
   KeyValue kv;
   kv.key = str(j, "key");
   kv.value = str(j, "value");
@@ -72,6 +104,13 @@ KeyValue kvOf(const json& j) {
   kv.mod_revision = i64(j, "mod_revision");
   kv.lease = i64(j, "lease");
   return kv;
+}
+
+bool boolean(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end()) return false;
+  if (!it->is_boolean()) throw Malformed(std::string("'") + key + "' is not a boolean");
+  return it->get<bool>();
 }
 
 std::string num(int64_t v) { return std::to_string(v); }
@@ -187,21 +226,74 @@ void Client::attempt(std::shared_ptr<Call> call) {
   });
 }
 
+// Pages of at most `limit` keys, every page read at the first one's revision (one snapshot);
+// a page that fails is asked again once with a quarter of the limit (a page of huge values can
+// pass the body limit), down to one key per page.
+struct Client::RangeRead {
+  std::string from, end;
+  int64_t revision = 0;
+  int64_t limit = 512;
+  bool retried = false;
+  std::vector<KeyValue> kvs;
+  core::Callback<void(Status, int64_t, std::vector<KeyValue>&)> done;
+};
+
 void Client::range(const std::string& prefix,
                    core::Callback<void(Status, int64_t, std::vector<KeyValue>&)> done) {
-  json body = {{"key", b64(prefix)}, {"range_end", b64(prefixEnd(prefix))}};
-  post("/v3/kv/range", body.dump(), [done = std::move(done)](Status s, std::string& text) mutable {
-    std::vector<KeyValue> kvs;
-    if (!s) return done(s, 0, kvs);
-    try {
-      json j = json::parse(text);
-      for (const auto& kv : j.value("kvs", json::array())) kvs.push_back(kvOf(kv));
-      done(s, i64(j.value("header", json::object()), "revision"), kvs);
-    } catch (const std::exception& e) {
-      kvs.clear();
-      done(Status{false, std::string("etcd range: ") + e.what()}, 0, kvs);
+  auto r = std::make_shared<RangeRead>();
+  r->from = prefix;
+  r->end = prefixEnd(prefix);
+  r->done = std::move(done);
+  rangePage(std::move(r));
+}
+
+void Client::rangePage(std::shared_ptr<RangeRead> r) {
+  json body = {{"key", b64(r->from)}, {"range_end", b64(r->end)}, {"limit", num(r->limit)}};
+  if (r->revision) body["revision"] = num(r->revision);
+  post("/v3/kv/range", body.dump(), [this, r](Status s, std::string& text) mutable {
+    bool more = false;
+    if (s) try {
+        json j = json::parse(text);
+        if (!r->revision) r->revision = i64(obj(j, "header"), "revision");
+        const json& kvs = arr(j, "kvs");
+        for (const auto& kv : kvs) r->kvs.push_back(kvOf(kv));
+        more = boolean(j, "more") && !kvs.empty();
+        if (more) r->from = r->kvs.back().key + std::string(1, '\0');
+      } catch (const std::exception& e) {
+        ++malformed_;
+        s = Status{false, std::string("etcd range: ") + e.what()};
+      }
+    if (!s && r->limit > 1 && !r->retried) {
+      r->limit = std::max<int64_t>(1, r->limit / 4);
+      r->retried = true;
+      return rangePage(std::move(r));
     }
+    if (!s) {
+      r->kvs.clear();
+      return r->done(s, 0, r->kvs);
+    }
+    r->retried = false;
+    if (more) return rangePage(std::move(r));
+    r->done(s, r->revision, r->kvs);
   });
+}
+
+void Client::get(const std::string& key,
+                 core::Callback<void(Status, std::optional<KeyValue>)> done) {
+  json body = {{"key", b64(key)}};
+  post("/v3/kv/range", body.dump(),
+       [this, done = std::move(done)](Status s, std::string& text) mutable {
+         if (!s) return done(s, std::nullopt);
+         std::optional<KeyValue> kv;
+         try {
+           json j = json::parse(text);
+           for (const auto& one : arr(j, "kvs")) kv = kvOf(one);
+         } catch (const std::exception& e) {
+           ++malformed_;
+           return done(Status{false, std::string("etcd range: ") + e.what()}, std::nullopt);
+         }
+         done(s, std::move(kv));
+       });
 }
 
 void Client::grant(int64_t ttl, core::Callback<void(Status, int64_t, int64_t)> done) {
@@ -229,7 +321,7 @@ void Client::keepAlive(int64_t lease, core::Callback<void(Status, int64_t)> done
            std::string first = text.substr(0, text.find('\n'));
            json j = json::parse(first);
            if (j.contains("error")) return done(Status{false, j["error"].dump()}, 0);
-           done(s, i64(j.value("result", json::object()), "TTL"));
+           done(s, i64(obj(j, "result"), "TTL"));
          } catch (const std::exception& e) {
            done(Status{false, std::string("etcd keepalive: ") + e.what()}, 0);
          }
@@ -245,31 +337,71 @@ void Client::revoke(int64_t lease, core::Callback<void(Status, bool)> done) {
        });
 }
 
+namespace {
+json compareFor(const std::string& key, int64_t expect_mod) {
+  return expect_mod == 0
+             ? json{{"key", b64(key)}, {"target", "CREATE"}, {"create_revision", "0"}}
+             : json{{"key", b64(key)}, {"target", "MOD"}, {"mod_revision", num(expect_mod)}};
+}
+json putOp(const std::string& key, const std::string& value, int64_t lease) {
+  json put = {{"key", b64(key)}, {"value", b64(value)}};
+  if (lease) put["lease"] = num(lease);
+  return {{"request_put", put}};
+}
+}  // namespace
+
 void Client::putIf(const std::string& key, const std::string& value, int64_t lease,
                    int64_t expect_mod,
                    core::Callback<void(Status, bool, std::optional<KeyValue>)> done) {
-  json put = {{"key", b64(key)}, {"value", b64(value)}};
-  if (lease) put["lease"] = num(lease);
-  json cmp = expect_mod == 0
-                 ? json{{"key", b64(key)}, {"target", "CREATE"}, {"create_revision", "0"}}
-                 : json{{"key", b64(key)}, {"target", "MOD"}, {"mod_revision", num(expect_mod)}};
-  json body = {{"compare", json::array({cmp})},
-               {"success", json::array({{{"request_put", put}}})},
+  json body = {{"compare", json::array({compareFor(key, expect_mod)})},
+               {"success", json::array({putOp(key, value, lease)})},
                {"failure", json::array({{{"request_range", {{"key", b64(key)}}}}})}};
-  post("/v3/kv/txn", body.dump(), [done = std::move(done)](Status s, std::string& text) mutable {
-    if (!s) return done(s, false, std::nullopt);
-    try {
-      json j = json::parse(text);
-      if (j.value("succeeded", false)) return done(s, true, std::nullopt);
-      std::optional<KeyValue> current;
-      for (const auto& r : j.value("responses", json::array()))
-        for (const auto& kv : r.value("response_range", json::object()).value("kvs", json::array()))
-          current = kvOf(kv);
-      done(s, false, std::move(current));
-    } catch (const std::exception& e) {
-      done(Status{false, std::string("etcd txn: ") + e.what()}, false, std::nullopt);
-    }
-  });
+  post("/v3/kv/txn", body.dump(),
+       [this, done = std::move(done)](Status s, std::string& text) mutable {
+         if (!s) return done(s, false, std::nullopt);
+         try {
+           json j = json::parse(text);
+           if (boolean(j, "succeeded")) return done(s, true, std::nullopt);
+           std::optional<KeyValue> current;
+           for (const auto& r : arr(j, "responses"))
+             for (const auto& kv : arr(obj(r, "response_range"), "kvs")) current = kvOf(kv);
+           done(s, false, std::move(current));
+         } catch (const std::exception& e) {
+           ++malformed_;
+           done(Status{false, std::string("etcd txn: ") + e.what()}, false, std::nullopt);
+         }
+       });
+}
+
+// A transaction whose caller wants only whether its comparisons held.
+void Client::txn(std::string body, core::Callback<void(Status, bool)> done) {
+  post("/v3/kv/txn", std::move(body),
+       [this, done = std::move(done)](Status s, std::string& text) mutable {
+         if (!s) return done(s, false);
+         try {
+           done(s, boolean(json::parse(text), "succeeded"));
+         } catch (const std::exception& e) {
+           ++malformed_;
+           done(Status{false, std::string("etcd txn: ") + e.what()}, false);
+         }
+       });
+}
+
+void Client::putAll(const std::vector<Put>& puts, core::Callback<void(Status, bool)> done) {
+  json cmp = json::array(), ops = json::array();
+  for (const auto& p : puts) {
+    cmp.push_back(compareFor(p.key, p.expect_mod));
+    ops.push_back(putOp(p.key, p.value, p.lease));
+  }
+  txn(json{{"compare", cmp}, {"success", ops}}.dump(), std::move(done));
+}
+
+void Client::removeIf(const std::string& key, int64_t expect_mod,
+                      core::Callback<void(Status, bool)> done) {
+  json del = {{"request_delete_range", {{"key", b64(key)}}}};
+  txn(json{{"compare", json::array({compareFor(key, expect_mod)})}, {"success", json::array({del})}}
+          .dump(),
+      std::move(done));
 }
 
 void Client::put(const std::string& key, const std::string& value, int64_t lease,
@@ -286,17 +418,19 @@ void Client::remove(const std::string& key, core::Callback<void(Status)> done) {
        [done = std::move(done)](Status s, std::string&) mutable { done(s); });
 }
 
-Client::WatchId Client::watch(const std::string& prefix, int64_t from,
+Client::WatchId Client::watch(const std::string& prefix, int64_t from, size_t endpoint,
                               core::Callback<void(std::vector<Event>&, int64_t)> events,
                               core::Callback<void()> created,
                               core::Callback<void(Status, int64_t)> ended) {
   auto w = std::make_unique<WatchState>();
   w->id = ++last_watch_;
-  w->endpoint = current_;
+  w->endpoint = endpoint % opts_.endpoints.size();
   w->events = std::move(events);
   w->created = std::move(created);
   w->ended = std::move(ended);
-  json create = {{"key", b64(prefix)}, {"range_end", b64(prefixEnd(prefix))}};
+  // fragment: etcd splits a response bigger than its request limit (a catch-up over many
+  // revisions) instead of sending one unbounded line.
+  json create = {{"key", b64(prefix)}, {"range_end", b64(prefixEnd(prefix))}, {"fragment", true}};
   if (from > 0) create["start_revision"] = num(from);
   core::HttpRequest req;
   req.url = "http://" + opts_.endpoints[w->endpoint] + "/v3/watch";
@@ -312,7 +446,6 @@ Client::WatchId Client::watch(const std::string& prefix, int64_t from,
       auto w = std::move(*it);
       watches_->erase(it);
       if (w->http) http_.cancel(w->http);
-      if (!s && current_ == w->endpoint) current_ = (w->endpoint + 1) % opts_.endpoints.size();
       if (w->ended) w->ended(s, compact);
       return;
     }
@@ -320,45 +453,66 @@ Client::WatchId Client::watch(const std::string& prefix, int64_t from,
   ws->http = http_.stream(
       std::move(req),
       [this, ws, id, finish](std::string_view data) {
+        // Each byte is scanned for a newline once; a line longer than the limit ends the watch
+        // (it is started again from the last revision applied).
+        size_t scanned = ws->line.size();
         ws->line.append(data);
-        size_t nl;
-        while ((nl = ws->line.find('\n')) != std::string::npos) {
-          std::string one = ws->line.substr(0, nl);
-          ws->line.erase(0, nl + 1);
+        size_t start = 0, nl;
+        // Copies: the user may destroy the client (and this callback with it) or cancel.
+        std::weak_ptr<Watches> table = watches_;
+        const WatchId wid = id;
+        while ((nl = ws->line.find('\n', scanned)) != std::string::npos) {
+          std::string_view one(ws->line.data() + start, nl - start);
+          scanned = start = nl + 1;
           if (one.empty()) continue;
-          json j;
+          std::vector<Event> evs;
+          int64_t rev = 0;
+          bool was_created = false;
           try {
-            j = json::parse(one);
+            json j = json::parse(one);
+            if (j.is_object() && j.contains("error"))
+              return finish(Status{false, "etcd watch: " + j["error"].dump()}, 0);
+            const json& r = obj(j, "result");
+            if (boolean(r, "canceled")) {
+              int64_t compact = i64(r, "compact_revision");
+              auto reason = r.find("cancel_reason");
+              return finish(
+                  Status{false, "etcd watch canceled: " + (reason != r.end() && reason->is_string()
+                                                               ? reason->get<std::string>()
+                                                               : std::string())},
+                  compact);
+            }
+            was_created = boolean(r, "created");
+            for (const auto& e : arr(r, "events")) {
+              Event ev;
+              auto type = e.is_object() ? e.find("type") : e.end();
+              if (type != e.end() && !type->is_string()) throw Malformed("'type' is not a string");
+              ev.deleted = type != e.end() && type->get_ref<const std::string&>() == "DELETE";
+              ev.kv = kvOf(obj(e, "kv"));
+              evs.push_back(std::move(ev));
+            }
+            rev = i64(obj(r, "header"), "revision");
           } catch (const std::exception& e) {
-            return finish(Status{false, std::string("etcd watch: ") + e.what()}, 0);
+            // What etcd would never send: the events in it cannot be known, so the stream ends
+            // and the reader starts again from the last revision it applied.
+            ++malformed_;
+            return finish(Status{false, std::string("etcd watch: malformed response: ") + e.what()},
+                          0);
           }
-          if (j.contains("error"))
-            return finish(Status{false, "etcd watch: " + j["error"].dump()}, 0);
-          const json& r = j.value("result", json::object());
-          if (r.value("canceled", false)) {
-            int64_t compact = i64(r, "compact_revision");
-            return finish(Status{false, "etcd watch canceled: " + r.value("cancel_reason", "")},
-                          compact);
-          }
-          // Copies: the user may destroy the client (and this callback with it) or cancel.
-          std::weak_ptr<Watches> table = watches_;
-          const WatchId wid = id;
-          if (r.value("created", false) && ws->created) {
+          if (was_created && ws->created) {
             ws->created();
             if (!find(table, wid)) return;
           }
-          std::vector<Event> evs;
-          for (const auto& e : r.value("events", json::array())) {
-            Event ev;
-            ev.deleted = e.value("type", "PUT") == "DELETE";
-            ev.kv = kvOf(e.value("kv", json::object()));
-            evs.push_back(std::move(ev));
-          }
-          int64_t rev = i64(r.value("header", json::object()), "revision");
           if (!evs.empty() && ws->events) {
             ws->events(evs, rev);
             if (!find(table, wid)) return;
           }
+        }
+        ws->line.erase(0, start);
+        if (ws->line.size() > kMaxWatchLine) {
+          ++malformed_;
+          return finish(
+              Status{false, fmt::format("etcd watch: a response over {} bytes", kMaxWatchLine)}, 0);
         }
       },
       [ws, finish](core::HttpResponse& r) {

@@ -56,8 +56,11 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  // Every key under `prefix`, read in pages at one revision (one consistent snapshot).
   void range(const std::string& prefix,
              core::Callback<void(Status, int64_t revision, std::vector<KeyValue>&)> done);
+  // One key (nullopt: there is none).
+  void get(const std::string& key, core::Callback<void(Status, std::optional<KeyValue>)> done);
   // Lease of `ttl` seconds; `granted` may be more (etcd's minimum).
   void grant(int64_t ttl, core::Callback<void(Status, int64_t id, int64_t granted)> done);
   // ttl 0: the lease is gone (expired or revoked).
@@ -68,15 +71,27 @@ class Client {
   // written at revision expect_mod; otherwise `current` holds what is there (if anything).
   void putIf(const std::string& key, const std::string& value, int64_t lease, int64_t expect_mod,
              core::Callback<void(Status, bool written, std::optional<KeyValue> current)> done);
+  // Every put, or none: each one's key must not exist (expect_mod 0) or be at expect_mod.
+  struct Put {
+    std::string key, value;
+    int64_t lease = 0, expect_mod = 0;
+  };
+  void putAll(const std::vector<Put>& puts, core::Callback<void(Status, bool written)> done);
+  // Deletes `key` if it was last written at revision expect_mod.
+  void removeIf(const std::string& key, int64_t expect_mod,
+                core::Callback<void(Status, bool removed)> done);
   void put(const std::string& key, const std::string& value, int64_t lease,
            core::Callback<void(Status)> done);
   void remove(const std::string& key, core::Callback<void(Status)> done);
 
-  // Events under `prefix` from revision `from` on, delivered in order with the revision they
-  // bring the reader to. `ended` runs once when the stream stops for any reason (then start
-  // another): compact_revision > 0 means `from` was compacted away (re-read the prefix).
+  // Events under `prefix` from revision `from` on, from the member endpoints[endpoint % n],
+  // delivered in order with the revision they bring the reader to. `ended` runs once when the
+  // stream stops for any reason (then start another): compact_revision > 0 means `from` was
+  // compacted away (re-read the prefix). A response etcd would never send (not JSON, fields of
+  // the wrong type, a line over kMaxWatchLine) ends the stream and is counted in malformed().
   using WatchId = uint64_t;
-  WatchId watch(const std::string& prefix, int64_t from,
+  static constexpr size_t kMaxWatchLine = 16u << 20;
+  WatchId watch(const std::string& prefix, int64_t from, size_t endpoint,
                 core::Callback<void(std::vector<Event>&, int64_t revision)> events,
                 core::Callback<void()> created,
                 core::Callback<void(Status, int64_t compact_revision)> ended);
@@ -84,11 +99,17 @@ class Client {
   bool watching(WatchId id) const noexcept;
 
   const std::string& endpoint() const noexcept { return opts_.endpoints[current_]; }
+  const std::vector<std::string>& endpoints() const noexcept { return opts_.endpoints; }
+  // Responses dropped because etcd would never send them (malformed JSON, wrong types).
+  uint64_t malformed() const noexcept { return malformed_; }
   size_t queued() const noexcept { return queue_.size(); }
 
   struct Call;
+  struct RangeRead;
 
  private:
+  void rangePage(std::shared_ptr<RangeRead> r);
+  void txn(std::string body, core::Callback<void(Status, bool)> done);
   void post(const char* path, std::string body, core::Callback<void(Status, std::string&)> done);
   void attempt(std::shared_ptr<Call> call);
   void next();  // a call finished: start the next one waiting
@@ -106,6 +127,7 @@ class Client {
   std::shared_ptr<Watches> watches_;  // made in the constructor (WatchState is private)
   static WatchState* find(const std::weak_ptr<Watches>& table, WatchId id) noexcept;
   WatchId last_watch_ = 0;
+  uint64_t malformed_ = 0;
   core::Tasks tasks_{loop_};  // last: dropped first
 };
 

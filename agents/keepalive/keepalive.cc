@@ -11,6 +11,7 @@
 #include "aiorpc/agents/flags.h"
 #include "aiorpc/agents/keepalive/etcd_store.h"
 #include "aiorpc/core/log.h"
+#include "aiorpc/rpc/errors.h"
 #include "aiorpc/rpc/server.h"
 
 namespace aiorpc::agents::keepalive {
@@ -73,13 +74,35 @@ bool isLoopback(const core::Address& a) {
   return h.rfind("127.", 0) == 0 || h == "::1";
 }
 
+// The same for both stores: what the etcd store cannot write and read back, the memory store
+// refuses too.
 void checkBounds(const std::string& name, const std::optional<std::string>& host, int64_t port) {
   if (name.size() > 255) throw RpcError(Kind::kArgument, "argument 'name': longer than 255 bytes");
   if (name.empty()) throw RpcError(Kind::kArgument, "argument 'name': empty");
+  if (!rpc::isUtf8(name)) throw RpcError(Kind::kArgument, "argument 'name': not valid UTF-8");
   if (host && host->size() > 255)
     throw RpcError(Kind::kArgument, "argument 'host': longer than 255 bytes");
+  if (host && !rpc::isUtf8(*host))
+    throw RpcError(Kind::kArgument, "argument 'host': not valid UTF-8");
   if (port < 1 || port > 65535)
     throw RpcError(Kind::kArgument, "argument 'port': " + std::to_string(port) + " is not 1-65535");
+}
+
+// A record whose key would not read back as itself is refused, never answered true and lost.
+void checkKey(const RecordKey& r) {
+  auto back = parseEtcdKey("/", etcdKey("/", r));
+  if (!back || !(*back == r))
+    throw RpcError(Kind::kArgument, "this name and host cannot be stored as a registry key");
+}
+
+// A write the etcd store did not make: answered with its error (true), else false.
+template <class NotOwner>
+bool refusedBy(const EtcdStore::Result& r, rpc::Reply<bool>& reply, const NotOwner& not_owner) {
+  if (r.kind == EtcdStore::Result::kUnavailable)
+    return reply.error(Kind::kServiceUnavailable, r.error), true;
+  if (r.kind == EtcdStore::Result::kNotOwner)
+    return reply.error(Kind::kAuth, not_owner(r.error)), true;
+  return false;
 }
 
 class KeepaliveRole final : public RoleInstance {
@@ -91,7 +114,9 @@ class KeepaliveRole final : public RoleInstance {
         audit_(env.loop),
         token_(env.auth_token),
         auth_reads_(env.flags.boolean("auth-reads")),
-        open_(env.flags.str("allow").empty() && env.auth_token.empty()) {
+        open_(env.flags.str("allow").empty() && env.auth_token.empty()),
+        max_records_(static_cast<size_t>(env.flags.count("max-records"))),
+        max_per_source_(static_cast<size_t>(env.flags.count("max-records-per-source"))) {
     svc_.setGuard(
         [this](std::string_view method, const rpc::Context& ctx) { return guard(method, ctx); });
     svc_.def(
@@ -100,33 +125,59 @@ class KeepaliveRole final : public RoleInstance {
                const std::optional<std::string>& host, int64_t port, rpc::Object ident,
                rpc::Reply<bool> reply) {
           std::string packed = rpc::packToString(ident);
+          std::string h = hostOf(ctx, host), from = sourceOf(ctx);
+          RecordKey key{name, h, static_cast<int>(port)};
           try {
             checkBounds(name, host, port);
+            checkKey(key);
             if (packed.size() > 1024)
               throw RpcError(Kind::kArgument, "argument 'ident': over 1 KiB encoded");
           } catch (const RpcError& e) {
             return reply.error(e.kind(), e.message());
           }
-          std::string h = hostOf(ctx, host), from = sourceOf(ctx);
           auto done = [this, name, h, port, from](Registry::Change change) {
             if (change == Registry::kAdded)
               audit_.log("registered {} at {} (from {})", name, endpointText(h, port), from);
             if (change == Registry::kIdentChanged)
               audit_.log("new ident for {} at {} (from {})", name, endpointText(h, port), from);
           };
+          auto notOwner = [this, name, h, port, from](const std::string& owner) {
+            audit_.log("refused new ident for {} at {} from {}: registered by {}", name,
+                       endpointText(h, port), from, owner);
+            return "only the address that registered " + name + " at " + endpointText(h, port) +
+                   " may change its ident";
+          };
+          const std::string* ident_now = reg_.identPacked(name, h, key.port);
+          if (!ident_now) {  // a new record: within the bounds
+            size_t pending = store_ ? store_->pendingNew() : 0;
+            size_t mine = reg_.ownedBy(from) + (store_ ? store_->pendingNewFrom(from) : 0);
+            if (reg_.size() + pending >= max_records_)
+              return reply.error(
+                  Kind::kOverloaded,
+                  fmt::format("the registry holds its limit of {} records", max_records_));
+            if (mine >= max_per_source_)
+              return reply.error(Kind::kOverloaded, fmt::format("{} holds its limit of {} records",
+                                                                from, max_per_source_));
+            if (reg_.tableBytes() + (pending + 1) * Registry::kMaxRecordBytes > kMaxTableBytes)
+              return reply.error(
+                  Kind::kOverloaded,
+                  fmt::format("the registry's table is at its limit of {} bytes", kMaxTableBytes));
+          }
           if (!store_) {
-            auto change = reg_.heartbeat(name, h, static_cast<int>(port), ident, from);
+            const std::string* owner = reg_.owner(name, h, key.port);
+            if (token_.empty() && owner && *owner != from && ident_now && *ident_now != packed)
+              return reply.error(Kind::kAuth, notOwner(*owner));
+            auto change = reg_.heartbeat(name, h, key.port, ident, from);
             done(change);
             if (change) changed();
             return reply(true);
           }
           // On etcd: answered once etcd has it (the cache follows from the watch).
           store_->heartbeat(
-              RecordKey{name, h, static_cast<int>(port)}, std::move(packed), from,
-              [done, reply = std::move(reply)](const std::optional<std::string>& error,
-                                               Registry::Change change) mutable {
-                if (error) return reply.error(Kind::kServiceUnavailable, *error);
-                done(change);
+              key, std::move(packed), from, token_.empty(),
+              [done, notOwner, reply = std::move(reply)](const EtcdStore::Result& r) mutable {
+                if (refusedBy(r, reply, notOwner)) return;
+                done(r.change);
                 reply(true);
               });
         },
@@ -142,32 +193,35 @@ class KeepaliveRole final : public RoleInstance {
             return reply.error(e.kind(), e.message());
           }
           std::string h = hostOf(ctx, host), from = sourceOf(ctx);
-          // Without a token, only the address that registered a record may remove it (with a
-          // token the guard has checked it: any holder may).
-          const std::string* owner = reg_.owner(name, h, static_cast<int>(port));
-          if (token_.empty() && owner && *owner != from) {
+          auto refused = [this, name, h, port, from](const std::string& owner) {
             audit_.log("refused unregister of {} at {} from {}: registered by {}", name,
-                       endpointText(h, port), from, *owner);
-            return reply.error(Kind::kAuth, "only the address that registered " + name + " at " +
-                                                endpointText(h, port) + " may unregister it");
-          }
+                       endpointText(h, port), from, owner);
+            return "only the address that registered " + name + " at " + endpointText(h, port) +
+                   " may unregister it";
+          };
           auto done = [this, name, h, port, from](bool removed) {
             if (removed)
               audit_.log("unregistered {} at {} (from {})", name, endpointText(h, port), from);
           };
           if (!store_) {
+            // Without a token, only the address that registered a record may remove it (with
+            // a token the guard has checked it: any holder may).
+            const std::string* owner = reg_.owner(name, h, static_cast<int>(port));
+            if (token_.empty() && owner && *owner != from)
+              return reply.error(Kind::kAuth, refused(*owner));
             bool removed = reg_.unregister(name, h, static_cast<int>(port));
             done(removed);
             if (removed) changed();
             return reply(removed);
           }
-          store_->unregister(RecordKey{name, h, static_cast<int>(port)},
-                             [done, reply = std::move(reply)](
-                                 const std::optional<std::string>& error, bool removed) mutable {
-                               if (error) return reply.error(Kind::kServiceUnavailable, *error);
-                               done(removed);
-                               reply(removed);
-                             });
+          // On etcd the owner is read from etcd and the removal compares that revision.
+          store_->unregister(
+              RecordKey{name, h, static_cast<int>(port)}, from, token_.empty(),
+              [done, refused, reply = std::move(reply)](const EtcdStore::Result& r) mutable {
+                if (refusedBy(r, reply, refused)) return;
+                done(r.removed);
+                reply(r.removed);
+              });
         },
         arg("ctx"), arg("name"), arg("host"), arg("port"));
     svc_.def(
@@ -199,6 +253,7 @@ class KeepaliveRole final : public RoleInstance {
       o.endpoints = etcdEndpoints(store);
       o.prefix = env.flags.str("store-prefix");
       o.ttl = env.flags.seconds("ttl");
+      o.store_timeout = env.flags.seconds("store-timeout");
       store_ = std::make_unique<EtcdStore>(loop_, reg_, std::move(o), [this] { changed(); });
       core::log::info("keepalive: registry on etcd {} under {} (leases of {} s)", store.substr(7),
                       env.flags.str("store-prefix"), store_->leaseTtl());
@@ -219,13 +274,20 @@ class KeepaliveRole final : public RoleInstance {
           bound.toString());
     high_water_ = server.options().high_water;
     server.addStats("registry", [this](rpc::Packer& p) {
-      p.map(store_ ? 5 : 3);
+      p.map(store_ ? 11 : 4);
       p.str("store"), p.str(store_ ? "etcd" : "memory");
       p.str("records"), p.uinteger(reg_.size());
       p.str("version"), p.uinteger(reg_.version());
+      p.str("table_bytes"), p.uinteger(reg_.tableBytes());
       if (store_) {
+        auto c = store_->counters();
         p.str("stale"), p.boolean(stale());
         p.str("etcd_endpoint"), p.str(store_->endpoint());
+        p.str("etcd_watch"), p.str(store_->watchEndpoint());
+        p.str("bad_values"), p.uinteger(c.bad_values);
+        p.str("bad_responses"), p.uinteger(c.bad_responses);
+        p.str("watch_moves"), p.uinteger(c.watch_moves);
+        p.str("write_batches"), p.uinteger(c.registered_batches);
       }
     });
     server.onDrain([this] {
@@ -376,6 +438,7 @@ class KeepaliveRole final : public RoleInstance {
   Audit audit_;
   std::string token_;  // never logged
   bool auth_reads_, open_;
+  size_t max_records_, max_per_source_;
 };
 
 }  // namespace
@@ -392,7 +455,7 @@ std::vector<std::string> etcdEndpoints(const std::string& store) {
   return out;
 }
 
-const FlagSpec kFlags[5] = {
+const FlagSpec kFlags[8] = {
     {"ttl", FlagType::kSeconds, "30", "a record expires this long after its last heartbeat"},
     {"check-interval", FlagType::kSeconds, "5", "seconds between expiry checks"},
     {"auth-reads", FlagType::kBool, "false",
@@ -401,11 +464,20 @@ const FlagSpec kFlags[5] = {
      "where the registry lives: memory, or etcd://HOST:PORT[,HOST:PORT...] (shared by every "
      "keepalive on the same etcd and prefix)"},
     {"store-prefix", FlagType::kString, "/aiorpc/default", "with --store=etcd: the key prefix"},
+    {"store-timeout", FlagType::kSeconds, "3",
+     "with --store=etcd: a watch that does not prove itself current this long moves to another "
+     "member (stale meanwhile)"},
+    {"max-records", FlagType::kCount, "100000",
+     "records in the registry at most: a heartbeat of a new record past it gets Overloaded"},
+    {"max-records-per-source", FlagType::kCount, "10000",
+     "records registered from one address at most (Overloaded past it)"},
 };
 
 std::unique_ptr<RoleInstance> create(RoleEnv& env) {
   if (env.flags.seconds("check-interval") <= 0)
     throw std::invalid_argument("--check-interval must be > 0");
+  if (env.flags.seconds("store-timeout") < 0.3)
+    throw std::invalid_argument("--store-timeout must be at least 0.3 s");
   std::string store = env.flags.str("store");
   if (store != "memory") etcdEndpoints(store);
   std::string prefix = env.flags.str("store-prefix");

@@ -10,7 +10,7 @@
 
 namespace aiorpc::agents::keepalive {
 
-extern const FlagSpec kFlags[5];
+extern const FlagSpec kFlags[8];
 // The endpoints of --store=etcd://HOST:PORT[,...] (throws std::invalid_argument otherwise).
 std::vector<std::string> etcdEndpoints(const std::string& store);
 std::unique_ptr<RoleInstance> create(RoleEnv& env);

@@ -12,9 +12,9 @@ Registry::Registry(Clock now, double ttl)
   if (version_ == 0) version_ = 1;
 }
 
-Registry::Change Registry::set(const std::string& name, const std::string& host, int port,
-                               rpc::Object ident, std::string_view owner, bool replace_owner) {
-  std::string packed = rpc::packToString(ident);
+Registry::Change Registry::setPacked(const std::string& name, const std::string& host, int port,
+                                     std::string packed, std::string_view owner,
+                                     bool replace_owner) {
   auto svc = services_.try_emplace(name).first;
   auto [ep, added] = svc->second.try_emplace({host, port});
   Record& r = ep->second;
@@ -23,8 +23,16 @@ Registry::Change Registry::set(const std::string& name, const std::string& host,
     r.svc = svc;
     r.self = ep;
     ++count_;
+    if (svc->second.size() == 1) bytes_ += 5 + name.size() + 5;  // the name, its list's header
+    bytes_ += recordBytes(host, 0);
   }
-  if (added || replace_owner) r.owner = owner;
+  if (added || replace_owner) {
+    if (!added && --owners_[r.owner] == 0) owners_.erase(r.owner);
+    r.owner = owner;
+    ++owners_[r.owner];
+  }
+  bytes_ += packed.size();
+  bytes_ -= r.ident.size();
   r.ident = std::move(packed);
   r.seen = now_();
   lru_.pushBack(&r);  // to the tail: refreshed last
@@ -32,9 +40,17 @@ Registry::Change Registry::set(const std::string& name, const std::string& host,
   return added ? kAdded : changed ? kIdentChanged : kUnchanged;
 }
 
+size_t Registry::recordBytes(const std::string& host, size_t ident) {
+  // {"ident": ident, "endpoint": [host, port]}: map, two keys, array, host and port headers
+  return 1 + 6 + ident + 9 + 1 + 5 + host.size() + 5;
+}
+
 void Registry::erase(Record& r) {
   r.unlink();
+  bytes_ -= recordBytes(r.self->first.first, r.ident.size());
+  if (--owners_[r.owner] == 0) owners_.erase(r.owner);
   auto svc = r.svc;
+  if (svc->second.size() == 1) bytes_ -= 5 + svc->first.size() + 5;
   svc->second.erase(r.self);
   if (svc->second.empty()) services_.erase(svc);
   --count_;
@@ -50,12 +66,29 @@ bool Registry::unregister(const std::string& name, const std::string& host, int 
   return true;
 }
 
-const std::string* Registry::owner(const std::string& name, const std::string& host,
-                                   int port) const {
+const Registry::Record* Registry::find(const std::string& name, const std::string& host,
+                                       int port) const {
   auto svc = services_.find(name);
   if (svc == services_.end()) return nullptr;
   auto ep = svc->second.find({host, port});
-  return ep == svc->second.end() ? nullptr : &ep->second.owner;
+  return ep == svc->second.end() ? nullptr : &ep->second;
+}
+
+const std::string* Registry::owner(const std::string& name, const std::string& host,
+                                   int port) const {
+  const Record* r = find(name, host, port);
+  return r ? &r->owner : nullptr;
+}
+
+const std::string* Registry::identPacked(const std::string& name, const std::string& host,
+                                         int port) const {
+  const Record* r = find(name, host, port);
+  return r ? &r->ident : nullptr;
+}
+
+size_t Registry::ownedBy(const std::string& owner) const {
+  auto it = owners_.find(owner);
+  return it == owners_.end() ? 0 : it->second;
 }
 
 size_t Registry::expire() {

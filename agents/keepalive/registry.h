@@ -5,12 +5,19 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include "aiorpc/core/list.h"
 #include "aiorpc/rpc/codec.h"
 
 namespace aiorpc::agents::keepalive {
+
+// The largest table a keepalive serves, in get_services()/watch bytes: a new record that could
+// take it past this is refused (Overloaded). Every proxy reads registry replies of up to 64 MiB
+// (rpc's default message limit), so whatever a keepalive can hold, every proxy can read: 48 MiB
+// leaves room for several keepalives on one etcd admitting records at the same moment.
+constexpr size_t kMaxTableBytes = 48u << 20;
 
 // Not tied to the loop: time comes from `now` (tests pass a manual clock).
 //
@@ -36,10 +43,24 @@ class Registry {
              std::string_view owner) {
     return set(name, host, port, ident, owner, true);
   }
+  // The same with the ident already packed (a cache of another store).
+  Change putPacked(const std::string& name, const std::string& host, int port, std::string packed,
+                   std::string_view owner) {
+    return setPacked(name, host, port, std::move(packed), owner, true);
+  }
   // True if a record was removed.
   bool unregister(const std::string& name, const std::string& host, int port);
   // The record's owner, or null when there is no such record.
   const std::string* owner(const std::string& name, const std::string& host, int port) const;
+  // The record's ident (packed), or null when there is no such record.
+  const std::string* identPacked(const std::string& name, const std::string& host, int port) const;
+  // Records registered from `owner`.
+  size_t ownedBy(const std::string& owner) const;
+  // An upper bound of packServices()'s size in bytes.
+  size_t tableBytes() const noexcept { return bytes_; }
+  // The most packServices() may grow for one more record (a new name, the largest host and
+  // ident): a table kept under a bound minus this stays under it after any one heartbeat.
+  static constexpr size_t kMaxRecordBytes = 2 * (5 + 255) + 1024 + 32;
   // Removes records not refreshed for the TTL; returns how many.
   size_t expire();
   // Removes every record (a cache about to be filled again).
@@ -72,10 +93,18 @@ class Registry {
   Services services_;
   core::ListNode lru_;  // least recently refreshed first
   size_t count_ = 0;
+  size_t bytes_ = 5;                                // the outer map's header
+  std::unordered_map<std::string, size_t> owners_;  // records per owner
   uint64_t version_;
 
+  static size_t recordBytes(const std::string& host, size_t ident);
+  const Record* find(const std::string& name, const std::string& host, int port) const;
   Change set(const std::string& name, const std::string& host, int port, rpc::Object ident,
-             std::string_view owner, bool replace_owner);
+             std::string_view owner, bool replace_owner) {
+    return setPacked(name, host, port, rpc::packToString(ident), owner, replace_owner);
+  }
+  Change setPacked(const std::string& name, const std::string& host, int port, std::string packed,
+                   std::string_view owner, bool replace_owner);
   void erase(Record& r);
 };
 

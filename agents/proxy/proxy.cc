@@ -6,6 +6,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "aiorpc/agents/keepalive/registry.h"
 #include "aiorpc/agents/proxy/backend.h"
 #include "aiorpc/core/log.h"
 #include "aiorpc/core/pool.h"
@@ -200,8 +201,12 @@ ProxyRole::ProxyRole(RoleEnv& env)
       token_(env.auth_token) {
   if (!resolver_.ok()) throw std::invalid_argument(resolver_.error());
   keepalive_addrs_ = *Flags::endpointList(env.flags.str("keepalive"));
+  // Registry replies are read whole up to 64 MiB, above the largest table a keepalive serves.
+  rpc::ClientOptions ko;
+  ko.limits.max_message_size = 64u << 20;
+  static_assert(keepalive::kMaxTableBytes + (1u << 20) < (64u << 20));
   for (const auto& a : keepalive_addrs_)
-    keepalives_.push_back(std::make_unique<rpc::Client>(env.loop, a));
+    keepalives_.push_back(std::make_unique<rpc::Client>(env.loop, a, ko));
   resolver_.on_update = [this](const std::string& name) { onResolved(name); };
   svc_.def(
       "invoke",

@@ -94,6 +94,56 @@ TEST_SUITE("etcd client (real etcd)") {
     CHECK(r.kvs[0].mod_revision == r.revision);
   }
 
+  TEST_CASE("a range of more keys than a page: every key once, all at one revision") {
+    core::Loop loop;
+    auto c = ready(loop);
+    std::vector<etcd::Client::Put> puts;
+    int done = 0;
+    for (int i = 0; i < 1300; ++i) {
+      puts.push_back({fmt::format("/paged/{:05}", i), "v", 0, 0});
+      if (puts.size() == 100 || i == 1299) {
+        c->putAll(puts, [&](etcd::Status s, bool written) { done += s && written; });
+        puts.clear();
+      }
+    }
+    REQUIRE(runUntil(loop, [&] { return done == 13; }));
+    Range r = range(loop, *c, "/paged/");  // three pages of 512
+    REQUIRE(r.status);
+    REQUIRE(r.kvs.size() == 1300);
+    int64_t newest = 0;
+    for (int i = 0; i < 1300; ++i) {
+      CHECK(r.kvs[i].key == fmt::format("/paged/{:05}", i));
+      newest = std::max(newest, r.kvs[i].mod_revision);
+    }
+    CHECK(r.revision >= newest);
+  }
+
+  TEST_CASE("putAll writes all or none; removeIf compares the revision") {
+    core::Loop loop;
+    auto c = ready(loop);
+    std::optional<bool> w;
+    c->putAll({{"/all/a", "1", 0, 0}, {"/all/b", "1", 0, 0}},
+              [&](etcd::Status s, bool written) { w = s && written; });
+    REQUIRE(runUntil(loop, [&] { return w.has_value(); }));
+    CHECK(*w);
+    w.reset();  // /all/b exists: neither is written
+    c->putAll({{"/all/c", "1", 0, 0}, {"/all/b", "2", 0, 0}},
+              [&](etcd::Status s, bool written) { w = s && written; });
+    REQUIRE(runUntil(loop, [&] { return w.has_value(); }));
+    CHECK_FALSE(*w);
+    Range r = range(loop, *c, "/all/");
+    REQUIRE(r.kvs.size() == 2);
+    std::optional<bool> removed;
+    c->removeIf("/all/a", r.kvs[0].mod_revision + 1, [&](etcd::Status, bool rm) { removed = rm; });
+    REQUIRE(runUntil(loop, [&] { return removed.has_value(); }));
+    CHECK_FALSE(*removed);
+    removed.reset();
+    c->removeIf("/all/a", r.kvs[0].mod_revision, [&](etcd::Status, bool rm) { removed = rm; });
+    REQUIRE(runUntil(loop, [&] { return removed.has_value(); }));
+    CHECK(*removed);
+    CHECK(range(loop, *c, "/all/").kvs.size() == 1);
+  }
+
   TEST_CASE(
       "putIf: create-if-absent once; compare on mod_revision; the failure shows the current") {
     core::Loop loop;
@@ -181,7 +231,7 @@ TEST_SUITE("etcd client (real etcd)") {
     int64_t last_rev = 0;
     bool created = false, ended = false;
     c->watch(
-        "/w/", from,
+        "/w/", from, 0,
         [&](std::vector<etcd::Event>& evs, int64_t rev) {
           for (auto& e : evs) seen.push_back(e);
           last_rev = rev;
@@ -220,7 +270,7 @@ TEST_SUITE("etcd client (real etcd)") {
     REQUIRE(runUntil(loop, [&] { return compacted; }));
     std::optional<int64_t> compact;
     c->watch(
-        "/compact/", now - 2, [](std::vector<etcd::Event>&, int64_t) {}, [] {},
+        "/compact/", now - 2, 0, [](std::vector<etcd::Event>&, int64_t) {}, [] {},
         [&](etcd::Status s, int64_t cr) {
           CHECK_FALSE(s);
           compact = cr;
@@ -244,7 +294,7 @@ TEST_SUITE("etcd client (real etcd)") {
     // a watch on a dead endpoint ends (and the next one goes to the other endpoint)
     bool ended = false;
     none.watch(
-        "/", 0, [](std::vector<etcd::Event>&, int64_t) {}, [] {},
+        "/", 0, 0, [](std::vector<etcd::Event>&, int64_t) {}, [] {},
         [&](etcd::Status s, int64_t) { ended = !s; });
     REQUIRE(runUntil(
         loop, [&] { return ended; }, 5));
@@ -280,7 +330,7 @@ TEST_SUITE("etcd client (real etcd)") {
     c->range("/", [&](etcd::Status, int64_t, std::vector<etcd::KeyValue>&) { ran = true; });
     c->grant(5, [&](etcd::Status, int64_t, int64_t) { ran = true; });
     auto w = c->watch(
-        "/", 0, [&](std::vector<etcd::Event>&, int64_t) { ran = true; }, [&] { ran = true; },
+        "/", 0, 0, [&](std::vector<etcd::Event>&, int64_t) { ran = true; }, [&] { ran = true; },
         [&](etcd::Status, int64_t) { ran = true; });
     c->cancelWatch(w);
     CHECK_FALSE(c->watching(w));
@@ -324,7 +374,7 @@ TEST_SUITE("etcd client lifetime (real etcd)") {
     auto c = ready(loop);
     int calls = 0;
     c->watch(
-        "/life/", 0, [&](std::vector<etcd::Event>&, int64_t) { ++calls; },
+        "/life/", 0, 0, [&](std::vector<etcd::Event>&, int64_t) { ++calls; },
         [&] {
           ++calls;
           c.reset();
@@ -341,7 +391,7 @@ TEST_SUITE("etcd client lifetime (real etcd)") {
     int created = 0, events = 0, ended = 0;
     for (int i = 0; i < 2; ++i)
       c->watch(
-          "/life/", from,
+          "/life/", from, 0,
           [&](std::vector<etcd::Event>&, int64_t) {
             ++events;
             c.reset();
@@ -371,7 +421,7 @@ TEST_SUITE("etcd client lifetime (real etcd)") {
     int batches = 0, ended = 0;
     etcd::Client::WatchId w = 0;
     w = c->watch(
-        "/own/", from,
+        "/own/", from, 0,
         [&](std::vector<etcd::Event>&, int64_t) {
           ++batches;
           c->cancelWatch(w);
@@ -407,6 +457,26 @@ TEST_SUITE("registry keys on etcd") {
     }
   }
 
+  TEST_CASE("every byte that could change a key's structure is escaped, in name and host") {
+    CHECK(etcdKey("/p", {"n[1]", "h/x", 5}) == "/p/v1/svc/n%5B1%5D/h%2Fx:5");
+    CHECK(etcdKey("/p", {"a\x01"
+                         "b",
+                         "[::1]", 5}) == "/p/v1/svc/a%01b/[%5B::1%5D]:5");
+    for (RecordKey r :
+         {RecordKey{"n/[%]\x01", "h[1]", 1}, RecordKey{"x", "[x", 2}, RecordKey{"x", "y]", 3},
+          RecordKey{"x", "v1/svc/evil/127.0.0.1", 80}, RecordKey{"x", "100%", 4},
+          RecordKey{"x", "tab\there", 5}, RecordKey{"x", "[::1]:5", 6}, RecordKey{"a:b", "q", 7},
+          RecordKey{"x", "\x7f", 8}, RecordKey{"\xc3\xa9", "\xe2\x82\xac", 9}}) {
+      auto back = parseEtcdKey("/p", etcdKey("/p", r));
+      REQUIRE_MESSAGE(back, etcdKey("/p", r));
+      CHECK(*back == r);
+    }
+    // another spelling of a record's key is not one of ours (one key per record)
+    for (const char* k : {"/p/v1/svc/%41/h:1", "/p/v1/svc/a/h:01", "/p/v1/svc/a/%3A:1",
+                          "/p/v1/svc/a/h:+1", "/p/v1/svc/%ff/h:1", "/p/v1/svc/a/[h]:1"})
+      CHECK_MESSAGE(!parseEtcdKey("/p", k), k);
+  }
+
   TEST_CASE("keys of another shape or prefix are not records") {
     for (const char* k : {"/q/v1/svc/a/h:1", "/p/v1/svc/a", "/p/v1/svc/a/h", "/p/v1/svc/a/h:0",
                           "/p/v1/svc/a/h:65536", "/p/v1/svc/a/h:1x", "/p/v1/svc//h:1",
@@ -432,8 +502,9 @@ TEST_SUITE("keepalive store on etcd") {
     std::string ident = "\xc0";  // nil
     auto beat = [&] {
       std::optional<std::optional<std::string>> out;
-      store.heartbeat(r, ident, "127.0.0.1",
-                      [&](const std::optional<std::string>& e, Registry::Change) { out = e; });
+      store.heartbeat(r, ident, "127.0.0.1", true, [&](const EtcdStore::Result& res) {
+        out = res.kind == EtcdStore::Result::kOk ? std::nullopt : std::optional(res.error);
+      });
       REQUIRE(runUntil(loop, [&] { return out.has_value(); }));
       return *out;
     };
@@ -443,7 +514,7 @@ TEST_SUITE("keepalive store on etcd") {
     // lease while this loop stands still: the store has not seen the delete when it renews.
     core::Loop other;
     auto c = ready(other);
-    auto kvs = range(other, *c, "/store-lease/");
+    auto kvs = range(other, *c, "/store-lease/v1/svc/");
     REQUIRE(kvs.kvs.size() == 1);
     int64_t lease = kvs.kvs[0].lease;
     REQUIRE(lease != 0);
@@ -455,7 +526,7 @@ TEST_SUITE("keepalive store on etcd") {
     REQUIRE(*found);
     CHECK_FALSE(beat());  // keepalive answers without TTL: a new lease, the record again
     REQUIRE(runUntil(other, [&] {
-      auto now = range(other, *c, "/store-lease/");
+      auto now = range(other, *c, "/store-lease/v1/svc/");
       return now.kvs.size() == 1 && now.kvs[0].lease != lease && now.kvs[0].lease != 0;
     }));
     REQUIRE(runUntil(loop, [&] { return cache.size() == 1; }));
@@ -541,9 +612,9 @@ TEST_SUITE("keepalive store on etcd") {
     int done = 0;
     std::vector<Registry::Change> changes;
     for (EtcdStore* s : {&a, &b})
-      s->heartbeat(r, "\xc0", "::1", [&](const std::optional<std::string>& e, Registry::Change ch) {
-        CHECK_FALSE(e);
-        changes.push_back(ch);
+      s->heartbeat(r, "\xc0", "::1", true, [&](const EtcdStore::Result& res) {
+        CHECK(res.kind == EtcdStore::Result::kOk);
+        changes.push_back(res.change);
         ++done;
       });
     REQUIRE(runUntil(loop, [&] { return done == 2; }));
@@ -553,9 +624,9 @@ TEST_SUITE("keepalive store on etcd") {
     REQUIRE(runUntil(loop, [&] { return ca.size() == 1 && cb.size() == 1; }));
     CHECK(ca.version() == cb.version());
     std::optional<bool> removed;
-    b.unregister(r, [&](const std::optional<std::string>& e, bool rm) {
-      CHECK_FALSE(e);
-      removed = rm;
+    b.unregister(r, "::1", true, [&](const EtcdStore::Result& res) {
+      CHECK(res.kind == EtcdStore::Result::kOk);
+      removed = res.removed;
     });
     REQUIRE(runUntil(loop, [&] { return removed.has_value(); }));
     CHECK(*removed);

@@ -4,6 +4,7 @@ started again; everything is SIGKILLed and removed at the end (register with har
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -38,6 +39,7 @@ class _Member:
 
     def kill(self):
         if self.p.poll() is None:
+            self.p.send_signal(signal.SIGCONT)
             self.p.kill()
             self.p.wait()
 
@@ -86,6 +88,15 @@ class EtcdCluster:
 
     def kill_member(self, i):
         self.members[i].kill()
+
+    def stop_member(self, i):  # SIGSTOP: a hung member, its connections open
+        self.members[i].p.send_signal(signal.SIGSTOP)
+
+    def cont_member(self, i):
+        self.members[i].p.send_signal(signal.SIGCONT)
+
+    def index_of(self, endpoint):
+        return [f"127.0.0.1:{cp}" for cp, _ in self.ports].index(endpoint)
 
     def endpoints(self):
         return ",".join(f"127.0.0.1:{cp}" for cp, _ in self.ports)

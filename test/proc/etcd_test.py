@@ -9,10 +9,13 @@ from harness import Raw, daemon, run, wait_until
 from load import Load
 
 
-def keepalive(etcd, *extra, ttl="2"):
-    return daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--ttl", ttl,
-                  "--store", "etcd://" + etcd.endpoints(), "--store-prefix", "/aiorpc/test",
-                  *extra)
+def keepalive(etcd, *extra, ttl="2", synced=True):
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--ttl", ttl,
+                "--store", "etcd://" + etcd.endpoints(), "--store-prefix", "/aiorpc/test",
+                *extra)
+    if synced:  # its first read of etcd done (before it, it is stale and refuses writes)
+        assert wait_until(lambda: not Raw(ka).call("watch", [None])[3].get("stale"))
+    return ka
 
 
 def demo(kas, port=0, *extra):
@@ -177,7 +180,7 @@ def test_cold_start_routes_as_soon_as_etcd_has_quorum():
     # of the registry looked newer than etcd's first revision).
     etcd = EtcdCluster(3, start=False)
     etcd.start(0)
-    ka = keepalive(etcd)
+    ka = keepalive(etcd, synced=False)
     px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint)
     d = demo([ka])
     time.sleep(1.0)

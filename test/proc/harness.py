@@ -3,6 +3,7 @@
 Tests are functions named test_*; run() executes them and prints a doctest-style summary line
 that test/run.sh adds up. Only loopback addresses are used; every process started is killed.
 """
+import json
 import os
 import select
 import signal
@@ -214,3 +215,15 @@ class Raw:
 
 def daemon(*args, cwd=None):
     return Proc([binary("aiorpcd"), *args], cwd=cwd)
+
+
+def sanitized():
+    """ASan keeps freed memory in quarantine: RSS bounds are asserted in the plain builds."""
+    with open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")) as f:
+        opts = {o["name"]: o["value"] for o in json.load(f)}
+    return opts.get("b_sanitize", "none") not in ("none", "")
+
+
+def assert_grew_less(before, after, limit_mib):
+    if not sanitized():
+        assert after - before < limit_mib, (before, after)

@@ -182,5 +182,20 @@ def test_config_file_and_command_line_override():
         assert p.returncode == 2 and why in err and len(err.strip().splitlines()) == 1, (args, err)
 
 
+
+def test_only_the_registering_address_changes_an_ident_or_unregisters():
+    ka = keepalive("--ttl", "30")
+    owner, other = Raw(ka), Raw(ka, source="127.0.0.2")
+    assert owner.call("heartbeat", ["own", "127.0.0.1", 1, {"v": 1}])[3] is True
+    assert other.call("heartbeat", ["own", "127.0.0.1", 1, {"v": 1}])[3] is True  # a refresh
+    got = other.call("heartbeat", ["own", "127.0.0.1", 1, {"v": 2}])
+    assert got[2] is not None and got[2][0] == "AuthError", got
+    got = other.call("unregister", ["own", "127.0.0.1", 1])
+    assert got[2] is not None and got[2][0] == "AuthError", got
+    assert services(ka)["own"] == [{"ident": {"v": 1}, "endpoint": ["127.0.0.1", 1]}]
+    assert owner.call("heartbeat", ["own", "127.0.0.1", 1, {"v": 3}])[3] is True
+    assert services(ka)["own"] == [{"ident": {"v": 3}, "endpoint": ["127.0.0.1", 1]}]
+    assert owner.call("unregister", ["own", "127.0.0.1", 1])[3] is True
+
 if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
     run(globals())
