@@ -99,6 +99,11 @@ class Client {
   bool watching(WatchId id) const noexcept;
 
   const std::string& endpoint() const noexcept { return opts_.endpoints[current_]; }
+  // Unary calls move off endpoints[idx] if they were going there (a member known to be sick).
+  void avoid(size_t idx) noexcept {
+    if (current_ == idx % opts_.endpoints.size())
+      current_ = (current_ + 1) % opts_.endpoints.size();
+  }
   const std::vector<std::string>& endpoints() const noexcept { return opts_.endpoints; }
   // Responses dropped because etcd would never send them (malformed JSON, wrong types).
   uint64_t malformed() const noexcept { return malformed_; }

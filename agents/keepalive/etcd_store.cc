@@ -328,6 +328,7 @@ void EtcdStore::tick() {
     if (now - canary_sent_ < opts_.store_timeout) return;
     ++counters_.watch_moves;
     std::string from = watchEndpoint();
+    etcd_.avoid(watch_endpoint_);  // the re-read does not wait on it either
     watch_endpoint_ = (watch_endpoint_ + 1) % opts_.endpoints.size();
     core::log::warn(
         "keepalive: the etcd watch on {} has shown nothing for {:.1f} s while etcd moved on "

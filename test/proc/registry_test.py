@@ -106,7 +106,7 @@ def test_a_hung_watched_member_is_left_and_no_routed_call_fails():
         samples.append((time.time(), k.endpoint, w.get("stale"), "gone" in w["services"],
                         "fresh" in w["services"]))
         return not w.get("stale") and "fresh" in w["services"] and "gone" not in w["services"]
-    assert wait_until(lambda: fresh(a) and fresh(b), timeout=30, step=0.05), samples[-4:]
+    assert wait_until(lambda: all([fresh(a), fresh(b)]), timeout=30, step=0.05), samples[-4:]
     took = time.time() - t0
     for t, ep, stale, has_gone, has_fresh in samples:
         if not stale and t > t_fresh + 1 + 1:  # store-timeout 1 s, one canary period of slack
