@@ -63,7 +63,7 @@ void Heartbeat::beat(Target& t) {
                 held ? fmt::format(" ({} more since the last line)", held) : std::string());
           }
         }
-        if (stopping_) return unregister(t);  // stop() waited for this one
+        if (stopping_) return;  // stop() has unregistered
         t.timer = tasks_.after(opts_.interval, [this, &t] { beat(t); });
       });
 }
@@ -81,8 +81,10 @@ void Heartbeat::stop(core::Callback<void()> done) {
     tasks_.post([this] { unregistered(); });
     return;
   }
-  for (auto& t : targets_)
-    if (!t->in_flight) unregister(*t);  // the others unregister when their heartbeat returns
+  // Every keepalive at once, a heartbeat in flight or not: the unregister follows it on the
+  // same connection, and a keepalive handles one connection's requests in order, so no late
+  // heartbeat brings the record back; a keepalive that never answers costs kUnregisterTimeout.
+  for (auto& t : targets_) unregister(*t);
 }
 
 void Heartbeat::unregister(Target& t) {
@@ -90,7 +92,7 @@ void Heartbeat::unregister(Target& t) {
   t.unregistered = true;
   t.client->send(
       "unregister", [this](rpc::Packer& p) { packParams(p, opts_); },
-      [this](rpc::Response&) { unregistered(); }, 2.0);
+      [this](rpc::Response&) { unregistered(); }, kUnregisterTimeout);
 }
 
 void Heartbeat::unregistered() {

@@ -23,9 +23,10 @@ struct HeartbeatOptions {
 // last one completed: each keepalive on its own schedule, so one that is down or slow delays
 // no other. The keepalive records the source address. Failures are logged (at most one line per
 // keepalive per 10 s) and retried at the interval, forever: a live service never expires for
-// want of a retry. stop() first stops every schedule, waits for heartbeats in flight, then
-// unregisters from each keepalive (bounded by a short timeout) and calls `done`: no late
-// heartbeat brings the record back.
+// want of a retry. stop() stops every schedule and unregisters from every keepalive at once
+// (a heartbeat in flight is not waited for: the unregister follows it on its connection), each
+// bounded by kUnregisterTimeout, then calls `done`: no late heartbeat brings the record back,
+// and a keepalive that accepts and never answers delays a stop by one second at most.
 class Heartbeat {
  public:
   Heartbeat(core::Loop& loop, HeartbeatOptions opts);
@@ -35,6 +36,7 @@ class Heartbeat {
   Heartbeat(const Heartbeat&) = delete;
   Heartbeat& operator=(const Heartbeat&) = delete;
   void stop(core::Callback<void()> done);
+  static constexpr double kUnregisterTimeout = 1.0;
   uint64_t sent() const noexcept { return sent_; }
   uint64_t failed() const noexcept { return failed_; }
 

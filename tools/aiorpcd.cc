@@ -31,6 +31,9 @@ namespace clog = core::log;
 
 namespace {
 
+// How long the exit waits for lingering sockets (see the end of main).
+constexpr double kExitLingerSeconds = 1.0;
+
 const agents::FlagSpec kCommon[] = {
     {"role", agents::FlagType::kString, "", "the role to run (required)"},
     {"bind", agents::FlagType::kEndpoint, "",
@@ -311,8 +314,11 @@ int main(int argc, char** argv) {
       fmt::format("READY=1\nSTATUS=listening on {}\nMAINPID={}", bound->toString(), ::getpid()));
   loop.run();
   // Sockets closed gracefully are still lingering (their peers read the last replies): exiting
-  // now would reset them. Bounded by Loop::kMaxLingerSeconds.
-  while (loop.lingering() > 0) loop.runOnce();
+  // at once would reset them. A second at most: a peer that does not read (its window full)
+  // cannot hold the exit, so every stop ends within --drain-grace + --drain-timeout + 2 s (the
+  // unregister takes one at most).
+  for (double until = loop.now() + kExitLingerSeconds; loop.lingering() > 0 && loop.now() < until;)
+    loop.runOnce();
   clog::info("aiorpcd stopped");
   return 0;
 }

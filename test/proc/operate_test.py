@@ -7,6 +7,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
+
+import msgpack
 
 from harness import BUILD, Proc, Raw, binary, daemon, run, wait_until
 
@@ -41,6 +44,56 @@ def test_json_log_lines():
     p = subprocess.run([binary("aiorpcd"), "--role=demo", "--log-format", "xml"],
                        capture_output=True, timeout=10)
     assert p.returncode == 2 and b"--log-format" in p.stderr
+
+
+def silent_listener():
+    """A peer that accepts connections and never reads or answers (a hung keepalive)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    return srv
+
+
+def timed_stop(proc):
+    t0 = time.time()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    return time.time() - t0
+
+
+def test_a_stop_ends_in_bounded_time_whatever_keepalives_do():
+    # grace 0.5 s + drain timeout 1 s + 2 s: the bound of SPEC §7
+    bound = 0.5 + 1 + 2
+    hung = silent_listener()
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
+    # 1. a keepalive that accepts and never answers: a heartbeat in flight (10 s interval: its
+    # timeout is 20 s) and an unregister nobody answers
+    svc = daemon("--role=demo", "--bind", "127.0.0.1:0", "--drain-grace", "0.5",
+                 "--drain-timeout", "1", "--heartbeat-interval", "10", "--keepalive",
+                 f"127.0.0.1:{hung.getsockname()[1]},{ka.endpoint}")
+    assert wait_until(lambda: "sample.foo" in Raw(ka).call("get_services", [])[3])
+    took = timed_stop(svc)
+    print(f"SIGTERM to exit with a keepalive that never answers: {took:.2f} s (bound {bound} s)")
+    assert took < bound, took
+    assert "sample.foo" not in Raw(ka).call("get_services", [])[3]  # the live one was told
+    hung.close()
+
+
+def test_a_stop_ends_in_bounded_time_whatever_clients_do():
+    bound = 0.5 + 1 + 2
+    # a client that stops reading: the replies it is owed fit in the daemon's socket buffer,
+    # so the drain finds nothing owed and the socket lingers at exit while they stay unsent
+    svc = daemon("--role=demo", "--bind", "127.0.0.1:0", "--drain-grace", "0.5",
+                 "--drain-timeout", "1")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", svc.port))
+    s.sendall(b"".join(msgpack.packb([0, i, "echo", ["x" * 20000]]) for i in range(20)))
+    time.sleep(0.5)
+    took = timed_stop(svc)
+    print(f"SIGTERM to exit with a client that never reads: {took:.2f} s (bound {bound} s)")
+    assert took < bound, took
+    s.close()
 
 
 def test_readiness_and_stopping_through_notify_socket():
