@@ -3,6 +3,7 @@
 
 #include <sys/time.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 
@@ -85,6 +86,13 @@ Result<void> reopen() {
 
 void setFormat(Format f) noexcept { g_format = f; }
 
+namespace {
+bool isControl(char c) noexcept {
+  auto u = static_cast<unsigned char>(c);
+  return u < 0x20 || u == 0x7f;
+}
+}  // namespace
+
 void write(LogLevel l, std::string_view msg) noexcept {
   timeval tv{};
   gettimeofday(&tv, nullptr);
@@ -103,6 +111,26 @@ void write(LogLevel l, std::string_view msg) noexcept {
       std::fflush(out);
       return;
     } catch (...) {  // out of memory: the plain line below
+    }
+  }
+  // One message, one line: control bytes (a newline in a service name a peer chose, a
+  // terminal escape) are written escaped, so no peer can forge a line or rewrite the screen.
+  std::string escaped;
+  if (std::any_of(msg.begin(), msg.end(), isControl)) {
+    try {
+      escaped.reserve(msg.size() + 16);
+      for (char c : msg) {
+        if (!isControl(c)) {
+          escaped += c;
+          continue;
+        }
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(c));
+        escaped += c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : hex;
+      }
+      msg = escaped;
+    } catch (...) {
+      msg = "(a log line with control bytes, dropped: out of memory)";
     }
   }
   std::fprintf(out, "%s.%03dZ %-5s %.*s\n", ts, static_cast<int>(tv.tv_usec / 1000), name(l),

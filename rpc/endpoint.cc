@@ -213,7 +213,14 @@ bool Endpoint::rawReply(std::string_view m) {
 
 void Endpoint::protocolError(const std::string& why) {
   ++counters_.protocol_errors;
-  log::warn("protocol error from {}: {}; closing after owed replies", remote_.toString(), why);
+  // Peers choose how often this happens: a line per second at most (per thread: one loop's),
+  // the rest counted in the next line and in \0stats.
+  thread_local log::Throttle throttle{1};
+  if (throttle.admit(loop_.now())) {
+    uint64_t held = throttle.held();
+    log::warn("protocol error from {}: {}; closing after owed replies{}", remote_.toString(), why,
+              held ? fmt::format(" ({} more since the last line)", held) : std::string());
+  }
   finish();
 }
 

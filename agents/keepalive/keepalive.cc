@@ -360,11 +360,19 @@ class KeepaliveRole final : public RoleInstance {
     watchers_.erase(found);  // their peer has gone: nothing to answer
   }
 
+  // Each expired record is named (a line each, up to kExpiryLines a check), then a summary.
+  static constexpr size_t kExpiryLines = 24;
   void onCheck(int) noexcept {
-    if (size_t n = reg_.expire(); n > 0) {
-      core::log::info("keepalive: {} record(s) expired (no heartbeat for {} s)", n, reg_.ttl());
-      changed();
-    }
+    size_t named = 0;
+    size_t n = reg_.expire([&](const std::string& name, const std::string& host, int port) {
+      if (named++ < kExpiryLines)
+        core::log::info("keepalive: expired {} at {} (no heartbeat for {} s)", name,
+                        endpointText(host, port), reg_.ttl());
+    });
+    if (n > kExpiryLines)
+      core::log::info("keepalive: {} records expired in all ({} more not named)", n,
+                      n - kExpiryLines);
+    if (n > 0) changed();
   }
   static std::string endpointText(const std::string& host, int64_t port) {
     return host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)

@@ -91,12 +91,13 @@ size_t Registry::ownedBy(const std::string& owner) const {
   return it == owners_.end() ? 0 : it->second;
 }
 
-size_t Registry::expire() {
+size_t Registry::expire(const Expired& each) {
   double limit = now_() - ttl_;
   size_t n = 0;
   while (!lru_.empty()) {
     auto* r = static_cast<Record*>(lru_.front());
     if (r->seen > limit) break;  // everything after it was refreshed later still
+    if (each) each(r->svc->first, r->self->first.first, r->self->first.second);
     erase(*r);
     ++n;
   }

@@ -62,7 +62,9 @@ class Registry {
   // ident): a table kept under a bound minus this stays under it after any one heartbeat.
   static constexpr size_t kMaxRecordBytes = 2 * (5 + 255) + 1024 + 32;
   // Removes records not refreshed for the TTL; returns how many.
-  size_t expire();
+  // `each` (when set) is told every record that goes, before it goes.
+  using Expired = std::function<void(const std::string& name, const std::string& host, int port)>;
+  size_t expire(const Expired& each = {});
   // Removes every record (a cache about to be filled again).
   void clear();
   // A cache of another store (etcd) takes that store's version (its revision).

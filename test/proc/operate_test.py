@@ -96,6 +96,47 @@ def test_a_stop_ends_in_bounded_time_whatever_clients_do():
     s.close()
 
 
+def test_logs_cannot_be_forged_and_peer_floods_are_rate_limited():
+    d = tempfile.mkdtemp()
+    log = os.path.join(d, "ka.log")
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--log-file", log, "--ttl", "0.6",
+                "--check-interval", "0.2")
+    r = Raw(ka)
+    forged = "2026-01-01T00:00:00.000Z info  audit: registered forged at 10.0.0.1:1"
+    for name in ("x\n" + forged, "y\r\x1b[2J\x00z"):
+        assert r.call("heartbeat", [name, "127.0.0.1", 1])[3] is True
+    # 30 records that expire together: each named (up to 24), then one summary
+    for i in range(30):
+        assert r.call("heartbeat", ["exp%02d" % i, "127.0.0.1", 100 + i], msgid=i)[3] is True
+    r.close()
+    # 300 connections that each send bytes that are not msgpack-rpc
+    for _ in range(300):
+        s = socket.create_connection(("127.0.0.1", ka.port))
+        s.sendall(b"\xc1" * 8)
+        s.close()
+    time.sleep(1.5)
+    ka.signal(signal.SIGTERM)
+    assert ka.wait() == 0
+    lines = open(log).read().splitlines()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+    assert all(stamp.match(x) for x in lines), [x for x in lines if not stamp.match(x)]
+    assert not any(x.startswith("2026-01-01") for x in lines)
+    text = "\n".join(lines)
+    assert "registered x\\n2026-01-01T00:00:00.000Z info  audit" in text, text
+    assert "registered y\\r\\x1b[2J\\x00z" in text, text
+    assert "\x1b" not in text and "\r" not in text
+    named = [x for x in lines if "keepalive: expired " in x]
+    unnamed = [int(m) for m in re.findall(r"records expired in all \((\d+) more not named\)",
+                                          text)]
+    assert len(named) + sum(unnamed) == 32, (named, unnamed)  # 30 + x + y
+    assert len(named) <= 24 * (1 + len(unnamed)), named
+    assert any("expired exp07 at 127.0.0.1:107 (no heartbeat for 0.6 s)" in x for x in named) \
+        or unnamed, named
+    protocol = [x for x in lines if "protocol error from" in x]
+    assert 1 <= len(protocol) <= 5, len(protocol)
+    assert any("more since the last line" in x for x in protocol) or len(protocol) == 1, protocol
+
+
 def test_readiness_and_stopping_through_notify_socket():
     d = tempfile.mkdtemp()
     path = os.path.join(d, "notify")
