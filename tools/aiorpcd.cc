@@ -82,13 +82,31 @@ std::optional<std::string> loadModule(const std::string& path) {
   if (!h) return std::string("cannot load module: ") + ::dlerror();
   auto entry = reinterpret_cast<const agents::ModuleInfo* (*)()>(::dlsym(h, "aiorpc_module"));
   if (!entry) return "module " + path + " has no aiorpc_module() entry point (AIORPC_MODULE)";
-  const agents::ModuleInfo* info = entry();
+  const agents::ModuleInfo* info = nullptr;
+  try {
+    info = entry();
+  } catch (const std::exception& e) {
+    return "module " + path + ": aiorpc_module() threw: " + e.what();
+  } catch (...) {
+    return "module " + path + ": aiorpc_module() threw";
+  }
   if (!info || info->abi != agents::kModuleAbi)
     return "module " + path + " was built against aiorpc " +
            (info && info->version ? info->version : "?") + ", this aiorpcd is " +
            AIORPC_VERSION_STRING + ": rebuild it against this version";
   for (const auto& r : info->roles) {
-    if (findRole(r.name)) return "module " + path + ": role " + std::string(r.name) + " exists";
+    std::string what = "module " + path + ": role '" + std::string(r.name) + "'";
+    if (r.name.empty()) return "module " + path + ": a role without a name";
+    if (findRole(r.name)) return what + " exists";
+    if (!r.create) return what + " has no create function";
+    for (const auto& f : r.flags) {
+      bool daemons = f.name == "config" || f.name == "help" || f.name == "version" ||
+                     std::any_of(std::begin(kCommon), std::end(kCommon),
+                                 [&](const agents::FlagSpec& c) { return c.name == f.name; });
+      if (daemons || f.name.empty())
+        return what + ": flag --" + std::string(f.name) +
+               " is the daemon's own (role flags need names of their own)";
+    }
     g_roles.push_back(&r);
   }
   return std::nullopt;
@@ -247,7 +265,10 @@ int main(int argc, char** argv) {
     instance = role->create(env);
   } catch (const std::exception& e) {
     return fail(e.what());
+  } catch (...) {  // a module's create() that throws something else
+    return fail("role " + role_name + ": its create function threw (not a std::exception)");
   }
+  if (!instance) return fail("role " + role_name + ": its create function returned nothing");
   // The pid file is locked for the daemon's life: a second daemon with the same file refuses
   // to start instead of overwriting it.
   std::string pid_file = flags.str("pid-file");

@@ -46,6 +46,17 @@ def test_modules_of_another_version_or_no_module_are_refused():
                            capture_output=True, text=True, timeout=10)
         assert p.returncode == 2 and why in p.stderr, (path, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    # a module whose author got something wrong: one line, exit 2, never a crash
+    for mode, why in (("entry-throws", "aiorpc_module() threw"),
+                      ("null-create", "has no create function"),
+                      ("config-flag", "flag --config is the daemon's own"),
+                      ("no-name", "a role without a name"),
+                      ("create-throws", "its create function threw")):
+        p = subprocess.run([binary("aiorpcd"), "--module", module("bad_module"), "--role=bad"],
+                           capture_output=True, text=True, timeout=10,
+                           env=dict(os.environ, AIORPC_BAD_MODULE=mode))
+        assert p.returncode == 2 and why in p.stderr, (mode, p.returncode, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     p = subprocess.run([binary("aiorpcd"), "--role=greeter"], capture_output=True, text=True)
     assert p.returncode == 2 and "unknown role" in p.stderr  # only with its module
 
