@@ -52,6 +52,74 @@ std::optional<std::string> Flags::check(FlagType type, std::string_view v) {
   return std::nullopt;
 }
 
+namespace {
+
+// The path after --config in argv, "" when there is none.
+std::string configPath(int argc, const char* const* argv) {
+  std::string path;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--config" && i + 1 < argc) path = argv[i + 1];
+    if (a.rfind("--config=", 0) == 0) path = std::string(a.substr(9));
+  }
+  return path;
+}
+
+std::string_view trim(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r'))
+    v.remove_suffix(1);
+  return v;
+}
+
+// Top-level `key = value` lines of a config file (before any section), value as written.
+std::vector<std::pair<std::string, std::string>> configEntries(std::string_view text) {
+  std::vector<std::pair<std::string, std::string>> out;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = trim(text.substr(0, nl));
+    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line[0] == '[') break;  // a section (refused by the parser)
+    size_t eq = line.find('=');
+    if (eq == std::string_view::npos) continue;
+    out.emplace_back(std::string(trim(line.substr(0, eq))), std::string(trim(line.substr(eq + 1))));
+  }
+  return out;
+}
+
+std::string unquote(std::string_view v) {
+  v = trim(v);
+  if (v.size() >= 2 && (v.front() == '"' || v.front() == '\'') && v.back() == v.front())
+    v = v.substr(1, v.size() - 2);
+  return std::string(v);
+}
+
+}  // namespace
+
+std::optional<std::string> Flags::configModules(int argc, const char* const* argv,
+                                                std::vector<std::string>& out) {
+  std::string path = configPath(argc, argv), text;
+  if (path.empty()) return std::nullopt;
+  if (auto bad = readRegularFile(path, kMaxConfigBytes, &text, "--config file")) return bad;
+  for (const auto& [key, value] : configEntries(text)) {
+    if (key != "module") continue;
+    std::string_view v = value;
+    if (!v.empty() && v.front() == '[' && v.back() == ']') {
+      v = v.substr(1, v.size() - 2);
+      while (!v.empty()) {
+        size_t comma = v.find(',');
+        if (auto one = unquote(v.substr(0, comma)); !one.empty()) out.push_back(one);
+        if (comma == std::string_view::npos) break;
+        v.remove_prefix(comma + 1);
+      }
+    } else if (auto one = unquote(v); !one.empty()) {
+      out.push_back(one);
+    }
+  }
+  return std::nullopt;
+}
+
 bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* argv) {
   // CLI11 (Debian's libcli11-dev): --flag=value and --flag value, strict checks per type, and
   // --config FILE with `name = value` lines (TOML/INI); the command line overrides the file.
@@ -62,16 +130,22 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
   if (help_) return true;
   // The config file: a regular file of bounded size only (a FIFO would hang start-up,
   // /dev/zero grew to 4 GB), checked before CLI11 reads it.
-  for (int i = 1; i < argc; ++i) {
-    std::string_view a = argv[i];
-    std::string path;
-    if (a == "--config" && i + 1 < argc) path = argv[i + 1];
-    if (a.rfind("--config=", 0) == 0) path = std::string(a.substr(9));
-    if (!path.empty())  // (checked only: CLI11 reads it)
-      if (auto bad = readRegularFile(path, kMaxConfigBytes, nullptr, "--config file")) {
-        error_ = *bad;
+  if (std::string path = configPath(argc, argv); !path.empty()) {
+    std::string text;  // (CLI11 reads it again)
+    if (auto bad = readRegularFile(path, kMaxConfigBytes, &text, "--config file")) {
+      error_ = *bad;
+      return false;
+    }
+    // An array for a flag that takes one value is refused (CLI11 kept its last element).
+    for (const auto& [key, value] : configEntries(text)) {
+      auto spec = std::find_if(specs.begin(), specs.end(), [&](auto& s) { return s.name == key; });
+      bool list = spec != specs.end() &&
+                  (spec->type == FlagType::kEndpointList || spec->type == FlagType::kAllowList);
+      if (!value.empty() && value[0] == '[' && !list && key != "module") {
+        error_ = "--config: '" + key + "' takes one value, not an array";
         return false;
       }
+    }
   }
   CLI::App app{"aiorpcd"};
   app.set_help_flag();

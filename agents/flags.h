@@ -38,6 +38,10 @@ struct FlagSpec {
 class Flags {
  public:
   static constexpr size_t kMaxConfigBytes = 1 << 20;  // --config: a regular file up to 1 MiB
+  // The --config file named in argv (if any): its `module = PATH` or `module = [PATH, ...]`
+  // values, to load before parse() (a module's roles bring flags). Returns the error line.
+  static std::optional<std::string> configModules(int argc, const char* const* argv,
+                                                  std::vector<std::string>& out);
   // Parses argv against `specs`; on error returns false and sets error() to one line.
   bool parse(std::span<const FlagSpec> specs, int argc, const char* const* argv);
   const std::string& error() const noexcept { return error_; }

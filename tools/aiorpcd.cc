@@ -210,6 +210,10 @@ int main(int argc, char** argv) {
     if (path.empty()) continue;
     if (auto bad = loadModule(path)) return fail(*bad);
   }
+  std::vector<std::string> config_modules;  // `module = ...` in the --config file
+  if (auto bad = agents::Flags::configModules(argc, argv, config_modules)) return fail(*bad);
+  for (const auto& path : config_modules)
+    if (auto bad = loadModule(path)) return fail(*bad);
   std::vector<agents::FlagSpec> specs(std::begin(kCommon), std::end(kCommon));
   for (const auto* r : g_roles) specs.insert(specs.end(), r->flags.begin(), r->flags.end());
   agents::Flags flags;

@@ -243,6 +243,22 @@ def test_config_is_as_strict_as_the_command_line():
         f.write('role = "demo"\nallow = ["127.0.0.1/32", "10.0.0.0/8"]\n')
     p = Proc([binary("aiorpcd"), "--config", path, "--bind", "127.0.0.1:0"])
     assert Raw(p).call("echo", [1])[3] == [1]
+    # an array for a flag that takes one value (it kept the last element)
+    r = start('role = "demo"\nbind = ["127.0.0.1:1", "127.0.0.1:0"]\n')
+    assert r.returncode == 2 and "'bind' takes one value, not an array" in r.stderr, r.stderr
+    r = start('role = "demo"\ndrain-timeout = [1, 2]\n')
+    assert r.returncode == 2 and "'drain-timeout' takes one value" in r.stderr, r.stderr
+    # `module` in the file loads it, like --module (it was ignored)
+    greeter = os.path.join(BUILD, "docs", "examples", "libgreeter.so")
+    for line in (f'module = "{greeter}"', f"module = ['{greeter}']"):
+        path = os.path.join(d, "mod.conf")
+        with open(path, "w") as f:
+            f.write(f'role = "greeter"\n{line}\n')
+        p = Proc([binary("aiorpcd"), "--config", path, "--bind", "127.0.0.1:0"])
+        assert "greet" in Raw(p).call("\0reflection", None)[3]["methods"], line
+        p.kill()
+    r = start('role = "greeter"\nmodule = "/nonexistent/libx.so"\n')
+    assert r.returncode == 2 and "cannot load module" in r.stderr, r.stderr
 
 
 def test_meson_install_puts_binaries_and_unit_under_the_prefix():
