@@ -186,7 +186,9 @@ class ProxyRole final : public RoleInstance {
   uint64_t version_ = 0;
   uint64_t table_gen_ = 1;  // bumped whenever table_ is replaced
   bool use_watch_ = true, stopping_ = false;
-  core::Loop::TimerId refresh_timer_ = 0, sweep_timer_ = 0;
+  core::Loop::TimerId refresh_timer_ = 0, sweep_timer_ = 0, resolved_timer_ = 0;
+  static constexpr double kResolvedBatch = 0.05;
+  uint64_t table_applies_ = 0;
 };
 
 ProxyRole::ProxyRole(RoleEnv& env)
@@ -306,10 +308,17 @@ void ProxyRole::admit(CallPtr c) {
   route(std::move(c));
 }
 
+// Answers that arrive together are applied together: the table is applied again at most once
+// per kResolvedBatch seconds, however many names a table holds (it was once per answer, and
+// every application walks the whole table: quadratic in the names).
 void ProxyRole::onResolved(const std::string& name) {
   core::log::debug("proxy: name {} resolved", name);
-  Object last = last_services_.view();
-  if (last.isMap()) applyTable(last, false);
+  if (resolved_timer_) return;
+  resolved_timer_ = loop_.after(kResolvedBatch, [this] {
+    resolved_timer_ = 0;
+    Object last = last_services_.view();
+    if (last.isMap()) applyTable(last, false);
+  });
 }
 
 ProxyRole::~ProxyRole() {
@@ -318,6 +327,7 @@ ProxyRole::~ProxyRole() {
   // callback reaches a sibling backend already freed.
   loop_.cancel(refresh_timer_);
   loop_.cancel(sweep_timer_);
+  loop_.cancel(resolved_timer_);
   table_.clear();
   backends_.clear();
 }
@@ -506,8 +516,8 @@ void ProxyRole::probe(Backend& b) {
 
 Backend* ProxyRole::backendFor(std::string_view host, int64_t port) {
   // (host, port) as data: an IP literal (or "localhost") and a port, never a parsed string, so
-  // a record cannot name a unix socket or anything else. Names that need DNS are skipped (no
-  // blocking resolver on the loop).
+  // a record cannot name a unix socket or anything else. Names are resolved by c-ares on the
+  // loop (never blocking it): until their first answer they are left out.
   auto addr = core::Address::fromIp(host, static_cast<int>(port));
   if (!addr) {
     // A DNS name: resolved by c-ares on the loop, never blocking it. Until its first answer
@@ -566,7 +576,10 @@ void ProxyRole::applyTable(Object services, bool keep) {
     if (old != table_.end() && old->second.list == in.list) in.rr = old->second.rr;  // unchanged
     next.emplace(std::move(name), std::move(in));
   }
-  if (skipped) core::log::warn("proxy: {} instance(s) skipped: host is not an IP address", skipped);
+  if (skipped)
+    core::log::debug("proxy: {} instance(s) left out: their names have not resolved (yet)",
+                     skipped);
+  ++table_applies_;
   size_t before = 0, after = 0;
   for (auto& [n, in] : table_) before += in.list.size();
   for (auto& [n, in] : next) after += in.list.size();
@@ -686,10 +699,11 @@ void ProxyRole::packBackends(rpc::Packer& p) const {
 void ProxyRole::started(rpc::Server& server, const core::Address&) {
   server.addStats("backends", [this](rpc::Packer& p) { packBackends(p); });
   server.addStats("registry", [this](rpc::Packer& p) {
-    p.map(3);
+    p.map(4);
     p.str("keepalive"), p.str(keepalive_addrs_[watching_].toString());
     p.str("stale"), p.boolean(table_stale_);
     p.str("version"), p.uinteger(version_);
+    p.str("table_applies"), p.uinteger(table_applies_);
   });
   refresh();
 }
