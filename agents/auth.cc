@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "aiorpc/core/log.h"
@@ -38,8 +39,14 @@ std::optional<std::string> readRegularFile(const std::string& path, size_t max, 
   }
 }
 
-std::optional<std::string> loadToken(const std::string& path, std::string& token) {
-  std::string text;
+std::string secretPath(const std::string& path) {
+  const char* creds = std::getenv("CREDENTIALS_DIRECTORY");
+  if (path.empty() || path[0] == '/' || !creds || !*creds) return path;
+  return std::string(creds) + "/" + path;
+}
+
+std::optional<std::string> loadToken(const std::string& given, std::string& token) {
+  std::string text, path = secretPath(given);
   mode_t mode = 0;
   if (auto bad = readRegularFile(path, 4096, &text, "token file", &mode)) return bad;
   if (mode & S_IROTH)
@@ -49,6 +56,10 @@ std::optional<std::string> loadToken(const std::string& path, std::string& token
   auto last = line.find_last_not_of(" \t\r\n");
   if (first == std::string::npos) return "token file " + path + " is empty";
   token = line.substr(first, last - first + 1);
+  if (token.size() < kMinTokenBytes)
+    return "token file " + path + " holds " + std::to_string(token.size()) +
+           " bytes: a token needs at least " + std::to_string(kMinTokenBytes) +
+           " (e.g. head -c 32 /dev/urandom | base64)";
   return std::nullopt;
 }
 

@@ -23,6 +23,11 @@ std::optional<std::string> readRegularFile(const std::string& path, size_t max, 
 // Reads a token file: the first line, surrounding white space removed. Returns an error line
 // when the file cannot be read, is empty, or can be read by every user (mode o+r): a token
 // anyone on the machine can read protects nothing.
+// A relative path names a systemd credential: under $CREDENTIALS_DIRECTORY when it is set
+// (LoadCredential= in the unit), else the path as given.
+std::string secretPath(const std::string& path);
+// Tokens shorter than this are refused (a guessable token, or the unit's placeholder).
+constexpr size_t kMinTokenBytes = 16;
 std::optional<std::string> loadToken(const std::string& path, std::string& token);
 
 // Compares without an early exit, so the time taken does not tell how much of a guess was

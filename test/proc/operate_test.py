@@ -3,6 +3,7 @@ readiness through NOTIFY_SOCKET, and what `meson install` puts under a prefix.""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -293,6 +294,66 @@ def test_meson_install_puts_binaries_and_unit_under_the_prefix():
         assert word in pages["aiorpcd.1"], word
     for word in ("aiorpc bench", "--cpu-pid", "--timeout", "64"):
         assert word in pages["aiorpc.1"], word
+    # the unit as shipped: systemd-analyze verify says nothing (its binary where it was put)
+    assert "LogsDirectory=aiorpc" in text and "LoadCredential=auth-token:/etc/aiorpc/token" in text
+    units = tempfile.mkdtemp()
+    with open(os.path.join(units, "aiorpcd@.service"), "w") as f:
+        f.write(text.replace(f"/{prefix}/bin/aiorpcd", os.path.join(dest, prefix, "bin/aiorpcd")))
+    os.symlink("aiorpcd@.service", os.path.join(units, "aiorpcd@keepalive.service"))
+    v = subprocess.run(["systemd-analyze", "verify", os.path.join(units, "aiorpcd@keepalive.service")],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, SYSTEMD_UNIT_PATH=units + ":"))
+    assert v.returncode == 0 and not v.stderr.strip() and not v.stdout.strip(), v
+
+
+def test_the_units_token_setup_works_as_its_dynamic_user_reads_it():
+    # What the unit does: /etc/aiorpc/token stays root's (chmod 600); systemd copies it, as the
+    # credential auth-token, into $CREDENTIALS_DIRECTORY, readable by the service's user only;
+    # the config names it by a relative path. Run as that kind of user (nobody) here.
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    creds = tempfile.mkdtemp()
+    os.chmod(creds, 0o755)
+    token = "t0ken-from-a-credential-0123456789"
+
+    def credential(text):
+        path = os.path.join(creds, "auth-token")
+        if os.path.exists(path):
+            os.unlink(path)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        os.chmod(path, 0o400)
+    conf = os.path.join(creds, "ka.conf")
+    with open(conf, "w") as f:
+        f.write('role = "keepalive"\nbind = "127.0.0.1:0"\nauth-token-file = "auth-token"\n')
+    os.chmod(conf, 0o644)
+    exe = os.path.join(creds, "aiorpcd")  # (a build tree may not be reachable by nobody)
+    shutil.copy(binary("aiorpcd"), exe)
+    os.chmod(exe, 0o755)
+    as_nobody = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                 "--clear-groups", exe, "--config", conf]
+    env = dict(os.environ, CREDENTIALS_DIRECTORY=creds)
+    credential(token + "\n")
+    ka = Proc(as_nobody, env=env)
+    r = Raw(ka)
+    assert r.call("heartbeat", {"name": "s", "host": "127.0.0.1", "port": 1})[2][0] == "AuthError"
+    assert r.call("heartbeat", {"name": "s", "host": "127.0.0.1", "port": 1,
+                                "__auth__": token})[3] is True
+    ka.kill()
+    # no /etc/aiorpc/token: the unit's placeholder credential is refused, the start fails
+    credential("unset")
+    p = subprocess.run(as_nobody, capture_output=True, text=True, timeout=10, env=env)
+    assert p.returncode == 2 and "a token needs at least 16" in p.stderr, p.stderr
+    # the setup the unit replaced: a root-owned chmod 600 token read by the dynamic user fails
+    root_token = os.path.join(tempfile.mkdtemp(), "token")
+    os.chmod(os.path.dirname(root_token), 0o755)
+    with open(root_token, "w") as f:
+        f.write(token)
+    os.chmod(root_token, 0o600)
+    p = subprocess.run(as_nobody[:-2] + ["--role=keepalive", "--auth-token-file", root_token],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2 and "not readable" in p.stderr, p.stderr
 
 
 
