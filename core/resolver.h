@@ -48,6 +48,7 @@ class Resolver {
   Callback<void(const std::string&)> on_update;
   bool ok() const noexcept { return channel_ != nullptr; }
   const std::string& error() const noexcept { return error_; }
+  const ResolverOptions& options() const noexcept { return opts_; }
   size_t pending() const noexcept { return pending_; }
 
  private:

@@ -160,6 +160,7 @@ class ProxyRole final : public RoleInstance {
   void refresh();
   void applyTable(Object services, bool keep = true);
   void onResolved(const std::string& name);
+  void reapplySoon(double after);
   Backend* backendFor(std::string_view host, int64_t port);
   void sweepBackends();
   void packBackends(rpc::Packer& p) const;
@@ -313,8 +314,12 @@ void ProxyRole::admit(CallPtr c) {
 // every application walks the whole table: quadratic in the names).
 void ProxyRole::onResolved(const std::string& name) {
   core::log::debug("proxy: name {} resolved", name);
+  reapplySoon(kResolvedBatch);
+}
+
+void ProxyRole::reapplySoon(double after) {
   if (resolved_timer_) return;
-  resolved_timer_ = loop_.after(kResolvedBatch, [this] {
+  resolved_timer_ = loop_.after(after, [this] {
     resolved_timer_ = 0;
     Object last = last_services_.view();
     if (last.isMap()) applyTable(last, false);
@@ -576,9 +581,13 @@ void ProxyRole::applyTable(Object services, bool keep) {
     if (old != table_.end() && old->second.list == in.list) in.rr = old->second.rr;  // unchanged
     next.emplace(std::move(name), std::move(in));
   }
-  if (skipped)
+  if (skipped) {
     core::log::debug("proxy: {} instance(s) left out: their names have not resolved (yet)",
                      skipped);
+    // A name that failed (a timeout, no answer yet) is looked up again once its negative
+    // answer expires: the table is applied again then, not only at its next change.
+    reapplySoon(resolver_.options().negative_ttl);
+  }
   ++table_applies_;
   size_t before = 0, after = 0;
   for (auto& [n, in] : table_) before += in.list.size();

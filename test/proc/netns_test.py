@@ -43,6 +43,7 @@ def fake_dns(answers, silent=(), ttl=2):
     import struct
     import threading
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)  # bursts of queries: none dropped
     s.bind(("127.0.0.1", 0))
     seen = []
 
