@@ -137,7 +137,8 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
       return false;
     }
     // An array for a flag that takes one value is refused (CLI11 kept its last element).
-    for (const auto& [key, value] : configEntries(text)) {
+    for (const auto& entry : configEntries(text)) {
+      const std::string &key = entry.first, &value = entry.second;  // (captured below)
       auto spec = std::find_if(specs.begin(), specs.end(), [&](auto& s) { return s.name == key; });
       bool list = spec != specs.end() &&
                   (spec->type == FlagType::kEndpointList || spec->type == FlagType::kAllowList);
