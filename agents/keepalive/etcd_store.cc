@@ -308,8 +308,12 @@ void EtcdStore::watchFailed(const etcd::Status& s, int64_t compact) {
   // them, the store is unreachable until a read succeeds.
   watch_endpoint_ = (watch_endpoint_ + 1) % opts_.endpoints.size();
   if (++watch_failures_ >= static_cast<int>(opts_.endpoints.size())) return trouble(s);
-  core::log::info("keepalive: etcd watch ended ({}): watching {} from revision {}", s.error,
-                  watchEndpoint(), revision_ + 1);
+  if (watch_log_.admit(loop_.now())) {  // (a member sending garbage ends every watch)
+    uint64_t held = watch_log_.held();
+    core::log::info("keepalive: etcd watch ended ({}): watching {} from revision {}{}",
+                    rpc::validUtf8(s.error.substr(0, 300)), watchEndpoint(), revision_ + 1,
+                    held ? fmt::format(" ({} more since the last line)", held) : std::string());
+  }
   retry_ = loop_.after(0.2, [this] {
     retry_ = 0;
     if (!watch_ && !resyncing_) startWatch();

@@ -169,7 +169,7 @@ class EtcdStore {
   double canary_sent_ = 0;
   bool canary_seen_ = true, canary_writing_ = false;
   Counters counters_;
-  core::log::Throttle bad_log_{10};
+  core::log::Throttle bad_log_{10}, watch_log_{10};
   core::Liveness liveness_;
   core::Tasks tasks_{loop_};  // last: dropped first
 };
