@@ -189,6 +189,7 @@ class ProxyRole final : public RoleInstance {
   bool use_watch_ = true, stopping_ = false;
   core::Loop::TimerId refresh_timer_ = 0, sweep_timer_ = 0, resolved_timer_ = 0;
   static constexpr double kResolvedBatch = 0.05;
+  double resolved_due_ = 0;  // when resolved_timer_ fires
   uint64_t table_applies_ = 0;
 };
 
@@ -317,8 +318,13 @@ void ProxyRole::onResolved(const std::string& name) {
   reapplySoon(kResolvedBatch);
 }
 
+// One timer for both reasons: an answer (soon) brings forward a retry of failed names (later),
+// never the other way round.
 void ProxyRole::reapplySoon(double after) {
-  if (resolved_timer_) return;
+  double due = loop_.now() + after;
+  if (resolved_timer_ && resolved_due_ <= due) return;
+  loop_.cancel(resolved_timer_);
+  resolved_due_ = due;
   resolved_timer_ = loop_.after(after, [this] {
     resolved_timer_ = 0;
     Object last = last_services_.view();
