@@ -47,11 +47,9 @@ Heartbeat::~Heartbeat() = default;
 void Heartbeat::beat(Target& t) {
   t.timer = 0;
   if (stopping_) return;
-  t.in_flight = true;
   t.client->send(
       "heartbeat", [this](rpc::Packer& p) { packParams(p, opts_); },
       [this, &t](rpc::Response& r) {
-        t.in_flight = false;
         ++sent_;
         if (!r.ok()) {
           ++failed_;

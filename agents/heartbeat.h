@@ -45,7 +45,7 @@ class Heartbeat {
     core::Address keepalive;
     std::unique_ptr<rpc::Client> client;
     core::Loop::TimerId timer = 0;
-    bool in_flight = false, unregistered = false;
+    bool unregistered = false;
     core::log::Throttle log{10};  // failures: a line per 10 s at most
   };
   void beat(Target& t);

@@ -53,7 +53,6 @@ std::optional<std::string> unpct(std::string_view s) {
 
 std::string keyPrefix(const std::string& prefix) { return prefix + "/v1/svc/"; }
 std::string watchPrefix(const std::string& prefix) { return prefix + "/v1/"; }
-std::string canaryKey(const std::string& prefix) { return prefix + "/v1/alive"; }
 
 // `ttl`: the lease's TTL as its writer asked for it, so that every instance renews it in time.
 std::string encodeValue(const RecordKey& r, const std::string& ident_packed,
@@ -178,6 +177,7 @@ EtcdStore::EtcdStore(core::Loop& loop, Registry& cache, Options opts,
   // Keepalives sharing a cluster spread their watches over its members.
   watch_endpoint_ = rd() % opts_.endpoints.size();
   nonce_ = fmt::format("{:08x}{:08x}", rd(), rd());
+  canary_key_ = opts_.prefix + "/v1/alive";
   resync();
   tasks_.after(opts_.store_timeout / 3, [this] { tick(); });
 }
@@ -349,7 +349,7 @@ void EtcdStore::tick() {
   canary_sent_ = now;
   canary_seen_ = false;
   canary_writing_ = true;
-  etcd_.put(canaryKey(opts_.prefix), canary_, 0, [this](etcd::Status s) {
+  etcd_.put(canary_key_, canary_, 0, [this](etcd::Status s) {
     canary_writing_ = false;
     if (!s) trouble(s);
   });
@@ -382,7 +382,7 @@ void EtcdStore::forget(const std::string& key) {
 }
 
 void EtcdStore::apply(const etcd::KeyValue& kv, bool deleted) {
-  if (kv.key == canaryKey(opts_.prefix)) {
+  if (kv.key == canary_key_) {  // (every event passes here: the key is made once)
     if (!deleted && kv.value == canary_) canary_seen_ = true;
     return;
   }
@@ -403,22 +403,14 @@ void EtcdStore::apply(const etcd::KeyValue& kv, bool deleted) {
     return;
   }
   Meta& m = meta_[kv.key];
-  bool new_lease = m.lease != kv.lease;
-  if (new_lease) {
-    leaseRef(m.lease, -1);
-    leaseRef(kv.lease, +1);
-    m.renewed = loop_.now();  // a new lease starts at its full TTL
-    m.ttl = 0;                // (unknown until its value or a renewal says)
-  }
-  m.lease = kv.lease;
-  m.mod_revision = kv.mod_revision;
-  m.value = kv.value;
   std::string why;
   auto rec = decodeValue(*rk, kv.value, &why);
+  // (its TTL unknown until its value or a renewal says)
+  if (m.lease != kv.lease) setLease(m, kv.lease, rec ? rec->ttl : 0);
+  m.mod_revision = kv.mod_revision;
   if (!rec) {
     // Not a record of ours: not listed; the record's next heartbeat overwrites it.
     m.foreign = true;
-    m.owner.clear();
     cache_.unregister(rk->name, rk->host, rk->port);
     ++counters_.bad_values;
     if (bad_log_.admit(loop_.now()))
@@ -429,9 +421,7 @@ void EtcdStore::apply(const etcd::KeyValue& kv, bool deleted) {
     return;
   }
   m.foreign = false;
-  m.owner = rec->owner;
-  if (new_lease && rec->ttl) m.ttl = rec->ttl;
-  cache_.putPacked(rk->name, rk->host, rk->port, std::move(rec->ident), m.owner);
+  cache_.putPacked(rk->name, rk->host, rk->port, std::move(rec->ident), rec->owner);
 }
 
 void EtcdStore::finish(const std::string& key, const Result& result) {
@@ -474,10 +464,11 @@ void EtcdStore::heartbeat(const RecordKey& r, std::string ident_packed, const st
   if (queue.size() > 1) return;  // runs again when the one in flight is done
   auto m = meta_.find(key);
   const std::string* ident = cache_.identPacked(r.name, r.host, r.port);
+  const std::string* owner = cache_.owner(r.name, r.host, r.port);
   if (m != meta_.end() && !m->second.foreign && ident) {
     if (*ident == ident_packed)
       return renew(key, m->second, r, std::move(ident_packed), from, check_owner);
-    if (check_owner && m->second.owner != from) {
+    if (check_owner && *owner != from) {
       // The cache says another address owns it: asked of etcd (the cache may lag), and the
       // write that follows compares the revision that answer was read at.
       etcd_.get(key, [this, key, r, ident = std::move(ident_packed), from](
@@ -495,7 +486,7 @@ void EtcdStore::heartbeat(const RecordKey& r, std::string ident_packed, const st
       });
       return;
     }
-    return submit(makeWrite(r, key, std::move(ident_packed), from, m->second.owner, check_owner,
+    return submit(makeWrite(r, key, std::move(ident_packed), from, *owner, check_owner,
                             m->second.mod_revision, Registry::kIdentChanged));
   }
   // A new record (or a value at its key that is not one): created, bounded by the caller.
@@ -515,9 +506,9 @@ void EtcdStore::renew(const std::string& key, Meta& m, const RecordKey& r, std::
   if (m.ttl > 0 && now - m.renewed < static_cast<double>(m.ttl) / 3) return finish(key, Result{});
   if (leaseShared(m.lease)) {
     // (written again: its value says its new lease's TTL)
-    auto one =
-        std::make_shared<Write>(makeWrite(r, key, std::move(ident_packed), from, m.owner,
-                                          check_owner, m.mod_revision, Registry::kUnchanged));
+    auto one = std::make_shared<Write>(makeWrite(r, key, std::move(ident_packed), from,
+                                                 *cache_.owner(r.name, r.host, r.port), check_owner,
+                                                 m.mod_revision, Registry::kUnchanged));
     etcd_.grant(lease_ttl_, [this, one](etcd::Status s, int64_t id, int64_t granted) {
       if (!s) {
         trouble(s);
@@ -547,8 +538,8 @@ void EtcdStore::renew(const std::string& key, Meta& m, const RecordKey& r, std::
     // The lease is gone (expired during an outage, or revoked): the record written again.
     core::log::info("keepalive: the lease of {} is gone: registering it again",
                     rpc::validUtf8(key));
-    bool known = m != meta_.end() && !m->second.foreign;
-    submit(makeWrite(r, key, std::move(ident), from, known ? m->second.owner : from, check_owner,
+    const std::string* owner = cache_.owner(r.name, r.host, r.port);
+    submit(makeWrite(r, key, std::move(ident), from, owner ? *owner : from, check_owner,
                      m != meta_.end() ? m->second.mod_revision : 0, Registry::kUnchanged));
   });
 }
@@ -597,7 +588,7 @@ void EtcdStore::flush() {
         return fail(s);
       }
       if (written) {
-        for (auto& w : *batch) this->written(w->key, w->value, id, granted), uncount(*w, true);
+        for (auto& w : *batch) this->written(w->key, id, granted), uncount(*w, true);
         core::Liveness::Watch alive(liveness_);
         for (auto& w : *batch) {
           finish(w->key, Result{Result::kOk, {}, w->change});
@@ -653,20 +644,14 @@ void EtcdStore::writeOne(std::shared_ptr<Write> w, int64_t lease, int64_t grante
                   return done(Result{Result::kUnavailable, "etcd: " + s.error}, false);
                 }
                 if (ok) {
-                  written(w->key, w->value, lease, granted);
+                  written(w->key, lease, granted);
                   return done(Result{Result::kOk, {}, w->change}, true);
                 }
                 if (cur && cur->value == w->value) {  // the same record, written by another
                   Meta& m = meta_[w->key];
-                  if (m.lease != cur->lease) {
-                    leaseRef(m.lease, -1);
-                    leaseRef(cur->lease, +1);
-                    m.ttl = 0;
-                  }
-                  m.lease = cur->lease;
+                  // (another lease's TTL is learned at its renewal)
+                  setLease(m, cur->lease, m.lease == cur->lease ? m.ttl : 0);
                   m.mod_revision = cur->mod_revision;
-                  m.value = cur->value;
-                  m.renewed = loop_.now();
                   return done(Result{Result::kOk, {}, Registry::kUnchanged}, false);
                 }
                 if (tries >= 3)
@@ -687,19 +672,23 @@ void EtcdStore::writeOne(std::shared_ptr<Write> w, int64_t lease, int64_t grante
 }
 
 // What this instance wrote: its lease and TTL are known (the watch brings the revision).
-void EtcdStore::written(const std::string& key, const std::string& value, int64_t lease,
-                        int64_t ttl) {
+void EtcdStore::written(const std::string& key, int64_t lease, int64_t ttl) {
   Meta& m = meta_[key];
   int64_t old = m.lease;
+  setLease(m, lease, ttl);
+  if (old && old != lease) revokeIfUnused(old);
+}
+
+// The key is now on `lease` (with `ttl`, 0 if unknown), from now on: a lease starts at its full
+// TTL when granted or renewed, and the key counts as one of its users.
+void EtcdStore::setLease(Meta& m, int64_t lease, int64_t ttl) {
   if (m.lease != lease) {
     leaseRef(m.lease, -1);
     leaseRef(lease, +1);
   }
   m.lease = lease;
-  m.value = value;
   m.renewed = loop_.now();
   m.ttl = ttl;
-  if (old && old != lease) revokeIfUnused(old);
 }
 
 void EtcdStore::unregister(const RecordKey& r, const std::string& from, bool check_owner,

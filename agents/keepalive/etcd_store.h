@@ -105,11 +105,10 @@ class EtcdStore {
   }
 
  private:
-  struct Meta {  // what the cache does not keep: the record's lease and bytes
+  struct Meta {  // what the cache does not keep: the key's revision and lease (its owner and
+                 // ident are the cache's)
     int64_t lease = 0, mod_revision = 0;
-    std::string value;
     bool foreign = false;    // not a record of ours (not in the cache): overwritten when heard
-    std::string owner;       // (records)
     double renewed = -1e18;  // when its lease was last renewed or granted, as far as we know
     int64_t ttl = 0;         // the lease's TTL, 0 while unknown (a lease another instance made)
   };
@@ -137,7 +136,8 @@ class EtcdStore {
                   bool check_owner, int tries);
   void uncount(Write& w, bool written);
   void settle(const std::string& key);
-  void written(const std::string& key, const std::string& value, int64_t lease, int64_t ttl);
+  void written(const std::string& key, int64_t lease, int64_t ttl);
+  void setLease(Meta& m, int64_t lease, int64_t ttl);
   void finish(const std::string& key, const Result& result);
   void leaseRef(int64_t lease, int delta);
   bool leaseShared(int64_t lease) const;
@@ -164,7 +164,7 @@ class EtcdStore {
   int watch_failures_ = 0;
   core::Loop::TimerId retry_ = 0;
   // The canary: the value this instance wrote last, when, and whether its watch has shown it.
-  std::string nonce_, canary_;
+  std::string nonce_, canary_, canary_key_;  // canary_key_: <prefix>/v1/alive
   uint64_t canary_seq_ = 0;
   double canary_sent_ = 0;
   bool canary_seen_ = true, canary_writing_ = false;

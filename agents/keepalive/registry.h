@@ -37,13 +37,8 @@ class Registry {
                    std::string_view owner = {}) {
     return set(name, host, port, ident, owner, false);
   }
-  // The record exactly as given, its owner too (a cache of another store takes that store's
-  // record as it is now).
-  Change put(const std::string& name, const std::string& host, int port, rpc::Object ident,
-             std::string_view owner) {
-    return set(name, host, port, ident, owner, true);
-  }
-  // The same with the ident already packed (a cache of another store).
+  // The record exactly as given (its ident packed), its owner too: a cache of another store
+  // takes that store's record as it is now.
   Change putPacked(const std::string& name, const std::string& host, int port, std::string packed,
                    std::string_view owner) {
     return setPacked(name, host, port, std::move(packed), owner, true);

@@ -81,10 +81,12 @@ TEST_SUITE("keepalive registry") {
     REQUIRE(r.owner("s", "h", 1));
     CHECK(*r.owner("s", "h", 1) == "10.0.0.1");
     uint64_t before = r.version();
-    CHECK(r.put("s", "h", 1, v("id"), "10.0.0.2") == Registry::kUnchanged);  // owner only
+    CHECK(r.putPacked("s", "h", 1, rpc::packToString(v("id").view()), "10.0.0.2") ==
+          Registry::kUnchanged);  // owner only
     CHECK(*r.owner("s", "h", 1) == "10.0.0.2");
     CHECK(r.version() == before);  // the owner is not in get_services()
-    CHECK(r.put("s", "h", 2, v("id"), "10.0.0.3") == Registry::kAdded);
+    CHECK(r.putPacked("s", "h", 2, rpc::packToString(v("id").view()), "10.0.0.3") ==
+          Registry::kAdded);
     CHECK(*r.owner("s", "h", 2) == "10.0.0.3");
     CHECK(r.size() == 2);
   }
