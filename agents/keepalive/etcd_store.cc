@@ -370,8 +370,14 @@ bool EtcdStore::leaseShared(int64_t lease) const {
   return it != lease_refs_.end() && it->second > 1;
 }
 
-void EtcdStore::revokeIfUnused(int64_t lease) {
-  if (lease && !lease_refs_.count(lease)) etcd_.revoke(lease, [](etcd::Status, bool) {});
+// Revokes `lease` unless a key other than `key` is on it (a shared lease stays).
+void EtcdStore::revokeUnlessShared(int64_t lease, const std::string& key) {
+  if (!lease) return;
+  auto refs = lease_refs_.find(lease);
+  size_t others = refs == lease_refs_.end() ? 0 : refs->second;
+  auto m = meta_.find(key);
+  if (others && m != meta_.end() && m->second.lease == lease) --others;
+  if (!others) etcd_.revoke(lease, [](etcd::Status, bool) {});
 }
 
 void EtcdStore::forget(const std::string& key) {
@@ -676,7 +682,7 @@ void EtcdStore::written(const std::string& key, int64_t lease, int64_t ttl) {
   Meta& m = meta_[key];
   int64_t old = m.lease;
   setLease(m, lease, ttl);
-  if (old && old != lease) revokeIfUnused(old);
+  if (old != lease) revokeUnlessShared(old, key);
 }
 
 // The key is now on `lease` (with `ttl`, 0 if unknown), from now on: a lease starts at its full
@@ -730,12 +736,7 @@ void EtcdStore::removeRead(const RecordKey& r, const std::string& key, const std
                                          "etcd: the record kept changing while it was removed"});
                        return removeRead(r, key, from, check_owner, tries + 1);
                      }
-                     // Its lease goes too when no other record is on it.
-                     auto m = meta_.find(key);
-                     auto refs = lease_refs_.find(lease);
-                     size_t others = refs == lease_refs_.end() ? 0 : refs->second;
-                     if (others && m != meta_.end() && m->second.lease == lease) --others;
-                     if (!others) etcd_.revoke(lease, [](etcd::Status, bool) {});
+                     revokeUnlessShared(lease, key);  // its lease goes with it, if only its
                      Result res;
                      res.removed = true;
                      finish(key, res);

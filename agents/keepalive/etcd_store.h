@@ -141,7 +141,7 @@ class EtcdStore {
   void finish(const std::string& key, const Result& result);
   void leaseRef(int64_t lease, int delta);
   bool leaseShared(int64_t lease) const;
-  void revokeIfUnused(int64_t lease);
+  void revokeUnlessShared(int64_t lease, const std::string& key);
 
   core::Loop& loop_;
   Registry& cache_;
