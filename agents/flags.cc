@@ -37,7 +37,7 @@ std::optional<std::string> Flags::check(FlagType type, std::string_view v) {
       if (!core::Address::parse(v)) return "expected HOST:PORT, [V6]:PORT or unix:/path";
       return std::nullopt;
     case FlagType::kEndpointList:
-      if (!endpointList(v)) return "expected HOST:PORT[,HOST:PORT...]";
+      if (!endpointList(v)) return "expected [tls://]HOST:PORT[,[tls://]HOST:PORT...]";
       return std::nullopt;
     case FlagType::kAllowList:
       if (!core::AllowList::parse(v)) return "expected CIDR[,CIDR...] (e.g. 10.0.0.0/8,::1/128)";
@@ -206,11 +206,11 @@ bool Flags::parse(std::span<const FlagSpec> specs, int argc, const char* const* 
   return true;
 }
 
-std::optional<std::vector<core::Address>> Flags::endpointList(std::string_view v) {
-  std::vector<core::Address> out;
+std::optional<std::vector<rpc::Target>> Flags::endpointList(std::string_view v) {
+  std::vector<rpc::Target> out;
   while (true) {
     size_t comma = v.find(',');
-    auto a = core::Address::parse(v.substr(0, comma));
+    auto a = rpc::parseTarget(v.substr(0, comma));
     if (!a) return std::nullopt;
     out.push_back(*a);
     if (comma == std::string_view::npos) return out;

@@ -12,6 +12,7 @@
 
 #include "aiorpc/core/address.h"
 #include "aiorpc/core/error.h"
+#include "aiorpc/rpc/target.h"
 
 namespace aiorpc::agents {
 
@@ -55,8 +56,8 @@ class Flags {
   bool helpWanted() const noexcept { return help_; }
   // Checks a value of `type`; returns an explanation when bad.
   static std::optional<std::string> check(FlagType type, std::string_view value);
-  // HOST:PORT[,HOST:PORT...] (a kEndpointList value); nullopt when any part is not an address.
-  static std::optional<std::vector<core::Address>> endpointList(std::string_view value);
+  // [tls://]HOST:PORT[,...] (a kEndpointList value); nullopt when any part is not an address.
+  static std::optional<std::vector<rpc::Target>> endpointList(std::string_view value);
 
  private:
   std::map<std::string, std::string, std::less<>> values_;

@@ -20,8 +20,9 @@ void packParams(rpc::Packer& p, const HeartbeatOptions& o) {
   p.str("__auth__"), p.str(o.token);
 }
 
-rpc::ClientOptions clientOptions(double interval) {
+rpc::ClientOptions clientOptions(double interval, std::shared_ptr<core::TlsContext> tls) {
   rpc::ClientOptions o;
+  o.tls = std::move(tls);
   o.timeout = std::max(2.0, interval * 2);
   o.connect_timeout = std::max(1.0, interval);
   o.dead_after = 1 << 30;  // keep trying: the keepalive may come back at any time
@@ -34,7 +35,7 @@ Heartbeat::Heartbeat(core::Loop& loop, HeartbeatOptions opts)
   for (const auto& k : opts_.keepalives) {
     auto t = std::make_unique<Target>();
     t->keepalive = k;
-    t->client = std::make_unique<rpc::Client>(loop, k, clientOptions(opts_.interval));
+    t->client = std::make_unique<rpc::Client>(loop, k, clientOptions(opts_.interval, opts_.tls));
     targets_.push_back(std::move(t));
   }
   for (auto& t : targets_) beat(*t);

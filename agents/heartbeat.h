@@ -12,11 +12,12 @@
 namespace aiorpc::agents {
 
 struct HeartbeatOptions {
-  std::vector<core::Address> keepalives;  // every one of them is told
+  std::vector<rpc::Target> keepalives;  // every one of them is told (tls:// with `tls`)
   std::string service;
   int port = 0;         // the port this service listens on
   double interval = 3;  // seconds between the end of one heartbeat and the next
   std::string token;    // sent as __auth__ in map-form params when set (never logged)
+  std::shared_ptr<core::TlsContext> tls{};  // for tls:// keepalives (null: the system's CAs)
 };
 
 // Sends heartbeat(name, nil, port) to every keepalive at once, then to each `interval` after its
@@ -42,7 +43,7 @@ class Heartbeat {
 
  private:
   struct Target {
-    core::Address keepalive;
+    rpc::Target keepalive;
     std::unique_ptr<rpc::Client> client;
     core::Loop::TimerId timer = 0;
     bool unregistered = false;

@@ -17,6 +17,10 @@ struct RoleEnv {
   core::Loop& loop;
   const Flags& flags;
   std::string auth_token;  // from --auth-token-file (empty: none); never logged
+  // SPEC §8: what tls:// targets and --backend-tls dial with (--tls-ca, and --tls-cert/--tls-key
+  // presented when a server asks). Null: rpc::defaultTlsClient() (the system's trust store).
+  // SIGHUP reloads it in place.
+  std::shared_ptr<core::TlsContext> tls_client{};
 };
 
 // A running role. The daemon serves service() and drives the lifecycle.

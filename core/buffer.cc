@@ -126,19 +126,22 @@ ssize_t OutQueue::writeTo(int fd) {
       return -1;
     }
     total += static_cast<size_t>(w);
-    bytes_ -= static_cast<size_t>(w);
-    written_ += static_cast<uint64_t>(w);
-    size_t left = static_cast<size_t>(w);
-    while (left > 0) {
-      Block& b = blocks_[head_];
-      size_t k = std::min(left, b.end - b.begin);
-      b.begin += k;
-      left -= k;
-      if (b.begin == b.end) popFront();
-    }
+    consume(static_cast<size_t>(w));
     if (static_cast<size_t>(w) < offered) break;  // kernel buffer full
   }
   return static_cast<ssize_t>(total);
+}
+
+void OutQueue::consume(size_t n) noexcept {
+  bytes_ -= n;
+  written_ += n;
+  while (n > 0) {
+    Block& b = blocks_[head_];
+    size_t k = std::min(n, b.end - b.begin);
+    b.begin += k;
+    n -= k;
+    if (b.begin == b.end) popFront();
+  }
 }
 
 void OutQueue::clear() noexcept {

@@ -74,6 +74,14 @@ class OutQueue {
   // errno set (EAGAIN included).
   ssize_t writeTo(int fd);
   void clear() noexcept;
+  // For writers that take one run of bytes at a time (TLS: one record per call): the first
+  // contiguous run queued, and its first `n` bytes handed on.
+  std::string_view front() const noexcept {
+    if (bytes_ == 0) return {};
+    const Block& b = blocks_[head_];
+    return {b.data + b.begin, b.end - b.begin};
+  }
+  void consume(size_t n) noexcept;
 
  private:
   struct Block {

@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <new>
 
+#include "aiorpc/core/tls_detail.h"
+
 namespace aiorpc::core {
 
 void ConnectionHandler::onEof(Connection& c) { c.closeAfterFlush(); }
@@ -28,6 +30,8 @@ void Connection::updateIo() noexcept {
   int ev = 0;
   if (!paused_ && !eof_ && !close_after_flush_) ev |= EV_READ;
   if (want_write_) ev |= EV_WRITE;
+  if (tls_) [[unlikely]]
+    tlsEvents(ev);
   if (ev == io_.events() && io_.active() == (ev != 0)) return;
   io_.stop();
   if (ev) {
@@ -62,6 +66,7 @@ void Connection::sent() noexcept {
 
 void Connection::checkPeer() noexcept {
   if (closed_ || eof_ || !paused_) return;
+  if (tls_ && tlsPending()) return;  // input waits for us above the socket
   // A reset is a pending socket error even while unread input remains queued before it.
   int err = 0;
   socklen_t len = sizeof err;
@@ -89,7 +94,10 @@ void Connection::pauseReading() noexcept {
 
 void Connection::resumeReading() noexcept {
   paused_ = false;
-  if (!closed_) updateIo();
+  if (closed_) return;
+  updateIo();
+  // Input OpenSSL has already read from the socket would never wake the watcher.
+  if (tls_ && tlsPending()) io_.feed(EV_READ);
 }
 
 void Connection::closeAfterFlush() noexcept {
@@ -108,12 +116,17 @@ void Connection::close(std::error_code why) noexcept {
   closed_ = true;
   io_.stop();
   unlink();  // off the loop's flush list
+  if (tls_) tlsUnlist();
   out_.clear();
   fd_.reset();
   handler_->onClose(why);
 }
 
 void Connection::onIo(int revents) noexcept {
+  if (tls_) [[unlikely]] {
+    tlsIo(revents);
+    return;
+  }
   if (revents & EV_WRITE) {
     flush();
     if (closed_) return;
@@ -121,26 +134,35 @@ void Connection::onIo(int revents) noexcept {
   if (revents & EV_READ) onReadable();
 }
 
-void Connection::onReadable() noexcept {
-  // Out of memory for this connection's input (its buffer, or what its data makes the handler
-  // allocate): this connection closes with ENOMEM; the loop and the others go on.
-  std::span<char> buf;
+// Out of memory for this connection's input (its buffer, or what its data makes the handler
+// allocate): this connection closes with ENOMEM; the loop and the others go on.
+bool Connection::takeReadBuffer(std::span<char>& buf) noexcept {
   try {
     buf = handler_->readBuffer();
+    return true;
   } catch (const std::bad_alloc&) {
     close(sysError(ENOMEM));
-    return;
+    return false;
   }
+}
+
+void Connection::deliver(size_t n) noexcept {
+  try {
+    handler_->onData(n);
+  } catch (const std::bad_alloc&) {
+    close(sysError(ENOMEM));
+  }
+}
+
+void Connection::onReadable() noexcept {
+  std::span<char> buf;
+  if (!takeReadBuffer(buf)) return;
   ssize_t n;
   do {
     n = ::read(fd_.get(), buf.data(), buf.size());
   } while (n < 0 && errno == EINTR);
   if (n > 0) {
-    try {
-      handler_->onData(static_cast<size_t>(n));
-    } catch (const std::bad_alloc&) {
-      close(sysError(ENOMEM));
-    }
+    deliver(static_cast<size_t>(n));
     return;
   }
   if (n == 0) {
@@ -155,6 +177,10 @@ void Connection::onReadable() noexcept {
 
 void Connection::flush() noexcept {
   if (closed_) return;
+  if (tls_) [[unlikely]] {
+    tlsFlush();
+    return;
+  }
   if (!out_.empty()) {
     ssize_t w = out_.writeTo(fd_.get());
     if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -167,6 +193,8 @@ void Connection::flush() noexcept {
 
 void Connection::afterWrite() noexcept {
   bool more = !out_.empty();
+  if (tls_ && tls_->write_wants_read) [[unlikely]]
+    more = false;  // the write waits for input, not for room
   if (more != want_write_) {
     want_write_ = more;
     updateIo();
@@ -185,6 +213,7 @@ void Connection::closeGracefully() noexcept {
   // Everything owed is written. Unread input (a pipelining peer, bytes after a protocol error)
   // would make close() send a reset that destroys those replies in flight: hand the socket to
   // the loop's lingering close instead, unless the peer has already sent its EOF.
+  if (tls_) tlsShutdown();  // close_notify: the peer tells our close from a truncation
   if (!eof_) loop_.linger(std::move(fd_));
   close();
 }

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <algorithm>
+#include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <system_error>
 
@@ -15,6 +17,7 @@
 namespace aiorpc::core {
 
 class Connection;
+class TlsContext;
 
 // The owner's side of a connection. Upcalls run on the loop; any of them may call
 // Connection::close(). onClose comes exactly once, possibly from inside another upcall: after
@@ -49,6 +52,19 @@ class Connection final : private Flushable {
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
+
+  // Runs TLS over this connection (SPEC §8): call it right after construction, before the
+  // loop runs again. The handshake runs from the loop (never inside this call), bounded by the
+  // context's handshake_timeout; output queued meanwhile goes out once it is done. A failed or
+  // timed-out handshake closes the connection (onClose with an x509Category, tlsCategory or
+  // system error). A client passes the name it dialled (`verify_host`, a DNS name or an IP
+  // address): the server's certificate must carry it (SAN), and a name is sent as SNI.
+  void startTls(const std::shared_ptr<TlsContext>& ctx, std::string_view verify_host = {});
+  bool tls() const noexcept { return tls_ != nullptr; }
+  bool handshaking() const noexcept;
+  // The verified certificate of the peer on a mutual-TLS connection: its subject, RFC 4514
+  // ("CN=svc,O=example"); empty when there is none.
+  const std::string& peerCertificate() const noexcept;
 
   // Queues bytes; they go out in one writev before the loop next sleeps.
   void send(std::string_view bytes);
@@ -90,14 +106,28 @@ class Connection final : private Flushable {
  private:
   void onIo(int revents) noexcept;
   void onReadable() noexcept;
+  bool takeReadBuffer(std::span<char>& buf) noexcept;
+  void deliver(size_t n) noexcept;
   void flush() noexcept override;
   void afterWrite() noexcept;
   void updateIo() noexcept;
   void closeGracefully() noexcept;
+  // TLS (tls_connection.cc): the same steps through OpenSSL.
+  struct Tls;
+  void tlsIo(int revents) noexcept;
+  void tlsHandshake() noexcept;
+  void tlsRead() noexcept;
+  void tlsFlush() noexcept;
+  void tlsTimeout(int) noexcept;
+  void tlsEvents(int& ev) const noexcept;
+  bool tlsPending() const noexcept;
+  void tlsShutdown() noexcept;
+  void tlsUnlist() noexcept;
 
   Loop& loop_;
   Fd fd_;
   ConnectionHandler* handler_;
+  std::unique_ptr<Tls> tls_;  // null: plaintext
   IoWatcher io_;
   OutQueue out_;
   Address peer_, local_;

@@ -18,6 +18,19 @@ void globalInit() {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
+
+// Verification stays on (peer and host); TLS 1.2 at least, as for our own links (SPEC §8).
+void setTls(CURL* e, const HttpTlsFiles& f) {
+  curl_easy_setopt(e, CURLOPT_SSLVERSION, CURL_SSLVERSION_TLSv1_2);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (!f.ca.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, f.ca.c_str());
+  if (!f.cert.empty()) curl_easy_setopt(e, CURLOPT_SSLCERT, f.cert.c_str());
+  if (!f.key.empty()) curl_easy_setopt(e, CURLOPT_SSLKEY, f.key.c_str());
+#if LIBCURL_VERSION_NUM >= 0x075700
+  curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 0L);  // a new CA file counts from the next connect
+#endif
+}
 }  // namespace
 
 struct Http::Impl {
@@ -193,6 +206,7 @@ struct Http::Impl {
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 #endif
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (req.tls) setTls(e, *req.tls);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::onWrite);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
     curl_easy_setopt(e, CURLOPT_PRIVATE, t.get());

@@ -18,11 +18,19 @@
 
 namespace aiorpc::core {
 
+// https: the server's certificate must chain to `ca` (empty: the system's trust store) and
+// name the host; `cert`/`key` are presented when the server asks for a client certificate.
+// Files are read for each new connection (a reload needs no restart).
+struct HttpTlsFiles {
+  std::string ca, cert, key;
+};
+
 struct HttpRequest {
   std::string url;
-  std::string body;                  // POSTed when not empty (and always for streams)
-  std::vector<std::string> headers;  // "Name: value"
-  double timeout = 2;                // the whole transfer; streams: 0 = none
+  const HttpTlsFiles* tls = nullptr;  // for https URLs; outlives the request (its owner's)
+  std::string body;                   // POSTed when not empty (and always for streams)
+  std::vector<std::string> headers;   // "Name: value"
+  double timeout = 2;                 // the whole transfer; streams: 0 = none
   double connect_timeout = 1;
 };
 

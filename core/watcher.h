@@ -111,6 +111,8 @@ class IoWatcher : public Watcher<ev_io, evIoStart, evIoStop> {
   }
   int events() const noexcept { return w_.events & (EV_READ | EV_WRITE); }
   int fd() const noexcept { return w_.fd; }
+  // As if the fd were ready (this loop iteration): for input buffered above the kernel (TLS).
+  void feed(int revents) noexcept { ev_feed_event(loop_, &w_, revents); }
 };
 
 // Relative timer on the loop clock. restart() is ev_timer_again: cheap re-arming for timeouts

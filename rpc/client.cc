@@ -20,7 +20,52 @@ core::Address parseOrThrow(std::string_view spec) {
   if (!a) throw std::invalid_argument("bad address '" + std::string(spec) + "'");
   return *a;
 }
+
+Target targetOrThrow(std::string_view spec) {
+  auto t = parseTarget(spec);
+  if (!t) throw std::invalid_argument("bad address '" + std::string(spec) + "'");
+  return *t;
+}
+
+ClientOptions withTls(ClientOptions o, const Target& t) {
+  if (!t.tls) {
+    o.tls = nullptr;
+    return o;
+  }
+  if (!o.tls) o.tls = defaultTlsClient();
+  if (o.server_name.empty()) o.server_name = t.host;
+  return o;
+}
 }  // namespace
+
+core::Result<Target> parseTarget(std::string_view spec) {
+  Target t;
+  constexpr std::string_view kTls = "tls://";
+  if (spec.substr(0, kTls.size()) == kTls) {
+    t.tls = true;
+    spec.remove_prefix(kTls.size());
+  }
+  auto a = core::Address::parse(spec);
+  if (!a) return a.error();
+  if (t.tls && a->isUnix()) return core::Errc::kBadAddress;  // a certificate names a host
+  t.addr = *a;
+  if (!a->isUnix()) {
+    std::string_view h = spec.substr(0, spec.rfind(':'));
+    if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+    t.host = h;
+  }
+  return t;
+}
+
+std::shared_ptr<core::TlsContext> defaultTlsClient() {
+  static std::shared_ptr<core::TlsContext> ctx = [] {
+    std::string error;
+    auto c = core::TlsContext::make(core::TlsContext::Side::kClient, {}, error);
+    if (!c) throw std::runtime_error("TLS: " + error);
+    return c;
+  }();
+  return ctx;
+}
 
 namespace {
 EndpointOptions endpointOptions(const ClientOptions& o) {
@@ -36,13 +81,18 @@ EndpointOptions endpointOptions(const ClientOptions& o) {
 Client::Client(core::Loop& loop, core::Address addr, ClientOptions opts)
     : loop_(loop),
       addr_(addr),
-      opts_(opts),
-      eopts_(endpointOptions(opts)),
+      opts_(std::move(opts)),
+      eopts_(endpointOptions(opts_)),
       connector_(loop),
-      peers_(std::make_shared<Peers>(loop, counters_)) {}
+      peers_(std::make_shared<Peers>(loop, counters_)) {
+  if (opts_.tls && opts_.server_name.empty()) opts_.server_name = addr_.host();
+}
 
 Client::Client(core::Loop& loop, std::string_view spec, ClientOptions opts)
-    : Client(loop, parseOrThrow(spec), opts) {}
+    : Client(loop, targetOrThrow(spec), std::move(opts)) {}
+
+Client::Client(core::Loop& loop, const Target& t, ClientOptions opts)
+    : Client(loop, t.addr, withTls(std::move(opts), t)) {}
 
 Client::~Client() {
   connector_.cancel();
@@ -108,7 +158,7 @@ void Client::connect() {
     connecting_ = false;
     if (r) {
       failures_ = 0;
-      endpoint().attach(std::move(r.value()));
+      endpoint().attach(std::move(r.value()), opts_.tls, opts_.server_name);
       if (connect_result_) connect_result_(true);
       return;
     }

@@ -12,10 +12,12 @@
 #include "aiorpc/core/connection.h"
 #include "aiorpc/core/connector.h"
 #include "aiorpc/core/future.h"
+#include "aiorpc/core/tls.h"
 #include "aiorpc/rpc/codec.h"
 #include "aiorpc/rpc/decoder.h"
 #include "aiorpc/rpc/endpoint.h"
 #include "aiorpc/rpc/errors.h"
+#include "aiorpc/rpc/target.h"
 
 namespace aiorpc::rpc {
 
@@ -34,7 +36,18 @@ struct ClientOptions {
   // never inside send()), calls not yet written fail as not-sent, the next call reconnects.
   // Calls made while that much waits for a connect fail as not-sent. 0: no limit.
   size_t max_output = 0;
+  // TLS (SPEC §8): dial with this client-side context (its CA verifies the server; its
+  // certificate is presented when the server asks for one). A `tls://` spec without one uses
+  // defaultTlsClient().
+  std::shared_ptr<core::TlsContext> tls;
+  // The name the server's certificate must carry (a DNS name or an IP address). Default: the
+  // host as the spec wrote it, or the address's IP.
+  std::string server_name;
 };
+
+// A client context on the system's trust store, made on first use (throws std::runtime_error
+// when the store cannot be loaded).
+std::shared_ptr<core::TlsContext> defaultTlsClient();
 
 // A named argument: call("f", kw("city", c)) sends params as a map.
 template <class T>
@@ -58,7 +71,11 @@ class Service;
 class Client final : private Endpoint::Owner {
  public:
   Client(core::Loop& loop, core::Address addr, ClientOptions opts = {});
-  // Parses `spec` (HOST:PORT, [v6]:PORT, unix:/path); throws std::invalid_argument if bad.
+  // A target dialled with TLS uses opts.tls, or defaultTlsClient(); its host as written is the
+  // name checked (unless opts.server_name). A plain target drops opts.tls.
+  Client(core::Loop& loop, const Target& t, ClientOptions opts);
+  // Parses `spec` (HOST:PORT, [v6]:PORT, unix:/path, or tls://HOST:PORT: see Target);
+  // throws std::invalid_argument if bad.
   Client(core::Loop& loop, std::string_view spec, ClientOptions opts = {});
   // Pending calls are dropped: their callbacks are destroyed, never called (no user code runs
   // inside a destructor; a Future's waiter sees BrokenPromise), calls refused or failed but not
@@ -125,7 +142,7 @@ class Client final : private Endpoint::Owner {
 
   core::Loop& loop_;
   core::Address addr_;
-  ClientOptions opts_;
+  ClientOptions opts_;  // opts_.server_name: set when opts_.tls is
   EndpointOptions eopts_;
   core::Connector connector_;
   EndpointCounters counters_;

@@ -234,7 +234,12 @@ class Endpoint final : public core::ConnectionHandler {
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
 
-  void attach(core::Fd fd);
+  // Connected: reads and writes start. With `tls`, over TLS (core::Connection::startTls; a
+  // client passes the name the server's certificate must carry).
+  void attach(core::Fd fd, const std::shared_ptr<core::TlsContext>& tls = nullptr,
+              std::string_view verify_host = {});
+  // Closed before its TLS handshake was done (a plaintext or failed peer).
+  bool handshakeFailed() const noexcept { return conn_ && conn_->handshaking(); }
   uint64_t id() const noexcept { return id_; }
   bool attached() const noexcept { return conn_.has_value(); }
   bool open() const noexcept { return conn_ && !conn_->closed(); }

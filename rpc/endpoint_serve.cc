@@ -192,7 +192,7 @@ void Endpoint::serve(Object msgid, Object method, Object params, bool notify) {
   inv.params = params;
   core::Loop::OwnerScope scope(loop_, sleeps_);
   if (!m->context_name.empty() || service_->guard()) {
-    Context ctx(params, conn_->peer(), conn_->local(), id_);
+    Context ctx(params, conn_->peer(), conn_->local(), id_, conn_->peerCertificate());
     if (const auto& guard = service_->guard()) {
       if (auto denied = guard(name, ctx)) return inv.replyError(denied->first, denied->second);
     }

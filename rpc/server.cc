@@ -78,17 +78,22 @@ Server::~Server() {
   peers_->clear();
 }
 
-core::Result<core::Address> Server::listen(std::string_view spec) {
+core::Result<core::Address> Server::listen(std::string_view spec,
+                                           std::shared_ptr<core::TlsContext> tls) {
   auto a = core::Address::parse(spec);
   if (!a) return a.error();
-  return listen(*a);
+  return listen(*a, std::move(tls));
 }
 
-core::Result<core::Address> Server::listen(const core::Address& addr) {
-  auto l = std::make_unique<core::Listener>(loop_, [this](core::Fd fd, const core::Address& peer) {
-    if (!opts_.allow.allows(peer)) return refuse(peer);  // `fd` closes here
-    accept(std::move(fd));
-  });
+core::Result<core::Address> Server::listen(const core::Address& addr,
+                                           std::shared_ptr<core::TlsContext> tls) {
+  if (tls && tls->side() != core::TlsContext::Side::kServer)
+    throw std::invalid_argument("Server::listen: a client-side TLS context");
+  auto l = std::make_unique<core::Listener>(
+      loop_, [this, tls = std::move(tls)](core::Fd fd, const core::Address& peer) {
+        if (!opts_.allow.allows(peer)) return refuse(peer);  // `fd` closes here
+        accept(std::move(fd), tls);
+      });
   auto r = l->listen(addr);
   if (!r) return r;
   listeners_.push_back(std::move(l));
@@ -96,18 +101,19 @@ core::Result<core::Address> Server::listen(const core::Address& addr) {
   return r;
 }
 
-void Server::accept(core::Fd fd) {
+void Server::accept(core::Fd fd, const std::shared_ptr<core::TlsContext>& tls) {
   if (draining_) return;  // fd closes here
   uint64_t id = next_id_++;
   auto e =
       std::make_unique<Endpoint>(loop_, eopts_, &service_, static_cast<Owner&>(*this), peers_, id);
-  e->attach(std::move(fd));
+  e->attach(std::move(fd), tls);
   peers_->map.emplace(id, std::move(e));
   ++stats_.connections_open;
   ++stats_.connections_total;
 }
 
-void Server::endpointClosed(Endpoint& e, std::error_code) {
+void Server::endpointClosed(Endpoint& e, std::error_code why) {
+  if (e.handshakeFailed()) handshakeFailed(e, why);
   uint64_t id = e.id();
   auto owned = peers_->take(id);
   if (!owned) return;
@@ -129,6 +135,16 @@ void Server::refuse(const core::Address& peer) {
   log::warn(
       "refused connection from {} (not in --allow){}", peer.toString(),
       held > 0 ? fmt::format("; {} refused in all since the last line", held + 1) : std::string());
+}
+
+void Server::handshakeFailed(const Endpoint& e, std::error_code why) {
+  ++stats_.tls_handshake_failures;
+  if (!handshake_log_.admit(loop_.now())) return;
+  uint64_t held = handshake_log_.held();
+  log::warn(
+      "TLS handshake with {} failed: {}{}", e.peer().toString(),
+      why ? why.message() : std::string("closed"),
+      held > 0 ? fmt::format("; {} failed in all since the last line", held + 1) : std::string());
 }
 
 size_t Server::connectionCount() const noexcept { return peers_->map.size(); }
@@ -204,7 +220,8 @@ void Server::packStats(Packer& p) const {
   key("uptime_s").real(loop_.now() - stats_.started);
   key("input_buffers").uinteger(buffers);   // (ext) connections holding a decoder
   key("refused").uinteger(stats_.refused);  // (ext) peers outside the allow-list
-  key("output_limit_closes").uinteger(stats_.output_limit_closes);  // (ext)
+  key("output_limit_closes").uinteger(stats_.output_limit_closes);        // (ext)
+  key("tls_handshake_failures").uinteger(stats_.tls_handshake_failures);  // (ext)
   for (auto& [k, fn] : extra_stats_) fn(key(k));
   p.map(n);
   p.raw(body);

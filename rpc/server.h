@@ -13,6 +13,7 @@
 #include "aiorpc/core/liveness.h"
 #include "aiorpc/core/log.h"
 #include "aiorpc/core/loop.h"
+#include "aiorpc/core/tls.h"
 #include "aiorpc/rpc/decoder.h"
 #include "aiorpc/rpc/endpoint.h"
 #include "aiorpc/rpc/service.h"
@@ -39,6 +40,9 @@ struct ServerOptions {
 struct ServerStats : EndpointCounters {
   uint64_t connections_open = 0, connections_total = 0, bytes_out = 0;
   uint64_t refused = 0;  // peers outside the allow-list, closed at accept
+  // Connections closed before their TLS handshake was done: plaintext or garbage, a certificate
+  // refused, the handshake timeout, or evicted for a newer handshake (TlsContext).
+  uint64_t tls_handshake_failures = 0;
   double started = 0;
 };
 
@@ -53,11 +57,14 @@ class Server final : private Endpoint::Owner {
   Server& operator=(const Server&) = delete;
 
   // Binds `HOST:PORT`, `[v6]:PORT` or `unix:/path` (port 0: a free one). Several are allowed.
-  core::Result<core::Address> listen(std::string_view spec);
-  core::Result<core::Address> listen(const core::Address& addr);
+  // With `tls` (a server-side context) the listener is TLS-only (SPEC §8).
+  core::Result<core::Address> listen(std::string_view spec,
+                                     std::shared_ptr<core::TlsContext> tls = nullptr);
+  core::Result<core::Address> listen(const core::Address& addr,
+                                     std::shared_ptr<core::TlsContext> tls = nullptr);
   const std::vector<core::Address>& addresses() const noexcept { return bound_; }
   // Serves an already connected socket (socketpair, inherited fd, tests and fuzzing).
-  void adopt(core::Fd fd) { accept(std::move(fd)); }
+  void adopt(core::Fd fd) { accept(std::move(fd), nullptr); }
 
   // Graceful shutdown (SPEC §7): stop accepting and reading, close idle connections, finish and
   // write owed replies, then call `done` (after at most drain_timeout, closing what is left).
@@ -81,8 +88,9 @@ class Server final : private Endpoint::Owner {
   Endpoint* peer(uint64_t session) const noexcept { return peers_->find(session); }
 
  private:
-  void accept(core::Fd fd);
+  void accept(core::Fd fd, const std::shared_ptr<core::TlsContext>& tls);
   void refuse(const core::Address& peer);
+  void handshakeFailed(const Endpoint& e, std::error_code why);
   void endpointClosed(Endpoint& e, std::error_code why) override;
   void control(std::string_view cmd, Object params, Invocation& inv) override;
   void maybeDrained();
@@ -107,7 +115,8 @@ class Server final : private Endpoint::Owner {
   std::vector<std::function<void()>> drain_hooks_;
   std::vector<std::function<void(uint64_t)>> close_hooks_;
   core::TimerWatcher sweep_;
-  core::log::Throttle refused_log_{1};  // refusals are logged at most once a second
+  core::log::Throttle refused_log_{1};    // refusals are logged at most once a second
+  core::log::Throttle handshake_log_{1};  // and failed TLS handshakes
   core::Liveness live_;
   core::Tasks tasks_{loop_};  // last: dropped first
 };

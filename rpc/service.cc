@@ -17,6 +17,7 @@ Value Context::operator()(std::string_view key) const {
     if (a->isUnix() || a->family() == 0) return Value();
     return toValue(std::tuple<std::string, int>(a->host(), a->port()));
   }
+  if (key == "peercert") return peercert_.empty() ? Value() : toValue(peercert_);
   if (!params_.isMap()) return Value();
   std::string k = isDunder(key) ? std::string(key) : "__" + std::string(key) + "__";
   if (auto v = params_.find(k)) return Value::copyOf(*v);

@@ -34,7 +34,9 @@ inline Arg arg(std::string name) { return Arg{std::move(name), std::nullopt}; }
 
 // What a context method (first parameter `Context`) gets: ctx("__ident__") or ctx("ident") is
 // the value sent under that dunder key; ctx("peername") / ctx("sockname") are [ip, port] of the
-// connection (nil on unix sockets) and cannot be spoofed; unknown keys give nil.
+// connection (nil on unix sockets) and cannot be spoofed; ctx("peercert") is the verified client
+// certificate's subject on a mutual-TLS connection (RFC 4514, nil otherwise); unknown keys give
+// nil.
 //
 // A Context owns what it shows: the addresses are copies, so a handler may keep its Context
 // (by value, across co_await) after the connection has gone. The dunder values are views into
@@ -42,8 +44,12 @@ inline Arg arg(std::string name) { return Arg{std::move(name), std::nullopt}; }
 class Context {
  public:
   Context(Object params, const core::Address& peer, const core::Address& local,
-          uint64_t session = 0)
-      : params_(params), peer_(peer), local_(local), session_(session) {}
+          uint64_t session = 0, std::string peercert = {})
+      : params_(params),
+        peer_(peer),
+        local_(local),
+        session_(session),
+        peercert_(std::move(peercert)) {}
   Value operator()(std::string_view key) const;
   Value operator[](std::string_view key) const { return (*this)(key); }
   Value peername() const { return (*this)("peername"); }
@@ -54,11 +60,14 @@ class Context {
   const core::Address* peer() const noexcept { return &peer_; }
   // The connection's id: Server::peer(session) calls back on it (SPEC §4: both directions).
   uint64_t session() const noexcept { return session_; }
+  // The verified client certificate's subject (empty: none).
+  const std::string& peerCertificate() const noexcept { return peercert_; }
 
  private:
   Object params_;
   core::Address peer_, local_;
   uint64_t session_;
+  std::string peercert_;
 };
 
 // Map keys that start and end with "__" are context, never arguments.

@@ -93,10 +93,20 @@ std::optional<std::string> withToken(std::optional<json>& params, const std::str
   return std::nullopt;
 }
 
+// --tls-ca/--tls-cert/--tls-key (SPEC §8): the context tls:// endpoints are dialled with; null
+// (the system's trust store, no certificate) when none is given.
+std::shared_ptr<core::TlsContext> g_tls;
+
+rpc::ClientOptions baseOptions() {
+  rpc::ClientOptions o;
+  o.tls = g_tls;  // dropped for a plain endpoint
+  return o;
+}
+
 // One attempt of `wait`: true when the target is ready.
 bool readyOnce(const std::string& ep, const std::string& service, const std::string& token,
                double timeout) {
-  rpc::ClientOptions o;
+  rpc::ClientOptions o = baseOptions();
   o.timeout = timeout;
   o.connect_timeout = timeout;
   o.dead_after = INT_MAX;  // every attempt dials again
@@ -159,7 +169,7 @@ int runWait(const std::string& ep, const std::string& service, const std::string
 
 int runCall(const std::string& cmd, const std::string& ep, const std::string& method,
             const std::optional<json>& params, double timeout, Show show = Show::kJson) {
-  rpc::ClientOptions o;
+  rpc::ClientOptions o = baseOptions();
   o.timeout = timeout;
   o.connect_timeout = std::min(timeout, 5.0);
   std::unique_ptr<rpc::SyncClient> c;
@@ -217,9 +227,19 @@ int main(int argc, char** argv) {
   double timeout = 10;
   bool raw_json = false;
   std::string endpoint, method, params_text, token_file, wait_service;
+  core::TlsFiles tls_files;
+  // Every command that dials: tls://HOST:PORT endpoints and the files to verify them with.
+  auto tls = [&](CLI::App* c) {
+    c->add_option("--tls-ca", tls_files.ca,
+                  "tls:// endpoints: the CA file the server must chain to (default: the system's)");
+    c->add_option("--tls-cert", tls_files.cert,
+                  "tls:// endpoints: a PEM certificate to present when the server asks for one");
+    c->add_option("--tls-key", tls_files.key, "the private key of --tls-cert");
+  };
   auto common = [&](CLI::App* c, const char* what) {
     c->add_option("endpoint", endpoint, what)->required();
     c->add_option("--timeout", timeout, "seconds to wait for the reply")->check(tools::seconds());
+    tls(c);
   };
   // Only where a registry may ask for it (its methods take map-form params).
   auto token = [&](CLI::App* c) {
@@ -233,6 +253,7 @@ int main(int argc, char** argv) {
   auto* call_params = call->add_option("params", params_text, "PARAMS-JSON (see below)");
   auto* notify = app.add_subcommand("notify", "send METHOD as a notification (no reply)");
   notify->add_option("endpoint", endpoint, "HOST:PORT of the server")->required();
+  tls(notify);
   token(notify);
   notify->add_option("method", method, "METHOD")->required();
   auto* notify_params = notify->add_option("params", params_text, "PARAMS-JSON (see below)");
@@ -244,6 +265,7 @@ int main(int argc, char** argv) {
   wait->add_option("endpoint", endpoint, "HOST:PORT of the server")->required();
   wait->add_option("--service", wait_service, "NAME: wait until it is listed (or routed)");
   wait->add_option("--timeout", timeout, "seconds to wait in all")->check(tools::seconds());
+  tls(wait);
   token(wait);
   wait->footer(kWaitHelp);
   auto* stats = app.add_subcommand("stats", "the server's \\0stats counters");
@@ -254,6 +276,7 @@ int main(int argc, char** argv) {
   methods->add_flag("--json", raw_json, "the reflection as JSON");
   tools::BenchOptions bench;
   auto* bench_cmd = tools::addBenchCommand(app, bench);
+  tls(bench_cmd);
   for (auto* c : {call, notify}) c->footer(std::string(kParamsHelp) + kExitHelp);
   for (auto* c : {services, stats, methods}) c->footer(kExitHelp);
   if (argc < 2) {
@@ -267,7 +290,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "aiorpc: %s\nusage: see aiorpc --help\n", e.what());
     return kExitUsage;
   }
-  if (bench_cmd->parsed()) return tools::runBench(bench);
+  if (!tls_files.ca.empty() || !tls_files.cert.empty() || !tls_files.key.empty()) {
+    std::string error;
+    g_tls = core::TlsContext::make(core::TlsContext::Side::kClient, tls_files, error);
+    if (!g_tls) {
+      std::fprintf(stderr, "aiorpc: TLS: %s\n", error.c_str());
+      return kExitUsage;
+    }
+  }
+  if (bench_cmd->parsed()) {
+    bench.tls = g_tls;
+    return tools::runBench(bench);
+  }
   std::string token_value;
   if (!token_file.empty()) {
     if (auto bad = agents::loadToken(token_file, token_value)) {

@@ -65,7 +65,59 @@ const agents::FlagSpec kCommon[] = {
      "service roles with --keepalive: seconds between heartbeats"},
     {"module", agents::FlagType::kString, "",
      "load roles from a module (PATH.so; on the command line, repeatable)"},
+    {"tls-cert", agents::FlagType::kString, "",
+     "PEM certificate (chain): with --tls-key every --bind listener is TLS-only; also presented "
+     "when a server we dial asks for a client certificate"},
+    {"tls-key", agents::FlagType::kString, "", "PEM private key of --tls-cert"},
+    {"tls-client-ca", agents::FlagType::kString, "",
+     "require client certificates that chain to this CA file (mutual TLS)"},
+    {"tls-ca", agents::FlagType::kString, "",
+     "CA file that servers we dial over TLS must chain to (default: the system's trust store)"},
+    {"tls-handshake-timeout", agents::FlagType::kSeconds, "10",
+     "seconds a TLS handshake may take, in and out"},
 };
+
+// SPEC §8: the server context (with --tls-cert/--tls-key) and the client one (with any TLS
+// flag: what tls:// targets, --backend-tls and https etcd members are dialled with).
+struct TlsSetup {
+  std::shared_ptr<core::TlsContext> server, client;
+};
+
+std::optional<std::string> makeTls(const agents::Flags& flags, TlsSetup& out) {
+  using Side = core::TlsContext::Side;
+  std::string cert = flags.str("tls-cert"), key = flags.str("tls-key");
+  if (cert.empty() != key.empty()) return std::string("--tls-cert and --tls-key go together");
+  if (flags.has("tls-client-ca") && cert.empty())
+    return std::string("--tls-client-ca needs --tls-cert and --tls-key (a TLS listener)");
+  double timeout = flags.seconds("tls-handshake-timeout");
+  if (timeout <= 0) return std::string("--tls-handshake-timeout must be > 0");
+  std::string error;
+  if (!cert.empty()) {
+    out.server =
+        core::TlsContext::make(Side::kServer, {cert, key, flags.str("tls-client-ca")}, error);
+    if (!out.server) return "TLS: " + error;
+    out.server->handshake_timeout = timeout;
+  }
+  if (!cert.empty() || flags.has("tls-ca") || flags.given("tls-handshake-timeout")) {
+    out.client = core::TlsContext::make(Side::kClient, {cert, key, flags.str("tls-ca")}, error);
+    if (!out.client) return "TLS: " + error;
+    out.client->handshake_timeout = timeout;
+  }
+  return std::nullopt;
+}
+
+// SIGHUP: new material for new connections; a file that fails keeps the old (SPEC §8).
+void reloadTls(const TlsSetup& tls) {
+  for (const auto& [ctx, what] :
+       {std::pair{tls.server.get(), "server"}, {tls.client.get(), "client"}}) {
+    if (!ctx) continue;
+    std::string error = ctx->reload();
+    if (error.empty())
+      clog::info("SIGHUP: TLS {} certificates reloaded", what);
+    else
+      clog::error("SIGHUP: TLS {} certificates not reloaded (the old ones stay): {}", what, error);
+  }
+}
 
 // Built-in roles, then those of the modules loaded with --module.
 std::vector<const agents::Role*> g_roles;
@@ -262,8 +314,11 @@ int main(int argc, char** argv) {
     if (auto bad = agents::loadToken(flags.str("auth-token-file"), token)) return fail(*bad);
   }
 
+  TlsSetup tls;
+  if (auto bad = makeTls(flags, tls)) return fail(*bad);
+
   core::Loop loop;
-  agents::RoleEnv env{loop, flags, std::move(token)};
+  agents::RoleEnv env{loop, flags, std::move(token), tls.client};
   std::unique_ptr<agents::RoleInstance> instance;
   try {
     instance = role->create(env);
@@ -293,7 +348,7 @@ int main(int argc, char** argv) {
   } pid_guard{pid_file, pid_fd};
   rpc::Server server(loop, instance->service(), opts);
   std::string bind = flags.has("bind") ? flags.str("bind") : std::string(role->default_bind);
-  auto bound = server.listen(bind);
+  auto bound = server.listen(bind, tls.server);
   if (!bound) return fail("cannot listen on " + bind + ": " + bound.error().message());
   // SPEC §7: unregister first, keep serving for --drain-grace so that proxies stop routing
   // here, then drain (requests that still arrive are answered ServiceUnavailable), then stop.
@@ -317,7 +372,8 @@ int main(int argc, char** argv) {
   // Handlers before the "listening on" line: a supervisor may signal as soon as it sees it.
   loop.onSignal(SIGINT, shutdown);
   loop.onSignal(SIGTERM, shutdown);
-  loop.onSignal(SIGHUP, [](int) {  // logrotate: reopen the log file; the daemon goes on
+  loop.onSignal(SIGHUP, [&tls](int) {  // logrotate, certificate renewal; the daemon goes on
+    reloadTls(tls);
     if (auto r = clog::reopen(); !r) {
       clog::error("SIGHUP: cannot reopen --log-file: {}", r.error().message());
       return;
@@ -331,9 +387,9 @@ int main(int argc, char** argv) {
   instance->started(server, *bound);
   if (role->heartbeats && flags.has("keepalive"))
     heartbeat = std::make_unique<agents::Heartbeat>(
-        loop, agents::HeartbeatOptions{*agents::Flags::endpointList(flags.str("keepalive")),
-                                       instance->service().name(), bound->port(),
-                                       flags.seconds("heartbeat-interval"), env.auth_token});
+        loop, agents::HeartbeatOptions{
+                  *agents::Flags::endpointList(flags.str("keepalive")), instance->service().name(),
+                  bound->port(), flags.seconds("heartbeat-interval"), env.auth_token, tls.client});
   // Readiness for systemd (Type=notify); does nothing without NOTIFY_SOCKET.
   notifySystemd(
       fmt::format("READY=1\nSTATUS=listening on {}\nMAINPID={}", bound->toString(), ::getpid()));

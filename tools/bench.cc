@@ -17,6 +17,7 @@
 #include "aiorpc/core/connection.h"
 #include "aiorpc/core/connector.h"
 #include "aiorpc/core/log.h"
+#include "aiorpc/rpc/client.h"
 #include "aiorpc/rpc/codec.h"
 #include "aiorpc/rpc/decoder.h"
 #include "tools/args.h"
@@ -92,6 +93,8 @@ struct Shared {
   uint64_t calls = 0, errors = 0;
   Histogram hist;
   int open = 0;
+  rpc::Target target;
+  std::shared_ptr<core::TlsContext> tls;
 };
 
 class Conn final : public core::ConnectionHandler {
@@ -99,6 +102,7 @@ class Conn final : public core::ConnectionHandler {
   Conn(Shared& sh, core::Fd fd) : sh_(sh), slots_(sh.opt.depth) {
     msgpack_unpacked_init(&unpacked_);
     conn_ = std::make_unique<core::Connection>(*sh.loop, std::move(fd), this);
+    if (sh.target.tls) conn_->startTls(sh.tls, sh.target.host);
     conn_->setWaterMarks(SIZE_MAX, 0);
     for (int i = 0; i < sh_.opt.depth; ++i) send(static_cast<uint32_t>(i));
   }
@@ -242,15 +246,18 @@ CLI::App* addBenchCommand(CLI::App& app, BenchOptions& o) {
 }
 
 int runBench(const BenchOptions& o) {
-  auto addr = core::Address::parse(o.endpoint);
-  if (!addr) {
+  auto target = rpc::parseTarget(o.endpoint);
+  if (!target) {
     std::fprintf(stderr, "aiorpc bench: bad address %s\n", o.endpoint.c_str());
     return 2;
   }
+  const core::Address* addr = &target->addr;
   core::prepareProcess();
   core::Loop loop;
   Shared sh;
   sh.opt = o;
+  sh.target = *target;
+  if (target->tls) sh.tls = o.tls ? o.tls : rpc::defaultTlsClient();
   sh.loop = &loop;
   // [0, <uint32 msgid>, method, [payload]]  or through a proxy:
   // [0, <uint32 msgid>, "invoke", [service, method, [payload]]]

@@ -2,11 +2,16 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace CLI {
 class App;
+}
+
+namespace aiorpc::core {
+class TlsContext;
 }
 
 namespace aiorpc::tools {
@@ -19,6 +24,7 @@ struct BenchOptions {
   std::string method = "echo", proxy;
   std::vector<int> cpu_pids;  // servers whose CPU time per call to report
   bool bin = false, raw = false;
+  std::shared_ptr<core::TlsContext> tls;  // for a tls:// endpoint (null: the system's CAs)
 };
 
 // `bench` as a subcommand of the CLI's parser, filling `o`.

@@ -76,6 +76,13 @@ SampleFoo::SampleFoo(core::Loop& loop, rpc::Service& svc) : loop_(loop) {
         return std::tuple{ctx("peername"), ctx("__ident__"), message};
       },
       arg("context"), arg("message"));
+
+  // Who the server sees: the peer's address and, on a mutual-TLS connection, its verified
+  // certificate's subject (SPEC §8: ctx("peercert"); nil otherwise).
+  svc.def("whoami", [](const rpc::Context& ctx) {
+    return std::map<std::string, rpc::Value>{{"peername", ctx("peername")},
+                                             {"peercert", ctx("peercert")}};
+  });
 }
 
 namespace {

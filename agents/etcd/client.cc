@@ -198,7 +198,8 @@ void Client::next() {
 void Client::attempt(std::shared_ptr<Call> call) {
   size_t idx = current_;
   core::HttpRequest req;
-  req.url = "http://" + opts_.endpoints[idx] + call->path;
+  req.url = base(idx) + call->path;
+  if (opts_.https) req.tls = &opts_.tls;
   req.body = call->body;
   req.timeout = opts_.timeout;
   req.connect_timeout = std::min(opts_.timeout, 1.0);
@@ -433,7 +434,8 @@ Client::WatchId Client::watch(const std::string& prefix, int64_t from, size_t en
   json create = {{"key", b64(prefix)}, {"range_end", b64(prefixEnd(prefix))}, {"fragment", true}};
   if (from > 0) create["start_revision"] = num(from);
   core::HttpRequest req;
-  req.url = "http://" + opts_.endpoints[w->endpoint] + "/v3/watch";
+  req.url = base(w->endpoint) + "/v3/watch";
+  if (opts_.https) req.tls = &opts_.tls;
   req.body = json{{"create_request", create}}.dump();
   req.headers.push_back("Grpc-Metadata-hasleader: true");  // no leader: the stream ends
   req.timeout = 0;

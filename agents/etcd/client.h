@@ -43,11 +43,13 @@ std::string prefixEnd(std::string prefix);
 class Client {
  public:
   struct Options {
-    std::vector<std::string> endpoints;  // host:port (http)
+    std::vector<std::string> endpoints;  // host:port
     double timeout = 1.5;                // per unary call and endpoint
     // Unary calls in flight at once (one connection each); the rest wait in order, their
     // timeout not yet running. Past max_queued waiting, a call fails at once (overloaded).
     size_t max_in_flight = 32, max_queued = 65536;
+    bool https = false;  // every member over TLS, verified with `tls`
+    core::HttpTlsFiles tls{};
   };
   Client(core::Loop& loop, Options opts);
   // Drops every callback (none runs afterwards), calls refused but not yet told included. May be
@@ -99,6 +101,9 @@ class Client {
   bool watching(WatchId id) const noexcept;
 
   const std::string& endpoint() const noexcept { return opts_.endpoints[current_]; }
+  std::string base(size_t idx) const {
+    return (opts_.https ? "https://" : "http://") + opts_.endpoints[idx];
+  }
   // Unary calls move off endpoints[idx] if they were going there (a member known to be sick).
   void avoid(size_t idx) noexcept {
     if (current_ == idx % opts_.endpoints.size())

@@ -170,7 +170,8 @@ EtcdStore::EtcdStore(core::Loop& loop, Registry& cache, Options opts,
       cache_(cache),
       opts_(std::move(opts)),
       changed_(std::move(changed)),
-      etcd_(loop, etcd::Client::Options{opts_.endpoints, 1.5}) {
+      etcd_(loop, etcd::Client::Options{
+                      .endpoints = opts_.endpoints, .https = opts_.https, .tls = opts_.tls}) {
   // etcd's leases are whole seconds; it may raise a TTL to its minimum (said when it does).
   lease_ttl_ = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(opts_.ttl)));
   std::random_device rd;

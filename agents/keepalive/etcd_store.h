@@ -58,6 +58,8 @@ class EtcdStore {
     std::string prefix = "/aiorpc/default";
     double ttl = 30;
     double store_timeout = 3;  // a watch that does not prove itself current this long moves
+    bool https = false;        // over TLS (etcd::Client::Options)
+    core::HttpTlsFiles tls{};
   };
   // `cache` is filled from etcd; `changed` runs (from the loop) whenever it or stale() changed.
   EtcdStore(core::Loop& loop, Registry& cache, Options opts, core::Callback<void()> changed);

@@ -248,14 +248,15 @@ class KeepaliveRole final : public RoleInstance {
         },
         arg("version"), arg("wait_ms") = 30000);
     std::string store = env.flags.str("store");
-    if (store.rfind("etcd://", 0) == 0) {
-      EtcdStore::Options o;
-      o.endpoints = etcdEndpoints(store);
+    if (store != "memory") {  // (create() checked it names etcd)
+      EtcdStore::Options o = etcdEndpoints(store);
+      if (o.https)
+        o.tls = {env.flags.str("tls-ca"), env.flags.str("tls-cert"), env.flags.str("tls-key")};
       o.prefix = env.flags.str("store-prefix");
       o.ttl = env.flags.seconds("ttl");
       o.store_timeout = env.flags.seconds("store-timeout");
       store_ = std::make_unique<EtcdStore>(loop_, reg_, std::move(o), [this] { changed(); });
-      core::log::info("keepalive: registry on etcd {} under {} (leases of {} s)", store.substr(7),
+      core::log::info("keepalive: registry on etcd {} under {} (leases of {} s)", store,
                       env.flags.str("store-prefix"), store_->leaseTtl());
       return;  // expiry is etcd's (leases): no TTL scan here
     }
@@ -451,16 +452,43 @@ class KeepaliveRole final : public RoleInstance {
 
 }  // namespace
 
-// etcd://HOST:PORT[,HOST:PORT...] → the endpoints; throws on anything else (unix paths too).
-std::vector<std::string> etcdEndpoints(const std::string& store) {
-  std::optional<std::vector<core::Address>> list;
-  if (store.rfind("etcd://", 0) == 0) list = Flags::endpointList(std::string_view(store).substr(7));
-  if (!list || std::any_of(list->begin(), list->end(), [](auto& a) { return a.isUnix(); }))
-    throw std::invalid_argument("--store: expected etcd://HOST:PORT[,HOST:PORT...], not '" + store +
-                                "'");
-  std::vector<std::string> out;
-  for (const auto& a : *list) out.push_back(a.toString());
-  return out;
+// etcd://HOST:PORT[,...] (http), etcd://https://HOST:PORT[,https://...] or etcds://HOST:PORT[,...]
+// (https, SPEC §8) → the endpoints; throws on anything else (unix paths, a mix of schemes).
+EtcdStore::Options etcdEndpoints(const std::string& store) {
+  EtcdStore::Options o;
+  std::string_view rest = store;
+  bool ok = true;
+  if (rest.rfind("etcds://", 0) == 0) {
+    o.https = true;
+    rest.remove_prefix(8);
+  } else if (rest.rfind("etcd://", 0) == 0) {
+    rest.remove_prefix(7);
+    o.https = rest.rfind("https://", 0) == 0;
+  } else {
+    ok = false;
+  }
+  while (ok) {
+    std::string_view item = rest.substr(0, rest.find(','));
+    std::string_view scheme = o.https && store.rfind("etcd://", 0) == 0 ? "https://" : "";
+    if (item.rfind(scheme, 0) != 0 || item.find("://", scheme.size()) != std::string_view::npos) {
+      ok = false;
+      break;
+    }
+    auto a = core::Address::parse(item.substr(scheme.size()));
+    if (!a || a->isUnix()) {
+      ok = false;
+      break;
+    }
+    o.endpoints.push_back(std::string(item.substr(scheme.size())));
+    if (item.size() == rest.size()) break;
+    rest.remove_prefix(item.size() + 1);
+  }
+  if (!ok)
+    throw std::invalid_argument(
+        "--store: expected etcd://HOST:PORT[,HOST:PORT...], etcd://https://HOST:PORT[,...] or "
+        "etcds://HOST:PORT[,...], not '" +
+        store + "'");
+  return o;
 }
 
 const FlagSpec kFlags[8] = {

@@ -168,7 +168,7 @@ class ProxyRole final : public RoleInstance {
   core::Loop& loop_;
   rpc::Service svc_{"proxy"};
   std::vector<std::unique_ptr<rpc::Client>> keepalives_;  // --keepalive A,B,...: one watched
-  std::vector<core::Address> keepalive_addrs_;
+  std::vector<rpc::Target> keepalive_addrs_;
   size_t watching_ = 0, failed_in_round_ = 0;
   bool table_stale_ = false;  // no keepalive answered fresh in the last round
   double refresh_interval_, backend_timeout_;
@@ -180,9 +180,10 @@ class ProxyRole final : public RoleInstance {
   // bound on backends is the table's size plus those still answering).
   std::map<std::string, std::unique_ptr<Backend>, std::less<>> backends_;
   core::AllowList backend_allow_;  // instances outside are never dialled (empty: any)
-  core::Resolver resolver_;        // names keepalive lists: c-ares, cached
-  rpc::Value last_services_;       // the last table, applied again when a name resolves
-  std::string token_;              // sent to the keepalive as __auth__ when set
+  std::shared_ptr<core::TlsContext> backend_tls_;  // --backend-tls: every instance over TLS
+  core::Resolver resolver_;                        // names keepalive lists: c-ares, cached
+  rpc::Value last_services_;  // the last table, applied again when a name resolves
+  std::string token_;         // sent to the keepalive as __auth__ when set
   uint64_t next_backend_id_ = 1;
   uint64_t version_ = 0;
   uint64_t table_gen_ = 1;  // bumped whenever table_ is replaced
@@ -203,10 +204,13 @@ ProxyRole::ProxyRole(RoleEnv& env)
       backend_allow_(*core::AllowList::parse(env.flags.str("backend-allow"))),
       resolver_(env.loop, core::ResolverOptions{.servers = env.flags.str("dns-servers")}),
       token_(env.auth_token) {
+  if (env.flags.boolean("backend-tls"))
+    backend_tls_ = env.tls_client ? env.tls_client : rpc::defaultTlsClient();
   if (!resolver_.ok()) throw std::invalid_argument(resolver_.error());
   keepalive_addrs_ = *Flags::endpointList(env.flags.str("keepalive"));
   // Registry replies are read whole up to 64 MiB, above the largest table a keepalive serves.
   rpc::ClientOptions ko;
+  ko.tls = env.tls_client;  // for tls:// keepalives
   ko.limits.max_message_size = 64u << 20;
   static_assert(keepalive::kMaxTableBytes + (1u << 20) < (64u << 20));
   for (const auto& a : keepalive_addrs_)
@@ -549,6 +553,10 @@ Backend* ProxyRole::backendFor(std::string_view host, int64_t port) {
   o.timeout = backend_timeout_;
   o.dead_after = 1 << 30;  // the proxy ejects by its own policy
   o.max_output = max_backend_bytes_;
+  if (backend_tls_) {
+    o.tls = backend_tls_;
+    o.server_name = std::string(host);  // the name it registered: what its certificate names
+  }
   auto b = std::make_unique<Backend>(loop_, next_backend_id_++, name, *addr, o, eject_);
   Backend* bp = b.get();
   bp->denied = !backend_allow_.allows(*addr);
@@ -723,13 +731,15 @@ void ProxyRole::started(rpc::Server& server, const core::Address&) {
   refresh();
 }
 
-const FlagSpec kFlags[8] = {
+const FlagSpec kFlags[9] = {
     {"dns-servers", FlagType::kString, "",
      "IP[:PORT],... to resolve instance names with (default: the system's resolv.conf)"},
     {"max-backend-bytes", FlagType::kBytes, "71303168",
      "bytes of requests queued for one instance before it counts as broken (68 MiB)"},
     {"backend-allow", FlagType::kAllowList, "",
      "dial only instances inside these CIDR ranges (default: any)"},
+    {"backend-tls", FlagType::kBool, "false",
+     "dial every instance with TLS (verified with --tls-ca against the host it registered)"},
     {"refresh-interval", FlagType::kSeconds, "3", "seconds between table refreshes (polling)"},
     {"backend-timeout", FlagType::kSeconds, "9", "seconds to wait for a backend's reply"},
     {"max-backend-queue", FlagType::kCount, "65536",

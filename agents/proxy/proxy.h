@@ -7,7 +7,7 @@
 
 namespace aiorpc::agents::proxy {
 
-extern const FlagSpec kFlags[8];
+extern const FlagSpec kFlags[9];
 std::unique_ptr<RoleInstance> create(RoleEnv& env);
 
 }  // namespace aiorpc::agents::proxy

@@ -146,10 +146,14 @@ def run(module_globals):
 class Raw:
     """A raw msgpack-rpc peer over TCP (python3-msgpack: an independent implementation)."""
 
-    def __init__(self, proc_or_port, host="127.0.0.1", timeout=10, source=None):
+    def __init__(self, proc_or_port, host="127.0.0.1", timeout=10, source=None, tls=None,
+                 server_hostname="localhost"):
+        """`tls`: an ssl.SSLContext (Python's ssl: an independent TLS peer)."""
         import msgpack
         self.msgpack = msgpack
         self.sock = connect(proc_or_port, host, timeout, source)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=2**31 - 1)
         self.timeout = timeout
 
