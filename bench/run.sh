@@ -75,6 +75,32 @@ for l in "${loads[@]}"; do
   row redis-PING "$1" "$2" 0 "RESULT calls_per_s=${rps%.*} p50_us=- p99_us=- cpu_ns_per_call_0=$ns"
 done
 
+# TLS (SPEC §8): the same demo over TLS 1.3 (ECDSA P-256 certificates from make_certs.sh) and
+# Redis's PING over TLS at the same load; then new connections per second, each with one call
+# (plain, and a full TLS handshake each), with the server's CPU per connection.
+test/support/make_certs.sh "$tmp/certs" >/dev/null
+C=$tmp/certs
+start $S tdemo $B/aiorpcd --role=demo --bind 127.0.0.1:0 --log-level error --tls-cert $C/server.pem --tls-key $C/server.key
+TDEMO_PORT=$PORT TDEMO_PID=$PID
+tbench() { taskset -c $L $B/aiorpc bench "tls://localhost:$1" --tls-ca $C/ca.pem -t "$T" -w "$W" "${@:2}" | grep '^RESULT'; }
+row "aiorpcd plain" 8 64 16 "$(bench $DEMO_PORT -c 8 -d 64 -s 16 --cpu-pid $DEMO_PID)"
+row "aiorpcd TLS" 8 64 16 "$(tbench $TDEMO_PORT -c 8 -d 64 -s 16 --cpu-pid $TDEMO_PID)"
+RTLS_PORT=$(( 20000 + RANDOM % 20000 ))
+taskset -c $S redis-server --port 0 --tls-port $RTLS_PORT --tls-cert-file $C/server.pem --tls-key-file $C/server.key --tls-ca-cert-file $C/ca.pem --tls-auth-clients no --save "" --appendonly no --daemonize no >/dev/null &
+RTLS_PID=$!; pids+=("$RTLS_PID"); sleep 0.5
+t0=$(awk '{print $14+$15}' /proc/$RTLS_PID/stat)
+rps=$(taskset -c $L redis-benchmark -p $RTLS_PORT --tls --cacert $C/ca.pem -c 8 -P 64 -n 3000000 -t ping_mbulk -q --csv | tail -1 | cut -d, -f2 | tr -d '"')
+t1=$(awk '{print $14+$15}' /proc/$RTLS_PID/stat)
+ns=$(awk -v a=$t0 -v b=$t1 -v n=3000000 -v hz=$(getconf CLK_TCK) 'BEGIN{printf "%.0f", (b-a)/hz*1e9/n}')
+row "redis-PING TLS" 8 64 0 "RESULT calls_per_s=${rps%.*} p50_us=- p99_us=- cpu_ns_per_call_0=$ns"
+conn_rows=()
+conn_row() {  # label result-line
+  conn_rows+=("| $1 | $(field connections_per_s "$2") | $(field p50_us "$2") | $(field cpu_us_per_conn_0 "$2") |")
+  echo "$1: $(field connections_per_s "$2") connections/s, $(field cpu_us_per_conn_0 "$2") us CPU/connection" >&2
+}
+conn_row "plain: connect + 1 call + close" "$(bench $DEMO_PORT --reconnect -c 8 -s 16 --cpu-pid $DEMO_PID)"
+conn_row "TLS 1.3: connect + full handshake + 1 call + close" "$(tbench $TDEMO_PORT --reconnect -c 8 -s 16 --cpu-pid $TDEMO_PID)"
+
 # Through the proxy: demo and load share core 1, the proxy has core 0.
 start $L ka $B/aiorpcd --role=keepalive --bind 127.0.0.1:0 --log-level error
 KA=127.0.0.1:$PORT
@@ -106,6 +132,12 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "| server | conns×depth | payload | calls/s | p50 µs | p99 µs | server CPU ns/call |"
   echo "| --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
+  echo
+  echo "New connections (8 workers, each connects, makes one 16 B call and closes; server on core $S):"
+  echo
+  echo "| connection | connections/s | p50 µs connect→reply | server CPU µs/connection |"
+  echo "| --- | --- | --- | --- |"
+  printf '%s\n' "${conn_rows[@]}"
   echo
   echo "Payload copies inside aiorpcd (bench/copy_count.sh): $copies."
 } >$out/results.md

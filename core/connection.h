@@ -38,6 +38,8 @@ class ConnectionHandler {
   // The output queue went over the hard limit (setOutputLimit). The default closes at once with
   // ENOBUFS; a handler that must not close inside a write closes it later, from the loop.
   virtual void onOverLimit(Connection& c);
+  // The TLS handshake is done (startTls); queued output goes out next.
+  virtual void onHandshakeDone(Connection&) {}
   // Exactly once. `why` is empty for a local close or a clean shutdown by the peer.
   virtual void onClose(std::error_code why) = 0;
 

@@ -141,6 +141,8 @@ void Connection::tlsHandshake() noexcept {
       cert && tls_->ctx->side() == TlsContext::Side::kServer)
     tls_->peer_subject = tls_detail::subjectOf(cert);
   updateIo();
+  handler_->onHandshakeDone(*this);
+  if (closed_) return;
   if (!out_.empty()) {
     tlsFlush();  // what was queued during the handshake
     if (closed_) return;

@@ -157,9 +157,9 @@ void Client::connect() {
   connector_.start(addr_, opts_.connect_timeout, [this](core::Result<core::Fd> r) {
     connecting_ = false;
     if (r) {
-      failures_ = 0;
+      if (!opts_.tls) failures_ = 0;  // over TLS: once the handshake is done
       endpoint().attach(std::move(r.value()), opts_.tls, opts_.server_name);
-      if (connect_result_) connect_result_(true);
+      if (connect_result_ && !opts_.tls) connect_result_(true);
       return;
     }
     ++failures_;
@@ -186,13 +186,27 @@ void Client::endpointClosed(Endpoint& e, std::error_code) {
   // Reset or closed by the peer before the first byte came back, with requests written: the
   // peer never served this connection (it crashed, is refusing, or accepts and drops): a failed
   // connect attempt, not a lost call. A close of our own (close()) is none.
-  bool failed_connect = !closing_ && !e.heardFromPeer() && e.bytesWritten() > 0;
+  // A TLS handshake that failed (a certificate refused) is a failed connect too.
+  bool failed_handshake = !closing_ && e.handshakeFailed();
+  bool failed_connect =
+      failed_handshake || (!closing_ && !e.heardFromPeer() && e.bytesWritten() > 0);
+  if (failed_handshake) {
+    ++failures_;
+    last_failure_ = loop_.now();
+  }
   if (failed_connect && connect_result_) {
     tasks_.post([this] {
       if (connect_result_) connect_result_(false);
     });
   }
   retire(e);
+}
+
+void Client::endpointReady(Endpoint&) {
+  failures_ = 0;
+  tasks_.post([this] {  // from the loop: the callback may destroy this client
+    if (connect_result_) connect_result_(true);
+  });
 }
 
 void Client::retire(Endpoint& e) {

@@ -124,7 +124,8 @@ class Client final : private Endpoint::Owner {
   // into the client): true once connected; false when the connect failed (refused, timed out)
   // or the connection was reset before its first byte came back with requests written on it.
   // A connection the peer resets or closes before its first byte back, with requests written,
-  // is reported false too (whether or not the connect itself had been reported true). One
+  // is reported false too (whether or not the connect itself had been reported true). Over
+  // TLS, connected means the handshake is done, and a failed handshake is a failed connect. One
   // attempt is one call however many requests waited on it (the proxy's ejection counts these,
   // not calls).
   void onConnectResult(core::Callback<void(bool)> fn) { connect_result_ = std::move(fn); }
@@ -137,6 +138,7 @@ class Client final : private Endpoint::Owner {
   Endpoint& endpoint();  // the current one, made when there is none
   void connect();
   void endpointClosed(Endpoint& e, std::error_code why) override;
+  void endpointReady(Endpoint& e) override;
   // Out of the table and no longer current (freed from the loop); its late replies counted.
   void retire(Endpoint& e);
 

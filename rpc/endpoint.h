@@ -214,6 +214,9 @@ class Endpoint final : public core::ConnectionHandler {
     virtual void endpointClosed(Endpoint& e, std::error_code why) = 0;
     // A control command request ("\0name"). By default: NoMethodError.
     virtual void control(std::string_view cmd, Object params, Invocation& inv);
+    // The connection's TLS handshake is done (called from inside the connection: post work
+    // that may destroy anything).
+    virtual void endpointReady(Endpoint&) {}
 
    protected:
     ~Owner() = default;
@@ -333,6 +336,7 @@ class Endpoint final : public core::ConnectionHandler {
   std::span<char> readBuffer() override;
   void onData(size_t n) override;
   void onEof(core::Connection&) override { finish(); }
+  void onHandshakeDone(core::Connection&) override { owner_.endpointReady(*this); }
   // Over the high-water mark a serving endpoint stops reading its peer (backpressure on the
   // requests that make replies pile up). Its own calls' replies then wait too: a server that
   // calls back a client which does not read stalls that connection until the output drains

@@ -220,6 +220,107 @@ class Conn final : public core::ConnectionHandler {
   std::unique_ptr<core::Connection> conn_;
 };
 
+// --reconnect: a worker connects (over TLS: a full handshake), makes one call, closes, and
+// again: new connections per second, each with its first call.
+class Churn final : public core::ConnectionHandler {
+ public:
+  Churn(Shared& sh) : sh_(sh), connector_(*sh.loop) {
+    reply_ = std::string("\x94\x01\x00", 3) + sh.expect;  // [1, 0, nil, [payload]]
+    start();
+  }
+  bool idle() const { return !conn_ && !connector_.busy(); }
+
+ private:
+  void start() {
+    if (sh_.stopping) return;
+    t0_ = nowNs();
+    connector_.start(sh_.target.addr, 5, [this](core::Result<core::Fd> r) {
+      if (!r) {
+        ++sh_.errors;
+        return start();
+      }
+      conn_ = std::make_unique<core::Connection>(*sh_.loop, std::move(r.value()), this);
+      if (sh_.target.tls) conn_->startTls(sh_.tls, sh_.target.host);
+      conn_->send(sh_.request);  // msgid 0
+    });
+  }
+  std::span<char> readBuffer() override { return in_.reserve(sh_.expect.size() + 4096); }
+  void onData(size_t n) override {
+    in_.commit(n);
+    if (in_.size() < reply_.size()) return;
+    if (in_.readable() != reply_) {
+      ++sh_.errors;
+    } else if (sh_.measuring) {
+      ++sh_.calls;
+      sh_.hist.add(nowNs() - t0_);
+    }
+    finish();
+  }
+  void onClose(std::error_code why) override {
+    if (closing_) return;
+    if (!sh_.stopping)
+      std::fprintf(stderr, "bench: connection closed: %s\n", why.message().c_str());
+    ++sh_.errors;
+    finish();
+  }
+  void finish() {
+    in_.consume(in_.size());
+    closing_ = true;
+    conn_->close();
+    closing_ = false;
+    sh_.loop->deferDelete(std::move(conn_));
+    start();
+  }
+  Shared& sh_;
+  core::Connector connector_;
+  core::Buffer in_;
+  std::string reply_;
+  std::unique_ptr<core::Connection> conn_;
+  double t0_ = 0;
+  bool closing_ = false;
+};
+
+int runReconnect(Shared& sh) {
+  const BenchOptions& o = sh.opt;
+  std::vector<std::unique_ptr<Churn>> workers;
+  for (int i = 0; i < o.conns; ++i) workers.push_back(std::make_unique<Churn>(sh));
+  double t0 = 0, t1 = 0;
+  std::vector<double> cpu0(o.cpu_pids.size()), cpu1(o.cpu_pids.size());
+  sh.loop->after(o.warmup, [&] {
+    sh.measuring = true;
+    for (size_t i = 0; i < o.cpu_pids.size(); ++i) cpu0[i] = cpuSeconds(o.cpu_pids[i]);
+    t0 = nowNs();
+  });
+  sh.loop->after(o.warmup + o.seconds, [&] {
+    for (size_t i = 0; i < o.cpu_pids.size(); ++i) cpu1[i] = cpuSeconds(o.cpu_pids[i]);
+    t1 = nowNs();
+    sh.measuring = false;
+    sh.stopping = true;
+  });
+  auto idle = [&] {
+    return std::all_of(workers.begin(), workers.end(), [](auto& w) { return w->idle(); });
+  };
+  while (!sh.stopping || !idle()) sh.loop->runOnce();
+  double secs = (t1 - t0) / 1e9;
+  double rate = static_cast<double>(sh.calls) / secs;
+  std::printf("%s %s: %d workers, each connect%s + one call + close, %.1f s\n", o.method.c_str(),
+              o.endpoint.c_str(), o.conns, sh.target.tls ? " + TLS handshake" : "", secs);
+  std::printf("  %.0f connections/s, %llu errors; connect to reply us: p50 %.0f  p99 %.0f\n", rate,
+              static_cast<unsigned long long>(sh.errors), sh.hist.percentile(50),
+              sh.hist.percentile(99));
+  std::string cpu;
+  for (size_t i = 0; i < o.cpu_pids.size(); ++i) {
+    double us = sh.calls ? (cpu1[i] - cpu0[i]) * 1e6 / static_cast<double>(sh.calls) : 0;
+    std::printf("  server pid %d: %.1f us CPU per connection\n", o.cpu_pids[i], us);
+    cpu += fmt::format(" cpu_us_per_conn_{}={:.1f}", i, us);
+  }
+  std::printf("RESULT connections_per_s=%.0f calls=%llu errors=%llu p50_us=%.0f p99_us=%.0f%s\n",
+              rate, static_cast<unsigned long long>(sh.calls),
+              static_cast<unsigned long long>(sh.errors), sh.hist.percentile(50),
+              sh.hist.percentile(99), cpu.c_str());
+  return sh.errors || sh.calls == 0 ? 1 : 0;
+}
+
 }  // namespace
 
 CLI::App* addBenchCommand(CLI::App& app, BenchOptions& o) {
@@ -239,6 +340,9 @@ CLI::App* addBenchCommand(CLI::App& app, BenchOptions& o) {
   b->add_flag("--bin", o.bin, "payload as bin (default str)");
   b->add_option("--proxy", o.proxy, "send invoke(SERVICE, METHOD, [payload]) through a proxy");
   b->add_flag("-e,--raw", o.raw, "raw mode: expects each request echoed back byte for byte");
+  b->add_flag("--reconnect", o.reconnect,
+              "each connection makes one call, closes and connects again (TLS: a handshake "
+              "each): reports connections/s");
   b->add_option("--cpu-pid", o.cpu_pids, "report this process's CPU time per call (repeatable)")
       ->check(integer(1, 1 << 30))
       ->allow_extra_args(false);
@@ -287,6 +391,7 @@ int runBench(const BenchOptions& o) {
     e.bin(payload);
   else
     e.str(payload);
+  if (o.reconnect) return runReconnect(sh);
 
   std::vector<std::unique_ptr<Conn>> conns;
   std::vector<std::unique_ptr<core::Connector>> connectors;

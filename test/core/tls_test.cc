@@ -14,6 +14,7 @@
 #include <string>
 
 #include "aiorpc/core/connection.h"
+#include "test/support/certs.h"
 #include "test/support/core_peer.h"
 #include "test/support/run_until.h"
 
@@ -24,40 +25,15 @@ using aiorpc::test::socketPair;
 
 namespace {
 
-// Made once per process, removed at exit.
-const std::string& certs() {
-  static const struct Dir {
-    std::string path = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") +
-                       "/aiorpc-tls-test-" + std::to_string(::getpid());
-    Dir() {
-      std::string cmd = std::string(AIORPC_SOURCE_DIR) + "/test/support/make_certs.sh " + path;
-      REQUIRE(std::system(cmd.c_str()) == 0);
-    }
-    ~Dir() { (void)std::system(("rm -rf " + path).c_str()); }
-  } dir;
-  return dir.path;
-}
-
-std::string file(const std::string& name) { return certs() + "/" + name; }
+const std::string& certs() { return aiorpc::test::certDir(); }
+std::string file(const std::string& name) { return aiorpc::test::certFile(name); }
 
 std::shared_ptr<TlsContext> server(const std::string& leaf = "server", std::string ca = "") {
-  std::string error;
-  auto c = TlsContext::make(TlsContext::Side::kServer,
-                            {file(leaf + ".pem"), file(leaf + ".key"), ca.empty() ? "" : file(ca)},
-                            error);
-  INFO(error);
-  REQUIRE(c);
-  return c;
+  return aiorpc::test::tlsContext(TlsContext::Side::kServer, leaf, ca);
 }
 
 std::shared_ptr<TlsContext> client(const std::string& ca = "ca.pem", const std::string& leaf = "") {
-  std::string error;
-  TlsFiles f{"", "", file(ca)};
-  if (!leaf.empty()) f.cert = file(leaf + ".pem"), f.key = file(leaf + ".key");
-  auto c = TlsContext::make(TlsContext::Side::kClient, f, error);
-  INFO(error);
-  REQUIRE(c);
-  return c;
+  return aiorpc::test::tlsContext(TlsContext::Side::kClient, leaf, ca);
 }
 
 // A server and a client Recorder joined by a socketpair, TLS started on both.

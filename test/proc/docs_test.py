@@ -35,7 +35,8 @@ if __name__ == "__main__" and not sanitized():
     from harness import in_private_netns
     in_private_netns("docs_test.py")
 
-MARKER = re.compile(r"<!--\s*doc-test:\s*(run|skip|compile and run)\b:?(.*?)-->\s*$", re.S)
+MARKER = re.compile(r"<!--\s*doc-test:\s*(run|skip|compile and run|excerpt of)\b:?(.*?)-->\s*$",
+                    re.S)
 
 
 def blocks(lang="sh"):
@@ -97,6 +98,18 @@ def test_the_runnable_blocks_run_as_pasted():
         assert rc == 0, f"{f}:{line}: the block failed (exit {rc}):\n{out[-4000:]}"
         ran += 1
     assert ran >= 3, ran
+
+
+def test_cpp_excerpts_are_lines_of_a_built_and_tested_example():
+    """A ```cpp block marked `excerpt of PATH` shows lines of PATH (an example the build compiles
+    and a test runs): every line of the block is a line of the file (indentation aside)."""
+    excerpts = [b for b in blocks("cpp") if b[2] == "excerpt of"]
+    assert excerpts, "no excerpt blocks found"
+    for f, line, _, path, text in excerpts:
+        with open(os.path.join(ROOT, path)) as src:
+            lines = {ln.strip() for ln in src}
+        for ln in text.splitlines():
+            assert not ln.strip() or ln.strip() in lines, f"{f}:{line}: not in {path}: {ln!r}"
 
 
 def test_the_whole_cpp_programs_compile_and_serve():

@@ -326,3 +326,37 @@ def test_flags_are_checked():
                            capture_output=True, text=True, timeout=20)
         assert p.returncode == 2, (args, p.stdout, p.stderr)
         assert why in p.stderr, (args, p.stderr)
+
+
+def test_the_embedding_example_runs():
+    """docs/examples/mutual_tls.cc, whose lines docs/embedding.md shows."""
+    r = subprocess.run([binary("mutual_tls"), CERTS], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "hello ann (CN=client1,O=aiorpc tests)"
+
+
+def test_proxy_ejects_a_backend_whose_certificate_fails():
+    """A backend that fails verification is a failed connect (never sent a call): ejected,
+    its calls retried on the good one."""
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0", *NODE)
+    good = daemon("--role=demo", "--bind", "127.0.0.1:0", "--keepalive",
+                  f"tls://127.0.0.1:{ka.port}", "--heartbeat-interval", "0.2", *NODE)
+    bad = daemon("--role=demo", "--bind", "127.0.0.1:0", "--keepalive",
+                 f"tls://127.0.0.1:{ka.port}", "--heartbeat-interval", "0.2", "--tls-cert",
+                 c("untrusted.pem"), "--tls-key", c("untrusted.key"), "--tls-ca", c("ca.pem"))
+    proxy = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive",
+                   f"tls://127.0.0.1:{ka.port}", "--backend-tls", "--refresh-interval", "0.2",
+                   "--eject-after", "1", *NODE)
+    wait_until(lambda: len(Raw(ka, tls=py_ctx()).call("get_services", [])[3]
+                           .get("sample.foo", [])) == 2, timeout=15)
+    p = Raw(proxy, tls=py_ctx())
+    for i in range(100):
+        m = p.call("invoke", ["sample.foo", "echo", [i]], msgid=i)
+        assert m[2] is None and m[3] == [i], m
+    st = stats(proxy, "--tls-ca", c("ca.pem"))
+    backends = st["backends"]
+    bad_b = backends[f"127.0.0.1:{bad.port}"]
+    good_b = backends[f"127.0.0.1:{good.port}"]
+    assert bad_b["ejections"] >= 1 and bad_b["connect_failures"] >= 1, bad_b
+    assert bad_b["requests"] - bad_b["errors"] == 0, bad_b
+    assert good_b["requests"] >= 100, good_b

@@ -11,6 +11,7 @@
 
 #include "aiorpc/rpc/client.h"
 #include "aiorpc/rpc/server.h"
+#include "test/support/certs.h"
 #include "test/support/loopback.h"
 #include "test/support/run_until.h"
 
@@ -249,6 +250,45 @@ TEST_SUITE("ownership") {
     idle(loop, 0.05);
     CHECK(ran == 1);
     CHECK(tally.destroyed == 5);
+  }
+
+  TEST_CASE("over TLS: a handler destroys its Server, a reply's callback its Client") {
+    using Side = core::TlsContext::Side;
+    auto stls = test::tlsContext(Side::kServer, "server", "ca.pem");  // mutual
+    ClientOptions co;
+    co.tls = test::tlsContext(Side::kClient, "client", "ca.pem");
+    core::Loop loop;
+    Service svc("s");
+    std::unique_ptr<Server> srv;
+    int served = 0;
+    svc.def("die", [&] {
+      ++served;
+      srv.reset();  // from inside its own handler, mid-record
+      return 1;
+    });
+    svc.def(
+        "echo", [](int x) { return x; }, arg("x"));
+    srv = std::make_unique<Server>(loop, svc);
+    auto addr = *srv->listen("127.0.0.1:0", stls);
+    Tally tally;
+    int ran = 0;
+    auto c = std::make_unique<Client>(loop, "tls://127.0.0.1:" + std::to_string(addr.port()), co);
+    for (int i = 0; i < 5; ++i)
+      c->send(
+          "echo", [&](Packer& p) { p.pack(std::tuple{i}); },
+          [&, h = Held(&tally)](Response&) {
+            ++ran;
+            c.reset();  // from inside its own callback, more replies in the same record
+          });
+    REQUIRE(runUntil(loop, [&] { return !c; }));
+    idle(loop, 0.05);
+    CHECK(ran == 1);
+    CHECK(tally.destroyed == 5);
+    Client c2(loop, "tls://127.0.0.1:" + std::to_string(addr.port()), co);
+    auto f1 = c2.call("die"), f2 = c2.call("die"), f3 = c2.call("die");
+    REQUIRE(runUntil(loop, [&] { return !srv && f3.done(); }));
+    CHECK(served == 1);
+    CHECK(f1.failed());
   }
 
   TEST_CASE("a drain answers the requests read before it, also those held for a slow reader") {
