@@ -303,20 +303,22 @@ class Endpoint final : public core::ConnectionHandler {
     uint64_t end = 0;     // stream position of the request's last byte
     bool queued = false;  // in the connection's output queue (else still in unsent_)
   };
-  struct Deadline {
-    double at;
-    uint32_t id;
-    uint64_t seq;
-  };
   // The slab of calls in flight: a msgid's low kSlotBits index slots_, its high bits are the
   // slot's generation (so a late reply to a reused slot matches nothing). No hashing, and no
-  // allocation once the slab has grown to the peak number in flight.
+  // allocation once the slab has grown to the peak number in flight. The calls in flight are
+  // also a list in deadline order (prev/next slot indices): a call's deadline goes with its
+  // reply, so what the endpoint holds follows the calls in flight, not the call rate.
   static constexpr uint32_t kSlotBits = 20;
+  static constexpr uint32_t kNil = UINT32_MAX;
   struct Slot {
     Pending p;
+    double at = 0;  // deadline
     uint32_t id = 0;
+    uint32_t prev = kNil, next = kNil;
     bool used = false;
   };
+  void linkDeadline(uint32_t s, double at) noexcept;
+  void unlinkDeadline(uint32_t s) noexcept;
   Pending* findPending(uint32_t id) noexcept;
   Pending* addPending(uint32_t& id);
   void erasePending(uint32_t id) noexcept;
@@ -424,8 +426,8 @@ class Endpoint final : public core::ConnectionHandler {
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_slots_;
   size_t calls_in_flight_ = 0;
-  std::deque<Deadline> deadlines_;  // sorted by `at`
-  core::TimerWatcher timer_;
+  uint32_t first_ = kNil, last_ = kNil;  // the deadline list: earliest first
+  core::TimerWatcher timer_;             // at the first deadline, or earlier (re-armed lazily)
   uint64_t seq_ = 0;
   uint64_t late_replies_ = 0;
 };

@@ -145,8 +145,29 @@ Endpoint::Pending* Endpoint::addPending(uint32_t& id) {
   return &slot.p;
 }
 
+void Endpoint::linkDeadline(uint32_t s, double at) noexcept {
+  Slot& x = slots_[s];
+  x.at = at;
+  // Usually the latest (one timeout for all calls): at the end. A shorter timeout than the
+  // latest ones walks back to its place.
+  uint32_t after = last_;
+  while (after != kNil && slots_[after].at > at) after = slots_[after].prev;
+  x.prev = after;
+  x.next = after == kNil ? first_ : slots_[after].next;
+  (x.next == kNil ? last_ : slots_[x.next].prev) = s;
+  (after == kNil ? first_ : slots_[after].next) = s;
+}
+
+void Endpoint::unlinkDeadline(uint32_t s) noexcept {
+  Slot& x = slots_[s];
+  (x.prev == kNil ? first_ : slots_[x.prev].next) = x.next;
+  (x.next == kNil ? last_ : slots_[x.next].prev) = x.prev;
+  x.prev = x.next = kNil;
+}
+
 void Endpoint::erasePending(uint32_t id) noexcept {
   uint32_t s = id & ((1u << kSlotBits) - 1);
+  unlinkDeadline(s);
   slots_[s].used = false;
   slots_[s].p = Pending();
   free_slots_.push_back(s);
@@ -163,7 +184,7 @@ bool CallHandle::cancel() noexcept {
 
 bool Endpoint::cancel(uint32_t msgid) noexcept {
   if (!findPending(msgid)) return false;
-  erasePending(msgid);  // the deadline entry finds nothing when it comes
+  erasePending(msgid);  // its deadline goes with it
   return true;
 }
 
@@ -190,15 +211,11 @@ CallHandle Endpoint::call(std::string_view method, core::FunctionRef<void(Packer
     params(p);
   });
   if (!(timeout >= 0) || !std::isfinite(timeout)) timeout = opts_.call_timeout;  // -1, NaN, inf
-  Deadline d{loop_.now() + timeout, id, pc->seq};
-  if (deadlines_.empty() || deadlines_.back().at <= d.at) {
-    deadlines_.push_back(d);
-  } else {  // a shorter timeout than the others: keep the queue sorted
-    auto it = std::upper_bound(deadlines_.begin(), deadlines_.end(), d.at,
-                               [](double at, const Deadline& x) { return at < x.at; });
-    deadlines_.insert(it, d);
-  }
-  if (deadlines_.size() == 1 || deadlines_.front().id == id) armTimer();
+  uint32_t s = id & ((1u << kSlotBits) - 1);
+  linkDeadline(s, loop_.now() + timeout);
+  // The timer stays armed at an earlier deadline whose call was answered (it re-arms when it
+  // fires): only a new first deadline moves it.
+  if (first_ == s && (!timer_.active() || timer_.remaining() > timeout)) armTimer();
   return CallHandle(peers_, id_, id);
 }
 
@@ -227,7 +244,7 @@ uint64_t Endpoint::queue(core::FunctionRef<void(Packer&)> write) {
 
 std::vector<Endpoint::Slot> Endpoint::takeCalls() noexcept {
   timer_.stop();
-  deadlines_.clear();
+  first_ = last_ = kNil;
   free_slots_.clear();
   calls_in_flight_ = 0;
   return std::exchange(slots_, {});
@@ -276,20 +293,17 @@ void Endpoint::completeCall(uint64_t id, Response& r) {
 }
 
 void Endpoint::armTimer() {
-  if (deadlines_.empty()) return timer_.stop();
-  timer_.start(std::max(0.0, deadlines_.front().at - loop_.now()));
+  if (first_ == kNil) return timer_.stop();
+  timer_.start(std::max(0.0, slots_[first_].at - loop_.now()));
 }
 
 void Endpoint::onTimer(int) noexcept {
   double now = loop_.now();
   core::Liveness::Watch w(live_);
-  while (!deadlines_.empty() && deadlines_.front().at <= now + 1e-6) {
-    Deadline d = deadlines_.front();
-    deadlines_.pop_front();
-    Pending* pc = findPending(d.id);
-    if (!pc || pc->seq != d.seq) continue;  // answered already
-    ResponseFn done = std::move(pc->done);
-    erasePending(d.id);
+  while (first_ != kNil && slots_[first_].at <= now + 1e-6) {
+    uint32_t id = slots_[first_].id;
+    ResponseFn done = std::move(slots_[first_].p.done);
+    erasePending(id);
     Response r;
     r.type = Ended::kFailure;
     r.kind = Kind::kTimeout;

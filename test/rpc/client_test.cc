@@ -271,6 +271,36 @@ TEST_SUITE("client") {
     CHECK(b.text == "\"ok\"");
   }
 
+  TEST_CASE("mixed timeouts fire in deadline order; answered calls take their deadline along") {
+    core::Loop loop;
+    RawPeer peer(loop);
+    Client c(loop, peer.addr);
+    std::vector<int> order;
+    auto timed = [&](int tag, double timeout) {
+      c.send(
+          "m", [](Packer& p) { p.nil(); },
+          [&order, tag](Response& r) {
+            if (r.type == Ended::kFailure && r.kind == Kind::kTimeout) order.push_back(tag);
+          },
+          timeout);
+    };
+    // Made in this order; an answered one between them, in the middle of the deadline list.
+    timed(3, 0.30);
+    timed(1, 0.10);
+    Seen answered;
+    c.send(
+        "m", [](Packer& p) { p.nil(); }, record(answered), 0.15);
+    timed(4, 0.40);
+    timed(2, 0.20);
+    REQUIRE(runUntil(loop, [&] { return peer.received().size() == 5; }));
+    auto id = peer.received()[2].view()[1].asUint();
+    peer.conns[0]->conn->send(packToString(std::tuple{1, *id, nullptr, "ok"}));
+    REQUIRE(runUntil(loop, [&] { return order.size() == 4; }));
+    CHECK(order == std::vector<int>{1, 2, 3, 4});
+    CHECK(answered.status == St::kOk);
+    CHECK(c.inFlight() == 0);
+  }
+
   TEST_CASE("replies out of order are matched by msgid") {
     core::Loop loop;
     RawPeer peer(loop);
