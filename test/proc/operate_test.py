@@ -397,6 +397,25 @@ def test_out_of_tree_build_with_pkg_config_only():
     assert r.returncode == 0 and '"price": 30' in r.stdout, (r.stdout, r.stderr)
     linked = subprocess.run(["ldd", out], capture_output=True, text=True, env=run_env).stdout
     assert "libaiorpc.so.0" in linked, linked
+    # docs/embedding.md's two lines: the rpath (runs with no LD_LIBRARY_PATH), and the archive
+    # linked in with its dependencies shared (no libaiorpc.so at all).
+    def pc(*args):
+        return subprocess.run(["pkg-config", "--define-variable=prefix=" + dest + prefix, *args],
+                              capture_output=True, text=True, env=env, check=True).stdout.split()
+    rpath = os.path.join(dest, "aggregation_rpath")
+    static = os.path.join(dest, "aggregation_static")
+    libdir_pc = pc("--variable=libdir", "aiorpc")[0]
+    for exe, link in ((rpath, [*pc("--cflags", "--libs", "aiorpc"), f"-Wl,-rpath,{libdir_pc}"]),
+                      (static, [*pc("--cflags", "aiorpc"), f"{libdir_pc}/libaiorpc.a",
+                                *pc("--libs", "msgpack", "fmt", "libcares", "libcurl", "openssl"),
+                                "-lev"])):
+        r = subprocess.run([cxx, "-O0", os.path.join(src, "aggregation.cc"), "-o", exe, *link],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (link, r.stderr[-3000:])
+        r = subprocess.run([exe], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and '"price": 30' in r.stdout, (exe, r.stdout, r.stderr)
+    linked = subprocess.run(["ldd", static], capture_output=True, text=True).stdout
+    assert "libaiorpc" not in linked and "libssl" in linked, linked
     # a role module built against the installed headers, run by the installed aiorpcd
     cflags = [f for f in flags if not f.startswith(("-L", "-l"))]
     mod = os.path.join(dest, "libgreeter.so")
