@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# bench/cg_per_call.sh demo|proxy [BUILD]: instructions per call of the demo server, or of the
-# proxy routing to one demo, under 8 connections x 64 pipelined 16-byte calls (callgrind).
+# bench/cg_per_call.sh demo|proxy [BUILD] [BENCH-ARGS...]: instructions per call of the demo
+# server, or of the proxy routing to one demo, under 8 connections x 64 pipelined 16-byte calls
+# (callgrind). BENCH-ARGS go to aiorpc bench (e.g. --map: map-form invoke through the proxy).
 # Net of start-up: a run of the same process without load is subtracted. Loopback only.
 set -euo pipefail
-what=${1:?demo or proxy}; B=${2:-build-release}
+what=${1:?demo or proxy}; B=${2:-build-release}; extra=("${@:3}")
 tmp=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
@@ -41,7 +42,7 @@ run() {  # load? → "total requests"
   fi
   local port=$PORT cg=$PID
   if [ "$load" = yes ]; then
-    taskset -c 1 $B/aiorpc bench 127.0.0.1:$port "${target[@]}" -c 8 -d 64 -s 16 -t 3 -w 1 >/dev/null
+    taskset -c 1 $B/aiorpc bench 127.0.0.1:$port "${target[@]}" "${extra[@]}" -c 8 -d 64 -s 16 -t 3 -w 1 >/dev/null
   fi
   local n; n=$(stat_requests $port)
   kill -INT $cg; wait $cg || true

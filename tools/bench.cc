@@ -339,6 +339,7 @@ CLI::App* addBenchCommand(CLI::App& app, BenchOptions& o) {
   b->add_option("-m,--method", o.method, "method to call with [payload]");
   b->add_flag("--bin", o.bin, "payload as bin (default str)");
   b->add_option("--proxy", o.proxy, "send invoke(SERVICE, METHOD, [payload]) through a proxy");
+  b->add_flag("--map", o.map, "with --proxy: invoke's params in map form");
   b->add_flag("-e,--raw", o.raw, "raw mode: expects each request echoed back byte for byte");
   b->add_flag("--reconnect", o.reconnect,
               "each connection makes one call, closes and connects again (TLS: a handshake "
@@ -375,10 +376,19 @@ int runBench(const BenchOptions& o) {
   sh.request.append(4, '\0');
   if (!o.proxy.empty()) {
     p.str("invoke");
-    p.array(3);
-    p.str(o.proxy);
+    if (o.map) {
+      p.map(3);
+      p.str("service"), p.str(o.proxy);
+      p.str("method"), p.str(o.method);
+      p.str("params");
+    } else {
+      p.array(3);
+      p.str(o.proxy);
+      p.str(o.method);
+    }
+  } else {
+    p.str(o.method);
   }
-  p.str(o.method);
   p.array(1);
   if (o.bin)
     p.bin(payload);

@@ -23,7 +23,7 @@ struct BenchOptions {
   double seconds = 5, warmup = 1;
   std::string method = "echo", proxy;
   std::vector<int> cpu_pids;  // servers whose CPU time per call to report
-  bool bin = false, raw = false, reconnect = false;
+  bool bin = false, raw = false, reconnect = false, map = false;
   std::shared_ptr<core::TlsContext> tls;  // for a tls:// endpoint (null: the system's CAs)
 };
 

@@ -140,8 +140,9 @@ class ProxyRole final : public RoleInstance {
   }
 
  private:
-  // invoke(service, method, params) in array form, taken as bytes: false for any other shape
-  // (map form with __hint__, a context...), which takes the decoded handler.
+  // invoke(service, method, params) in array or map form (with or without __hint__), taken as
+  // bytes: false for any other shape (a negative hint, a context key...), which takes the
+  // decoded handler.
   bool rawInvoke(rpc::RawRequest& rq);
   // Parses a hint: nil/0 → none; a non-zero integer → set; anything else → error text.
   static std::optional<std::string> hintOf(Object h, Hint& out);
@@ -278,24 +279,72 @@ ProxyRole::ProxyRole(RoleEnv& env)
       rpc::arg("batches"));
 }
 
+namespace {
+// invoke's params taken as bytes: [service, method, params] or {"service", "method", "params"
+// [, "__hint__": nil or a non-negative integer]} in any order. False for anything else (another
+// key, a repeated one, a negative hint...): the decoded handler answers those.
+bool parseInvoke(std::string_view p, std::string_view& service, std::string_view& method,
+                 std::string_view& params, std::optional<uint64_t>& hint) {
+  if (p.empty()) return false;
+  unsigned head = static_cast<unsigned char>(p[0]);
+  size_t at = 1, len = 0;
+  auto str = [&](std::string_view& out) {
+    auto s = rpc::readStr(p.data() + at, p.size() - at, len);
+    if (!s) return false;
+    out = *s;
+    at += len;
+    return true;
+  };
+  if (head == 0x93) {
+    if (!str(service) || !str(method)) return false;
+    params = p.substr(at);  // the array was framed whole: the rest
+    return !params.empty();
+  }
+  if (head != 0x83 && head != 0x84) return false;
+  bool seen[4] = {};
+  for (unsigned i = 0; i < (head & 0x0f); ++i) {
+    std::string_view key;
+    if (!str(key)) return false;
+    int k = key == "service"    ? 0
+            : key == "method"   ? 1
+            : key == "params"   ? 2
+            : key == "__hint__" ? 3
+                                : -1;
+    if (k < 0 || seen[k]) return false;
+    seen[k] = true;
+    if (k == 0 || k == 1) {
+      if (!str(k == 0 ? service : method)) return false;
+    } else if (k == 2) {
+      size_t n = rpc::itemLength(p.data() + at, p.size() - at);
+      if (n == 0) return false;
+      params = p.substr(at, n);
+      at += n;
+    } else if (at < p.size() && p[at] == '\xc0') {  // nil: no hint
+      ++at;
+    } else {
+      hint = rpc::readUint(p.data() + at, p.size() - at, len);
+      if (!hint) return false;
+      at += len;
+    }
+  }
+  return seen[0] && seen[1] && seen[2] && at == p.size();
+}
+}  // namespace
+
 bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
-  std::string_view p = rq.params;
-  if (p.empty() || static_cast<unsigned char>(p[0]) != 0x93) return false;
-  size_t n1 = 0, n2 = 0;
-  auto service = rpc::readStr(p.data() + 1, p.size() - 1, n1);
-  if (!service) return false;
-  auto method = rpc::readStr(p.data() + 1 + n1, p.size() - 1 - n1, n2);
-  if (!method) return false;
-  std::string_view params = p.substr(1 + n1 + n2);  // the array was framed whole: the rest
+  std::string_view service, method, params;
+  std::optional<uint64_t> hint;
+  if (!parseInvoke(rq.params, service, method, params, hint)) return false;
   auto c = calls_.get();
-  char* at = c->keep(service->size() + method->size() + params.size());
+  if (hint) c->hint = Hint{*hint != 0, false, *hint};
+  char* at = c->keep(service.size() + method.size() + params.size());
   auto put = [&at](std::string_view v) {
     std::memcpy(at, v.data(), v.size());
     at += v.size();
     return std::string_view(at - v.size(), v.size());
   };
-  c->service = put(*service);
-  c->method = put(*method);
+  c->service = put(service);
+  c->method = put(method);
   c->raw_params = put(params);
   c->reply = rq.detach();
   admit(std::move(c));

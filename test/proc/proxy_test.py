@@ -256,5 +256,59 @@ def test_memory_follows_calls_in_flight_not_the_call_rate():
     assert calls > 100_000, r.stdout
     assert_grew_less(before, rss_mib(), 4 + calls * 2 / 2**20)  # < 2 B per call, 4 MiB slack
 
+
+def test_map_form_invoke_is_relayed_as_bytes():
+    """(#24) Map-form invoke, with or without __hint__, takes the raw path: the backend gets the
+    caller's params bytes as they came (a non-canonical str8 and a float32 survive), and its
+    result bytes come back as they left it."""
+    import socket
+    import threading
+    import msgpack
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    port = lsock.getsockname()[1]
+    got = []
+
+    def backend():  # a raw msgpack-rpc peer: records the request bytes, answers with odd bytes
+        conn, _ = lsock.accept()
+        buf = b""
+        u = msgpack.Unpacker(raw=False)
+        while len(got) < 3:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buf += data
+            u.feed(data)
+            for m in u:
+                got.append(bytes(buf))
+                buf = b""
+                # result: float32 1.5 and a str8 "ok" (canonical would be fixstr)
+                conn.sendall(b"\x94\x01" + msgpack.packb(m[1]) + b"\xc0\x92\xca\x3f\xc0\x00\x00"
+                             b"\xd9\x02ok")
+    t = threading.Thread(target=backend, daemon=True)
+    t.start()
+    Raw(ka).call("heartbeat", ["rawsvc", "127.0.0.1", port])
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2")
+    r = Raw(px)
+    odd_params = b"\x92\xd9\x02hi\xca\x40\x20\x00\x00"  # ["hi" as str8, 2.5 as float32]
+    for hint in (None, b"\x05", b"\xc0"):
+        body = b"\xa7service\xa6rawsvc\xa6method\xa4ping\xa6params" + odd_params
+        n = 3
+        if hint is not None:
+            body += b"\xa8__hint__" + hint
+            n = 4
+        req = b"\x94\x00\x07\xa6invoke" + bytes([0x80 | n]) + body
+        assert wait_until(lambda: invoke(r, "echo", [], service="nosuch")[2] is not None)
+        r.send_bytes(req)
+        reply = r.recv(1)[0]
+        assert reply[2] is None and reply[3] == [1.5, "ok"], reply
+    t.join(timeout=10)
+    assert len(got) == 3
+    for g in got:
+        assert odd_params in g, g  # forwarded byte for byte, never re-encoded
+
 if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
     run(globals())
