@@ -126,10 +126,12 @@ class Endpoint::Served final : public Invocation {
 
 class Endpoint::RawServed final : public RawRequest {
  public:
-  RawServed(Endpoint& e, uint64_t msgid) : e_(e), msgid_(msgid) {}
+  RawServed(Endpoint& e, uint64_t msgid, bool notify) : e_(e), msgid_(msgid) {
+    notification = notify;
+  }
   Responder detach() override {
-    if (detached_ || e_.phase_ == Phase::kGone)
-      return Responder();  // (owner gone: we are orphaned)
+    if (detached_ || notification || e_.phase_ == Phase::kGone)
+      return Responder();  // (owner gone: we are orphaned; a notification has no reply)
     detached_ = true;
     e_.detached();
     msgpack_object id;
@@ -145,25 +147,28 @@ class Endpoint::RawServed final : public RawRequest {
 };
 
 bool Endpoint::rawRequest(std::string_view m) {
-  // [0, msgid, method, params] with an unsigned msgid and a method that has a raw handler:
-  // offered as bytes. Draining, a guard, anything else: the decoded path.
+  // [0, msgid, method, params] with an unsigned msgid, or [2, method, params], and a method
+  // that has a raw handler (that takes notifications, for one): offered as bytes. Draining, a
+  // guard, anything else: the decoded path.
   auto u = [&](size_t i) { return static_cast<unsigned char>(m[i]); };
-  if (m.size() < 4 || u(0) != 0x94 || u(1) != 0x00 || !service_ || draining() || service_->guard())
-    return false;
+  if (m.size() < 3 || !service_ || draining() || service_->guard()) return false;
+  bool notify = u(0) == 0x93 && u(1) == 0x02;
+  if (!notify && (m.size() < 4 || u(0) != 0x94 || u(1) != 0x00)) return false;
   size_t id_len = 0, name_len = 0;
-  auto id = readUint(m.data() + 2, m.size() - 2, id_len);
+  std::optional<uint64_t> id = uint64_t{0};
+  if (!notify) id = readUint(m.data() + 2, m.size() - 2, id_len);
   if (!id) return false;
   size_t at = 2 + id_len;
   auto name = readStr(m.data() + at, m.size() - at, name_len);
   if (!name || name->empty() || (*name)[0] == '\0') return false;
   const MethodInfo* mi = service_->find(*name);
-  if (!mi || !mi->raw) return false;
-  RawServed rq(*this, *id);
-  rq.params = m.substr(at + name_len);  // a whole 4-item array was framed: the rest is params
+  if (!mi || !mi->raw || (notify && !mi->raw_notifications)) return false;
+  RawServed rq(*this, *id, notify);
+  rq.params = m.substr(at + name_len);  // a whole array was framed: the rest is params
   core::Loop::OwnerScope scope(loop_, sleeps_);
   // (Inside process(): a handler that destroys our owner leaves us allocated, phase kGone.)
   if (!mi->raw(rq)) return rq.detached_ || phase_ == Phase::kGone;  // declined: decoded
-  if (phase_ != Phase::kGone) ++counters_.requests;
+  if (phase_ != Phase::kGone) ++(notify ? counters_.notifications : counters_.requests);
   return true;
 }
 

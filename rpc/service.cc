@@ -170,11 +170,12 @@ void Service::index(std::string_view name, const MethodInfo* m) {
   }
 }
 
-Service& Service::raw(std::string_view name, RawHandler fn) {
+Service& Service::raw(std::string_view name, RawHandler fn, bool notifications) {
   auto it = methods_.find(name);
   if (it == methods_.end())
     throw std::logic_error("raw(" + std::string(name) + "): declare it with def() first");
   it->second.raw = std::move(fn);
+  it->second.raw_notifications = notifications;
   has_raw_ = true;
   return *this;
 }

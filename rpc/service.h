@@ -142,6 +142,9 @@ class Invocation {
 class RawRequest {
  public:
   std::string_view params;  // the params item's bytes
+  // A notification (offered only to a handler registered with notifications = true): there
+  // is no reply; detach() gives a Responder whose answers go nowhere.
+  bool notification = false;
   virtual Responder detach() = 0;
 
  protected:
@@ -151,9 +154,10 @@ using RawHandler = std::function<bool(RawRequest&)>;
 
 struct MethodInfo {
   std::string name;
-  RawHandler raw;            // a fast path for requests taken as bytes (Service::raw), tried first
-  std::vector<Arg> params;   // declared parameters (context excluded)
-  std::string context_name;  // "ctx"/"context" when the first parameter is the Context
+  RawHandler raw;  // a fast path for requests taken as bytes (Service::raw), tried first
+  bool raw_notifications = false;  // notifications are offered to `raw` too
+  std::vector<Arg> params;         // declared parameters (context excluded)
+  std::string context_name;        // "ctx"/"context" when the first parameter is the Context
   bool variadic = false;
   std::function<void(Invocation&)> invoke;
 };
@@ -256,8 +260,9 @@ class Service {
   const MethodInfo* find(std::string_view name) const;
   // Adds a fast path to `name` (declared with def()): a request for it is offered to `fn` as
   // bytes before anything is decoded (a connection to a service with one reads frame by
-  // frame). Notifications, and requests `fn` declines, take the declared method.
-  Service& raw(std::string_view name, RawHandler fn);
+  // frame). Requests `fn` declines take the declared method; so do notifications, unless
+  // `notifications` (then `fn` sees them too, RawRequest::notification set).
+  Service& raw(std::string_view name, RawHandler fn, bool notifications = false);
   bool hasRaw() const noexcept { return has_raw_; }
 
   // Access control: when set, every call of one of this service's methods (requests and

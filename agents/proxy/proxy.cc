@@ -154,7 +154,8 @@ class ProxyRole final : public RoleInstance {
   void finish(CallPtr c, rpc::Response& r);
   void fail(CallPtr c, Kind k, std::string msg);
   void deliver(Batch& b, size_t item, rpc::Outcome o);
-  void forwardNotification(std::string_view service, std::string_view method, Object params);
+  void forwardNotification(std::string_view service, std::string_view method,
+                           core::FunctionRef<void(rpc::Packer&)> params);
   void onBackendChange(Backend& b, Backend::Change c);
   void scheduleProbe(Backend& b);
   void probe(Backend& b);
@@ -221,7 +222,8 @@ ProxyRole::ProxyRole(RoleEnv& env)
       "invoke",
       [this](const rpc::Context& ctx, std::string_view service, std::string_view method,
              Object params, rpc::Reply<Object> reply) {
-        if (!reply.raw()) return forwardNotification(service, method, params);
+        if (!reply.raw())
+          return forwardNotification(service, method, [&](rpc::Packer& p) { p.object(params); });
         auto c = calls_.get();
         c->reply = std::move(reply.raw());
         c->service = service;
@@ -233,7 +235,8 @@ ProxyRole::ProxyRole(RoleEnv& env)
         admit(std::move(c));
       },
       rpc::arg("ctx"), rpc::arg("service"), rpc::arg("method"), rpc::arg("params"));
-  svc_.raw("invoke", [this](rpc::RawRequest& rq) { return rawInvoke(rq); });
+  svc_.raw(
+      "invoke", [this](rpc::RawRequest& rq) { return rawInvoke(rq); }, true);
 
   svc_.def(
       "batch_invoke",
@@ -335,6 +338,10 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
   std::string_view service, method, params;
   std::optional<uint64_t> hint;
   if (!parseInvoke(rq.params, service, method, params, hint)) return false;
+  if (rq.notification) {
+    forwardNotification(service, method, [&](rpc::Packer& p) { p.raw(params); });
+    return true;
+  }
   auto c = calls_.get();
   if (hint) c->hint = Hint{*hint != 0, false, *hint};
   char* at = c->keep(service.size() + method.size() + params.size());
@@ -537,7 +544,7 @@ void ProxyRole::deliver(Batch& b, size_t item, rpc::Outcome o) {
 }
 
 void ProxyRole::forwardNotification(std::string_view service, std::string_view method,
-                                    Object params) {
+                                    core::FunctionRef<void(rpc::Packer&)> params) {
   // SPEC §6: a notification is forwarded as a notification (no reply, no queue slot), to the
   // next round-robin instance that is not ejected.
   auto it = table_.find(service);
@@ -548,7 +555,7 @@ void ProxyRole::forwardNotification(std::string_view service, std::string_view m
     Backend* b = in.list[(first + k) % n];
     if (b->eject.ejected() || b->denied) continue;
     ++b->requests;
-    return b->client.sendNotify(method, [&](rpc::Packer& p) { p.object(params); });
+    return b->client.sendNotify(method, params);
   }
 }
 

@@ -257,10 +257,10 @@ def test_memory_follows_calls_in_flight_not_the_call_rate():
     assert_grew_less(before, rss_mib(), 4 + calls * 2 / 2**20)  # < 2 B per call, 4 MiB slack
 
 
-def test_map_form_invoke_is_relayed_as_bytes():
-    """(#24) Map-form invoke, with or without __hint__, takes the raw path: the backend gets the
-    caller's params bytes as they came (a non-canonical str8 and a float32 survive), and its
-    result bytes come back as they left it."""
+def test_map_form_invoke_and_notifications_are_relayed_as_bytes():
+    """(#24) Map-form invoke, with or without __hint__, and invoke notifications in either form
+    take the raw path: the backend gets the caller's params bytes as they came (a
+    non-canonical str8 and a float32 survive)."""
     import socket
     import threading
     import msgpack
@@ -269,21 +269,21 @@ def test_map_form_invoke_is_relayed_as_bytes():
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(8)
     port = lsock.getsockname()[1]
-    got = []
+    got, stream = [], []
 
     def backend():  # a raw msgpack-rpc peer: records the request bytes, answers with odd bytes
         conn, _ = lsock.accept()
-        buf = b""
         u = msgpack.Unpacker(raw=False)
-        while len(got) < 3:
+        while len(got) < 5:
             data = conn.recv(65536)
             if not data:
                 return
-            buf += data
+            stream.append(data)
             u.feed(data)
             for m in u:
-                got.append(bytes(buf))
-                buf = b""
+                got.append(m[0])
+                if m[0] != 0:
+                    continue  # a notification: no reply
                 # result: float32 1.5 and a str8 "ok" (canonical would be fixstr)
                 conn.sendall(b"\x94\x01" + msgpack.packb(m[1]) + b"\xc0\x92\xca\x3f\xc0\x00\x00"
                              b"\xd9\x02ok")
@@ -294,6 +294,11 @@ def test_map_form_invoke_is_relayed_as_bytes():
                 "--refresh-interval", "0.2")
     r = Raw(px)
     odd_params = b"\x92\xd9\x02hi\xca\x40\x20\x00\x00"  # ["hi" as str8, 2.5 as float32]
+    assert wait_until(lambda: invoke(r, "echo", [], service="nosuch")[2] is not None)
+    # Notifications: array form and map form (nothing comes back).
+    r.send_bytes(b"\x93\x02\xa6invoke\x93\xa6rawsvc\xa4ping" + odd_params)
+    r.send_bytes(b"\x93\x02\xa6invoke\x83\xa7service\xa6rawsvc\xa6method\xa4ping\xa6params" +
+                 odd_params)
     for hint in (None, b"\x05", b"\xc0"):
         body = b"\xa7service\xa6rawsvc\xa6method\xa4ping\xa6params" + odd_params
         n = 3
@@ -306,9 +311,9 @@ def test_map_form_invoke_is_relayed_as_bytes():
         reply = r.recv(1)[0]
         assert reply[2] is None and reply[3] == [1.5, "ok"], reply
     t.join(timeout=10)
-    assert len(got) == 3
-    for g in got:
-        assert odd_params in g, g  # forwarded byte for byte, never re-encoded
+    assert got == [2, 2, 0, 0, 0], got
+    # Every params forwarded byte for byte, never re-encoded.
+    assert b"".join(stream).count(odd_params) == 5, stream
 
 if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
     run(globals())

@@ -283,6 +283,33 @@ TEST_SUITE("endpoint") {
     CHECK(server.stats().requests == 3);
   }
 
+  TEST_CASE("a raw handler that takes notifications sees them as bytes, with no reply") {
+    core::Loop loop;
+    Service svc("s");
+    svc.def("n", [](const Args&) {});
+    std::vector<std::string> seen;
+    svc.raw(
+        "n",
+        [&](RawRequest& rq) {
+          seen.push_back((rq.notification ? "note " : "call ") + std::string(rq.params));
+          rq.detach().reply(1);  // nowhere for the notification
+          return true;
+        },
+        true);
+    Server server(loop, svc);
+    auto addr = *server.listen("127.0.0.1:0");
+    Client c(loop, addr);
+    c.notify("n", 7);
+    auto f = c.call("n", 8);
+    REQUIRE(runUntil(loop, [&] { return f.done(); }));
+    CHECK(f.get().view().toText() == "1");
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[0] == "note \x91\x07");
+    CHECK(seen[1] == "call \x91\x08");
+    CHECK(server.stats().notifications == 1);
+    CHECK(server.stats().requests == 1);
+  }
+
   TEST_CASE("a call's handle cancels it: its callback is never called, its reply counted late") {
     core::Loop loop;
     Service svc = sleepy(loop);
