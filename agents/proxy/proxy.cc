@@ -43,6 +43,54 @@ struct Batch {
   size_t left = 0;
 };
 
+// Buffers for raw calls' bytes by size class (256 B to 64 KiB, powers of two): a routed call
+// below 64 KiB allocates nothing once the classes it uses are warm. Bound: at most kMaxKept
+// bytes wait in all (the rest go back to the heap); a call over 64 KiB gets its own buffer.
+class CallBuffers {
+ public:
+  static constexpr size_t kMinClass = 256, kMaxClass = 64u << 10, kMaxKept = 8u << 20;
+  static constexpr int kClasses = 9, kUnpooled = -1;  // 256 << 8 == 64 KiB
+  CallBuffers() = default;
+  CallBuffers(const CallBuffers&) = delete;
+  CallBuffers& operator=(const CallBuffers&) = delete;
+  ~CallBuffers() {
+    for (auto& list : free_)
+      for (char* p : list) delete[] p;
+  }
+  // A buffer of at least n bytes and its class (to give back).
+  char* take(size_t n, int& cls) {
+    if (n > kMaxClass) {
+      cls = kUnpooled;
+      return new char[n];
+    }
+    cls = 0;
+    while ((kMinClass << cls) < n) ++cls;
+    auto& list = free_[cls];
+    if (list.empty()) return new char[kMinClass << cls];
+    char* p = list.back();
+    list.pop_back();
+    kept_ -= kMinClass << cls;
+    return p;
+  }
+  void give(char* p, int cls) noexcept {
+    size_t size = cls == kUnpooled ? 0 : kMinClass << cls;
+    if (cls == kUnpooled || kept_ + size > kMaxKept) {
+      delete[] p;
+      return;
+    }
+    try {
+      free_[cls].push_back(p);
+      kept_ += size;
+    } catch (...) {  // (out of memory for the list itself)
+      delete[] p;
+    }
+  }
+
+ private:
+  std::vector<char*> free_[kClasses];
+  size_t kept_ = 0;
+};
+
 // A routed call in flight, owned by whoever holds it: the handler, then the backend client's
 // callback (a unique_ptr captured by it), so dropping the callback frees the call. Owns the
 // caller's responder (and so the request's zone: params and names stay valid for retries).
@@ -51,22 +99,32 @@ struct Call {
   std::string_view service, method;
   Object params;
   // A raw invoke (the request never decoded): service, method and the params' bytes, copied
-  // here once (inline when small: no allocation); `raw_params` then points into it (for
-  // retries on the next instance).
+  // here once (inline when small, else in a pooled buffer: no allocation once warm);
+  // `raw_params` then points into it (for retries on the next instance).
   char small[96];
-  std::unique_ptr<char[]> big;
+  char* big = nullptr;
+  int big_class = 0;
+  CallBuffers* buffers = nullptr;
   std::string_view raw_params;  // empty for a decoded call (a params item is never empty)
-  char* keep(size_t n) {
+  char* keep(size_t n, CallBuffers& from) {
     if (n <= sizeof small) return small;
-    big.reset(new char[n]);
-    return big.get();
+    buffers = &from;
+    big = from.take(n, big_class);
+    return big;
   }
+  void release() noexcept {
+    if (big) buffers->give(std::exchange(big, nullptr), big_class);
+  }
+  Call() = default;
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
+  ~Call() { release(); }
   // Back to a fresh call (core::Pool): an unanswered reply answers InternalError, as at delete.
   void reset() noexcept {
     reply = rpc::Responder();
     service = method = {};
     params = Object();
-    big.reset();
+    release();
     raw_params = {};
     hint = Hint{};
     instances = nullptr;
@@ -176,6 +234,7 @@ class ProxyRole final : public RoleInstance {
   double refresh_interval_, backend_timeout_;
   size_t max_queue_, max_backend_bytes_;
   EjectPolicy eject_;
+  CallBuffers buffers_;           // before calls_: calls give their buffers back
   core::Pool<Call> calls_{4096};  // before backends_: their callbacks hold calls
   Table table_;
   // Every backend is in the table or has calls in flight; one that has neither is freed (the
@@ -344,7 +403,7 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
   }
   auto c = calls_.get();
   if (hint) c->hint = Hint{*hint != 0, false, *hint};
-  char* at = c->keep(service.size() + method.size() + params.size());
+  char* at = c->keep(service.size() + method.size() + params.size(), buffers_);
   auto put = [&at](std::string_view v) {
     std::memcpy(at, v.data(), v.size());
     at += v.size();

@@ -315,5 +315,24 @@ def test_map_form_invoke_and_notifications_are_relayed_as_bytes():
     # Every params forwarded byte for byte, never re-encoded.
     assert b"".join(stream).count(odd_params) == 5, stream
 
+
+def test_params_of_every_size_class_come_back_intact():
+    """Raw calls keep their bytes in pooled buffers by size class (256 B .. 64 KiB) or one of
+    their own above: pipelined calls of mixed sizes, each echoed exactly, in both forms."""
+    ka, svcs, px = cluster(2)
+    r = Raw(px)
+    sizes = [1, 95, 97, 255, 257, 1000, 4097, 16384, 65000, 65536, 70000, 200000]
+    msgs = []
+    for i in range(240):
+        data = chr(ord("a") + i % 26) * sizes[i % len(sizes)]
+        params = (["sample.foo", "echo", [data]] if i % 2 else
+                  {"service": "sample.foo", "method": "echo", "params": [data]})
+        msgs.append([0, i, "invoke", params])
+    r.send(*msgs)
+    got = r.recv(240, timeout=30)
+    for m in got:
+        i = m[1]
+        assert m[2] is None and m[3] == [chr(ord("a") + i % 26) * sizes[i % len(sizes)]], i
+
 if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
     run(globals())
