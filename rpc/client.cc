@@ -128,7 +128,7 @@ CallFuture Client::futureFor(std::string method, Client& c,
 }
 
 CallHandle Client::send(std::string_view method, core::FunctionRef<void(Packer&)> params,
-                        ResponseFn done, double timeout) {
+                        ResponseFn done, double timeout, bool handle) {
   last_used_ = loop_.now();
   // Fail fast, but from the loop: callbacks never run inside send().
   if (dead())
@@ -139,7 +139,7 @@ CallHandle Client::send(std::string_view method, core::FunctionRef<void(Packer&)
     return peers_->refuse(std::move(done), Kind::kNotSent,
                           fmt::format("over {} bytes wait for the connect to {}", opts_.max_output,
                                       addr_.toString()));
-  CallHandle h = endpoint().call(method, params, std::move(done), timeout);
+  CallHandle h = endpoint().call(method, params, std::move(done), timeout, handle);
   connect();
   return h;
 }

@@ -102,8 +102,9 @@ class Client final : private Endpoint::Owner {
   // Low level: `params` packs the params value; `done` runs exactly once, never inside send(),
   // unless the returned handle cancels the call first (then never; a call refused at once, by
   // a dead peer or a full queue, gets its outcome from the loop and cancels the same way).
+  // `handle` false: no handle (Endpoint::call), for callers that never cancel.
   CallHandle send(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
-                  double timeout = -1);
+                  double timeout = -1, bool handle = true);
   void sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params);
 
   const core::Address& address() const noexcept { return addr_; }

@@ -252,8 +252,10 @@ class Endpoint final : public core::ConnectionHandler {
 
   // Calls the peer. `done` runs exactly once, always from the loop, never inside call(), unless
   // the returned handle cancels the call first or the owner goes first (then never).
+  // `handle` false: an empty handle comes back (no reference count taken per call), for
+  // callers that never cancel (the proxy).
   CallHandle call(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
-                  double timeout);
+                  double timeout, bool handle = true);
   // Drops a pending call (its callback destroyed uncalled); false when it is not pending.
   bool cancel(uint32_t msgid) noexcept;
   void notify(std::string_view method, core::FunctionRef<void(Packer&)> params);

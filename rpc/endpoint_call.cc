@@ -189,7 +189,7 @@ bool Endpoint::cancel(uint32_t msgid) noexcept {
 }
 
 CallHandle Endpoint::call(std::string_view method, core::FunctionRef<void(Packer&)> params,
-                          ResponseFn done, double timeout) {
+                          ResponseFn done, double timeout, bool handle) {
   auto refuse = [&](std::string why) {
     auto peers = peers_.lock();
     if (!peers) return CallHandle();  // our owner has gone: `done` dropped uncalled
@@ -216,7 +216,7 @@ CallHandle Endpoint::call(std::string_view method, core::FunctionRef<void(Packer
   // The timer stays armed at an earlier deadline whose call was answered (it re-arms when it
   // fires): only a new first deadline moves it.
   if (first_ == s && (!timer_.active() || timer_.remaining() > timeout)) armTimer();
-  return CallHandle(peers_, id_, id);
+  return handle ? CallHandle(peers_, id_, id) : CallHandle();
 }
 
 void Endpoint::notify(std::string_view method, core::FunctionRef<void(Packer&)> params) {

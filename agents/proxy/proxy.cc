@@ -540,7 +540,7 @@ void ProxyRole::sendTo(Backend& b, CallPtr c) {
       [this, bp = &b, call = std::move(c)](rpc::Response& r) mutable {
         onReply(*bp, std::move(call), r);
       },
-      backend_timeout_);
+      backend_timeout_, /*handle=*/false);  // never cancelled: no reference count per call
 }
 
 void ProxyRole::onReply(Backend& b, CallPtr c, rpc::Response& r) {
