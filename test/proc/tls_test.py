@@ -153,7 +153,7 @@ def test_half_open_handshakes_are_bounded_and_timed_out():
             except ConnectionResetError:
                 pass
         return True
-    wait_until(all_closed, timeout=10)
+    assert wait_until(all_closed, timeout=10)
     st = stats(d, "--tls-ca", c("ca.pem"))
     assert st["tls_handshake_failures"] >= 300
     assert st["connections_open"] <= 1
@@ -223,12 +223,12 @@ def test_sighup_reloads_and_a_broken_file_keeps_the_old_material():
         assert subject_seen(d.port) == "subject=CN = localhost"
         shutil.copy(c("broken.pem"), cert)
         d.signal(signal.SIGHUP)
-        wait_until(lambda: logged("not reloaded"), timeout=10)
+        assert wait_until(lambda: logged("not reloaded"), timeout=10)
         assert subject_seen(d.port) == "subject=CN = localhost"
         shutil.copy(c("server2.pem"), cert)
         shutil.copy(c("server2.key"), key)
         d.signal(signal.SIGHUP)
-        wait_until(lambda: logged("TLS server certificates reloaded"), timeout=10)
+        assert wait_until(lambda: logged("TLS server certificates reloaded"), timeout=10)
         assert subject_seen(d.port) == "subject=CN = localhost reloaded"
         assert old.call("echo", [2], msgid=2)[3] == [2]  # open connections keep theirs
     finally:
@@ -306,8 +306,9 @@ def test_keepalive_on_etcd_over_https_with_client_certificates():
         assert r.returncode == 0, r.stderr
         svcs = Raw(ka, tls=py_ctx()).call("get_services", [])[3]
         assert svcs["sample.foo"][0]["endpoint"][1] == svc.port
-        wait_until(lambda: Raw(bad, tls=py_ctx()).call("watch", [0, 0])[3].get("stale") is True,
-                   timeout=15)
+        assert wait_until(
+            lambda: Raw(bad, tls=py_ctx()).call("watch", [0, 0])[3].get("stale") is True,
+            timeout=15)
         assert "sample.foo" not in Raw(bad, tls=py_ctx()).call("get_services", [])[3]
         st = stats(ka, "--tls-ca", c("ca.pem"))
         assert st["registry"]["store"].startswith("etcd"), st["registry"]
@@ -347,9 +348,10 @@ def test_proxy_ejects_a_backend_whose_certificate_fails():
     proxy = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive",
                    f"tls://127.0.0.1:{ka.port}", "--backend-tls", "--refresh-interval", "0.2",
                    "--eject-after", "1", *NODE)
-    wait_until(lambda: len(Raw(ka, tls=py_ctx()).call("get_services", [])[3]
-                           .get("sample.foo", [])) == 2, timeout=15)
     p = Raw(proxy, tls=py_ctx())
+    # The proxy has both instances in its table (not only the keepalive).
+    assert wait_until(
+        lambda: len(p.call("\0stats", None, msgid=999)[3].get("backends", {})) == 2, timeout=15)
     for i in range(100):
         m = p.call("invoke", ["sample.foo", "echo", [i]], msgid=i)
         assert m[2] is None and m[3] == [i], m
