@@ -13,6 +13,8 @@ class Category final : public std::error_category {
         return "bad address";
       case Errc::kTimedOut:
         return "timed out";
+      case Errc::kNotTls:
+        return "not a TLS handshake (a plaintext client?)";
     }
     return "unknown error";
   }

@@ -12,6 +12,7 @@ namespace aiorpc::core {
 enum class Errc {
   kBadAddress = 1,  // an address string that does not parse or resolve
   kTimedOut,        // connect or call did not finish in time
+  kNotTls,          // a TLS listener's peer opened with something else (plaintext)
 };                  // (rpc-level outcomes are rpc::Kind and rpc::Ended, not transport errors)
 
 const std::error_category& category() noexcept;

@@ -123,6 +123,17 @@ void Connection::tlsIo(int revents) noexcept {
 }
 
 void Connection::tlsHandshake() noexcept {
+  if (!tls_->opened && tls_->ctx->side() == TlsContext::Side::kServer) {
+    // A TLS client opens with a handshake record (type 22). Anything else is closed at once
+    // (OpenSSL would take a msgpack array's first byte, 0x9N, for an SSLv2 record header and
+    // wait for kilobytes that never come, until the handshake timeout).
+    unsigned char first;
+    ssize_t n = ::recv(fd_.get(), &first, 1, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) return close(n == 0 ? std::error_code() : sysError(errno));
+    if (first != 22) return close(Errc::kNotTls);
+    tls_->opened = true;
+  }
   clearErrors();
   int r = SSL_do_handshake(tls_->ssl);
   if (r != 1) {

@@ -26,8 +26,8 @@ struct Connection::Tls : ListNode {
   Connection* conn = nullptr;
   TimerWatcher timer;  // the handshake's deadline
   std::string peer_subject;
-  int hs_events = 0;  // what the handshake waits for
-  bool handshaking = true, listed = false;
+  int hs_events = 0;                                        // what the handshake waits for
+  bool handshaking = true, listed = false, opened = false;  // opened: a first byte seen
   bool read_wants_write = false, write_wants_read = false, shut = false;
 };
 

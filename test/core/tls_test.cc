@@ -142,13 +142,12 @@ TEST_SUITE("tls") {
     s.conn->startTls(server());
     const char req[] = "\x94\x00\x01\xa4\x65\x63\x68\x6f\x90";  // [0, 1, "echo", []]
     REQUIRE(::write(b.get(), req, sizeof req - 1) == sizeof req - 1);
-    REQUIRE(runUntil(loop, [&] { return s.closes == 1; }));
-    CHECK(s.why);
+    REQUIRE(runUntil(
+        loop, [&] { return s.closes == 1; }, 1));  // at once, not at the timeout
+    CHECK(s.why == make_error_code(Errc::kNotTls));
     CHECK(s.data.empty());
     char buf[256];
-    ssize_t n = ::read(b.get(), buf, sizeof buf);
-    // At most a TLS alert (a record of type 21), never a msgpack reply.
-    if (n > 0) CHECK(buf[0] == 21);
+    CHECK(::read(b.get(), buf, sizeof buf) <= 0);  // nothing answered (EOF, or a reset)
   }
 
   TEST_CASE("a silent peer is closed at the handshake timeout") {
