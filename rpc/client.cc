@@ -156,11 +156,16 @@ void Client::connect() {
   connecting_ = true;
   connector_.start(addr_, opts_.connect_timeout, [this](core::Result<core::Fd> r) {
     connecting_ = false;
+    std::error_code why = r.error();
     if (r) {
-      if (!opts_.tls) failures_ = 0;  // over TLS: once the handshake is done
-      endpoint().attach(std::move(r.value()), opts_.tls, opts_.server_name);
-      if (connect_result_ && !opts_.tls) connect_result_(true);
-      return;
+      try {
+        endpoint().attach(std::move(r.value()), opts_.tls, opts_.server_name);
+        if (!opts_.tls) failures_ = 0;  // over TLS: once the handshake is done
+        if (connect_result_ && !opts_.tls) connect_result_(true);
+        return;
+      } catch (const std::bad_alloc&) {  // no memory for the TLS state: a failed connect
+        why = core::sysError(ENOMEM);
+      }
     }
     ++failures_;
     last_failure_ = loop_.now();
@@ -170,7 +175,7 @@ void Client::connect() {
     // Every call made for this connect fails as not sent (from the loop: we are in a callback).
     Endpoint* e = ep_;
     retire(*e);  // freed from the loop: alive for abandon()
-    e->abandon(fmt::format("connect to {} failed: {}", addr_.toString(), r.error().message()));
+    e->abandon(fmt::format("connect to {} failed: {}", addr_.toString(), why.message()));
   });
 }
 

@@ -66,7 +66,14 @@ const core::Address& Endpoint::local() const noexcept {
 void Endpoint::attach(core::Fd fd, const std::shared_ptr<core::TlsContext>& tls,
                       std::string_view verify_host) {
   conn_.emplace(loop_, std::move(fd), this);
-  if (tls) conn_->startTls(tls, verify_host);
+  if (tls) {
+    try {
+      conn_->startTls(tls, verify_host);
+    } catch (...) {
+      conn_.reset();  // never a plaintext connection where TLS was asked for (no upcall)
+      throw;
+    }
+  }
   if (!named_) remote_ = conn_->peer();
   conn_->setWaterMarks(opts_.high_water, opts_.low_water);
   conn_->setOutputLimit(opts_.max_output);

@@ -238,7 +238,8 @@ class Endpoint final : public core::ConnectionHandler {
   Endpoint& operator=(const Endpoint&) = delete;
 
   // Connected: reads and writes start. With `tls`, over TLS (core::Connection::startTls; a
-  // client passes the name the server's certificate must carry).
+  // client passes the name the server's certificate must carry). Throws std::bad_alloc (and
+  // is then not attached) when the TLS state cannot be made.
   void attach(core::Fd fd, const std::shared_ptr<core::TlsContext>& tls = nullptr,
               std::string_view verify_host = {});
   // Closed before its TLS handshake was done (a plaintext or failed peer).

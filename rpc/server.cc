@@ -104,10 +104,15 @@ core::Result<core::Address> Server::listen(const core::Address& addr,
 void Server::accept(core::Fd fd, const std::shared_ptr<core::TlsContext>& tls) {
   if (draining_) return;  // fd closes here
   uint64_t id = next_id_++;
-  auto e =
-      std::make_unique<Endpoint>(loop_, eopts_, &service_, static_cast<Owner&>(*this), peers_, id);
-  e->attach(std::move(fd), tls);
-  peers_->map.emplace(id, std::move(e));
+  try {
+    auto e = std::make_unique<Endpoint>(loop_, eopts_, &service_, static_cast<Owner&>(*this),
+                                        peers_, id);
+    e->attach(std::move(fd), tls);
+    peers_->map.emplace(id, std::move(e));
+  } catch (const std::bad_alloc&) {
+    log::warn("out of memory accepting a connection: closed");  // this one; the others go on
+    return;
+  }
   ++stats_.connections_open;
   ++stats_.connections_total;
 }
