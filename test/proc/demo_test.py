@@ -317,15 +317,21 @@ def test_bad_flags_exit_2_with_one_line():
 
 
 def test_unix_socket_bind():
-    path = f"/tmp/aiorpc-demo-{os.getpid()}.sock"
-    srv = daemon("--role=demo", "--bind", f"unix:{path}")
-    assert srv.endpoint == f"unix:{path}"
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    import msgpack
-    s.sendall(msgpack.packb([0, 1, "context_holder", ["m"]]))
-    s.settimeout(5)
-    assert msgpack.unpackb(s.recv(1000)) == [1, 1, None, [None, None, "m"]]
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="aiorpc-demo-")  # removed after: the reaper's SIGKILL leaves
+    path = os.path.join(d, "demo.sock")           # the socket file behind
+    try:
+        srv = daemon("--role=demo", "--bind", f"unix:{path}")
+        assert srv.endpoint == f"unix:{path}"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        import msgpack
+        s.sendall(msgpack.packb([0, 1, "context_holder", ["m"]]))
+        s.settimeout(5)
+        assert msgpack.unpackb(s.recv(1000)) == [1, 1, None, [None, None, "m"]]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_unix_bind_never_deletes_or_steals_a_path():
