@@ -455,40 +455,34 @@ class KeepaliveRole final : public RoleInstance {
 // etcd://HOST:PORT[,...] (http), etcd://https://HOST:PORT[,https://...] or etcds://HOST:PORT[,...]
 // (https, SPEC §8) → the endpoints; throws on anything else (unix paths, a mix of schemes).
 EtcdStore::Options etcdEndpoints(const std::string& store) {
+  auto bad = [&] {
+    return std::invalid_argument(
+        "--store: expected etcd://HOST:PORT[,HOST:PORT...], etcd://https://HOST:PORT[,...] or "
+        "etcds://HOST:PORT[,...], not '" +
+        store + "'");
+  };
   EtcdStore::Options o;
-  std::string_view rest = store;
-  bool ok = true;
+  std::string_view rest = store, scheme;  // scheme: what every member is written with
   if (rest.rfind("etcds://", 0) == 0) {
     o.https = true;
     rest.remove_prefix(8);
   } else if (rest.rfind("etcd://", 0) == 0) {
     rest.remove_prefix(7);
-    o.https = rest.rfind("https://", 0) == 0;
+    if (rest.rfind("https://", 0) == 0) o.https = true, scheme = "https://";
   } else {
-    ok = false;
+    throw bad();
   }
-  while (ok) {
+  for (;;) {
     std::string_view item = rest.substr(0, rest.find(','));
-    std::string_view scheme = o.https && store.rfind("etcd://", 0) == 0 ? "https://" : "";
-    if (item.rfind(scheme, 0) != 0 || item.find("://", scheme.size()) != std::string_view::npos) {
-      ok = false;
-      break;
-    }
-    auto a = core::Address::parse(item.substr(scheme.size()));
-    if (!a || a->isUnix()) {
-      ok = false;
-      break;
-    }
-    o.endpoints.push_back(std::string(item.substr(scheme.size())));
-    if (item.size() == rest.size()) break;
-    rest.remove_prefix(item.size() + 1);
+    bool last = item.size() == rest.size();
+    if (item.rfind(scheme, 0) != 0) throw bad();
+    rest.remove_prefix(last ? item.size() : item.size() + 1);
+    item.remove_prefix(scheme.size());
+    auto a = core::Address::parse(item);
+    if (item.find("://") != std::string_view::npos || !a || a->isUnix()) throw bad();
+    o.endpoints.emplace_back(item);
+    if (last) return o;
   }
-  if (!ok)
-    throw std::invalid_argument(
-        "--store: expected etcd://HOST:PORT[,HOST:PORT...], etcd://https://HOST:PORT[,...] or "
-        "etcds://HOST:PORT[,...], not '" +
-        store + "'");
-  return o;
 }
 
 const FlagSpec kFlags[8] = {

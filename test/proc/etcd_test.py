@@ -208,6 +208,11 @@ def test_bad_store_flags_are_refused():
     from harness import binary
     for bad in (("--store", "etcd://"), ("--store", "etcd://nohostport"), ("--store", "redis://x"),
                 ("--store", "etcd://unix:/tmp/etcd.sock"), ("--store", "etcd://127.0.0.1:1,"),
+                # https (SPEC §8): one scheme for every member, never a unix path
+                ("--store", "etcd://https://127.0.0.1:1,127.0.0.1:2"),
+                ("--store", "etcd://127.0.0.1:1,https://127.0.0.1:2"),
+                ("--store", "etcds://https://127.0.0.1:1"), ("--store", "etcds://unix:/x"),
+                ("--store", "etcds://"), ("--store", "etcd://https://"),
                 ("--store", "etcd://127.0.0.1:1", "--store-prefix", "noslash"),
                 ("--store", "etcd://127.0.0.1:1", "--store-prefix", "/trailing/")):
         p = subprocess.run([binary("aiorpcd"), "--role=keepalive", "--bind", "127.0.0.1:0", *bad],
