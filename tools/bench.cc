@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -95,6 +96,38 @@ struct Shared {
   int open = 0;
   rpc::Target target;
   std::shared_ptr<core::TlsContext> tls;
+};
+
+// The measured window: sh.measuring from the end of the warm-up for opt.seconds, each --cpu-pid's
+// CPU time read at both ends; then sh.stopping is set and `at_end` runs. Not movable: its timers
+// point at it.
+struct Window {
+  double t0 = 0, t1 = 0;
+  std::vector<double> cpu0, cpu1;
+  Window(Shared& sh, std::function<void()> at_end) {
+    const auto& pids = sh.opt.cpu_pids;
+    cpu0.resize(pids.size());
+    cpu1.resize(pids.size());
+    sh.loop->after(sh.opt.warmup, [this, &sh, &pids] {
+      sh.measuring = true;
+      for (size_t i = 0; i < pids.size(); ++i) cpu0[i] = cpuSeconds(pids[i]);
+      t0 = nowNs();
+    });
+    sh.loop->after(sh.opt.warmup + sh.opt.seconds, [this, &sh, &pids, at_end = std::move(at_end)] {
+      for (size_t i = 0; i < pids.size(); ++i) cpu1[i] = cpuSeconds(pids[i]);
+      t1 = nowNs();
+      sh.measuring = false;
+      sh.stopping = true;
+      at_end();
+    });
+  }
+  Window(const Window&) = delete;
+  Window& operator=(const Window&) = delete;
+  double seconds() const { return (t1 - t0) / 1e9; }
+  // Process i's CPU time in the window per call, in 1/unit seconds (1e9: ns, 1e6: us).
+  double cpuPerCall(const Shared& sh, size_t i, double unit) const {
+    return sh.calls ? (cpu1[i] - cpu0[i]) * unit / static_cast<double>(sh.calls) : 0;
+  }
 };
 
 class Conn final : public core::ConnectionHandler {
@@ -284,24 +317,12 @@ int runReconnect(Shared& sh) {
   const BenchOptions& o = sh.opt;
   std::vector<std::unique_ptr<Churn>> workers;
   for (int i = 0; i < o.conns; ++i) workers.push_back(std::make_unique<Churn>(sh));
-  double t0 = 0, t1 = 0;
-  std::vector<double> cpu0(o.cpu_pids.size()), cpu1(o.cpu_pids.size());
-  sh.loop->after(o.warmup, [&] {
-    sh.measuring = true;
-    for (size_t i = 0; i < o.cpu_pids.size(); ++i) cpu0[i] = cpuSeconds(o.cpu_pids[i]);
-    t0 = nowNs();
-  });
-  sh.loop->after(o.warmup + o.seconds, [&] {
-    for (size_t i = 0; i < o.cpu_pids.size(); ++i) cpu1[i] = cpuSeconds(o.cpu_pids[i]);
-    t1 = nowNs();
-    sh.measuring = false;
-    sh.stopping = true;
-  });
+  Window w(sh, [] {});
   auto idle = [&] {
     return std::all_of(workers.begin(), workers.end(), [](auto& w) { return w->idle(); });
   };
   while (!sh.stopping || !idle()) sh.loop->runOnce();
-  double secs = (t1 - t0) / 1e9;
+  double secs = w.seconds();
   double rate = static_cast<double>(sh.calls) / secs;
   std::printf("%s %s: %d workers, each connect%s + one call + close, %.1f s\n", o.method.c_str(),
               o.endpoint.c_str(), o.conns, sh.target.tls ? " + TLS handshake" : "", secs);
@@ -310,7 +331,7 @@ int runReconnect(Shared& sh) {
               sh.hist.percentile(99));
   std::string cpu;
   for (size_t i = 0; i < o.cpu_pids.size(); ++i) {
-    double us = sh.calls ? (cpu1[i] - cpu0[i]) * 1e6 / static_cast<double>(sh.calls) : 0;
+    double us = w.cpuPerCall(sh, i, 1e6);
     std::printf("  server pid %d: %.1f us CPU per connection\n", o.cpu_pids[i], us);
     cpu += fmt::format(" cpu_us_per_conn_{}={:.1f}", i, us);
   }
@@ -356,7 +377,6 @@ int runBench(const BenchOptions& o) {
     std::fprintf(stderr, "aiorpc bench: bad address %s\n", o.endpoint.c_str());
     return 2;
   }
-  const core::Address* addr = &target->addr;
   core::prepareProcess();
   core::Loop loop;
   Shared sh;
@@ -408,7 +428,7 @@ int runBench(const BenchOptions& o) {
   int failed = 0;
   for (int i = 0; i < o.conns; ++i) {
     connectors.push_back(std::make_unique<core::Connector>(loop));
-    connectors.back()->start(*addr, 5, [&](core::Result<core::Fd> r) {
+    connectors.back()->start(sh.target.addr, 5, [&](core::Result<core::Fd> r) {
       if (!r) {
         ++failed;
         return;
@@ -422,22 +442,11 @@ int runBench(const BenchOptions& o) {
     std::fprintf(stderr, "aiorpc bench: %d connections to %s failed\n", failed, o.endpoint.c_str());
     return 2;
   }
-  double t0 = 0, t1 = 0;
-  std::vector<double> cpu0(o.cpu_pids.size()), cpu1(o.cpu_pids.size());
-  loop.after(o.warmup, [&] {
-    sh.measuring = true;
-    for (size_t i = 0; i < o.cpu_pids.size(); ++i) cpu0[i] = cpuSeconds(o.cpu_pids[i]);
-    t0 = nowNs();
-  });
-  loop.after(o.warmup + o.seconds, [&] {
-    for (size_t i = 0; i < o.cpu_pids.size(); ++i) cpu1[i] = cpuSeconds(o.cpu_pids[i]);
-    t1 = nowNs();
-    sh.measuring = false;
-    sh.stopping = true;
+  Window w(sh, [&] {
     for (auto& c : conns) c->close();
   });
   while (!sh.stopping || sh.open > 0) loop.runOnce();
-  double secs = (t1 - t0) / 1e9;
+  double secs = w.seconds();
   double rate = static_cast<double>(sh.calls) / secs;
   std::printf("%s %s: %d conns x %d in flight, %zu B payload, %.1f s\n",
               o.raw ? "raw" : o.method.c_str(), o.endpoint.c_str(), o.conns, o.depth, o.size, secs);
@@ -448,7 +457,7 @@ int runBench(const BenchOptions& o) {
               sh.hist.percentile(90), sh.hist.percentile(99), sh.hist.percentile(99.9));
   std::string cpu;
   for (size_t i = 0; i < o.cpu_pids.size(); ++i) {
-    double ns = sh.calls ? (cpu1[i] - cpu0[i]) * 1e9 / static_cast<double>(sh.calls) : 0;
+    double ns = w.cpuPerCall(sh, i, 1e9);
     std::printf("  server pid %d: %.0f ns CPU per call\n", o.cpu_pids[i], ns);
     cpu += fmt::format(" cpu_ns_per_call_{}={:.0f}", i, ns);
   }
