@@ -143,8 +143,16 @@ std::string subjectOf(X509* cert) {
 }  // namespace tls_detail
 
 SSL_CTX* TlsContext::build(Side side, const TlsFiles& f, std::string& error) {
-  ERR_clear_error();
   bool server = side == Side::kServer;
+  if (server && (f.cert.empty() || f.key.empty())) {
+    error = "a TLS server needs a certificate and a key";
+    return nullptr;
+  }
+  if (f.cert.empty() != f.key.empty()) {
+    error = "a certificate needs its key (and a key its certificate)";
+    return nullptr;
+  }
+  ERR_clear_error();
   SSL_CTX* ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
   auto fail = [&](const std::string& what) {
     error = what + ": " + takeErrors();
@@ -161,21 +169,13 @@ SSL_CTX* TlsContext::build(Side side, const TlsFiles& f, std::string& error) {
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_read_ahead(ctx, 1);  // one read per batch of records, not two per record
-  if (server && (f.cert.empty() || f.key.empty())) {
-    error = "a TLS server needs a certificate and a key";
-    SSL_CTX_free(ctx);
-    return nullptr;
-  }
-  if (!f.cert.empty() && SSL_CTX_use_certificate_chain_file(ctx, f.cert.c_str()) != 1)
-    return fail("certificate " + f.cert);
-  if (!f.key.empty() && SSL_CTX_use_PrivateKey_file(ctx, f.key.c_str(), SSL_FILETYPE_PEM) != 1)
-    return fail("key " + f.key);
-  if (!f.cert.empty() && !f.key.empty() && SSL_CTX_check_private_key(ctx) != 1)
-    return fail("key " + f.key + " does not match certificate " + f.cert);
-  if (f.cert.empty() != f.key.empty()) {
-    error = "a certificate needs its key (and a key its certificate)";
-    SSL_CTX_free(ctx);
-    return nullptr;
+  if (!f.cert.empty()) {           // (and so a key: checked above)
+    if (SSL_CTX_use_certificate_chain_file(ctx, f.cert.c_str()) != 1)
+      return fail("certificate " + f.cert);
+    if (SSL_CTX_use_PrivateKey_file(ctx, f.key.c_str(), SSL_FILETYPE_PEM) != 1)
+      return fail("key " + f.key);
+    if (SSL_CTX_check_private_key(ctx) != 1)
+      return fail("key " + f.key + " does not match certificate " + f.cert);
   }
   if (server) {
     static const unsigned char kSid[] = "aiorpc";

@@ -51,7 +51,6 @@ class TlsContext {
 
   Side side() const noexcept { return side_; }
   const TlsFiles& files() const noexcept { return files_; }
-  bool mutual() const noexcept { return side_ == Side::kServer && !files_.ca.empty(); }
   SSL_CTX* raw() const noexcept { return ctx_; }
 
   // Seconds a handshake may take (SPEC §8: --tls-handshake-timeout); over it the connection

@@ -167,8 +167,7 @@ void Client::connect() {
         why = core::sysError(ENOMEM);
       }
     }
-    ++failures_;
-    last_failure_ = loop_.now();
+    countFailure();
     std::weak_ptr<Peers> peers = peers_;
     if (connect_result_) connect_result_(false);
     if (peers.expired() || !ep_) return;  // the callback destroyed this client
@@ -195,16 +194,18 @@ void Client::endpointClosed(Endpoint& e, std::error_code) {
   bool failed_handshake = !closing_ && e.handshakeFailed();
   bool failed_connect =
       failed_handshake || (!closing_ && !e.heardFromPeer() && e.bytesWritten() > 0);
-  if (failed_handshake) {
-    ++failures_;
-    last_failure_ = loop_.now();
-  }
+  if (failed_handshake) countFailure();
   if (failed_connect && connect_result_) {
     tasks_.post([this] {
       if (connect_result_) connect_result_(false);
     });
   }
   retire(e);
+}
+
+void Client::countFailure() noexcept {
+  ++failures_;
+  last_failure_ = loop_.now();
 }
 
 void Client::endpointReady(Endpoint&) {

@@ -140,6 +140,7 @@ class Client final : private Endpoint::Owner {
   void connect();
   void endpointClosed(Endpoint& e, std::error_code why) override;
   void endpointReady(Endpoint& e) override;
+  void countFailure() noexcept;  // a failed connect (or TLS handshake): toward dead()
   // Out of the table and no longer current (freed from the loop); its late replies counted.
   void retire(Endpoint& e);
 

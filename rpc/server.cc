@@ -133,23 +133,27 @@ void Server::endpointClosed(Endpoint& e, std::error_code why) {
   if (draining_) maybeDrained();
 }
 
+namespace {
+// "; N <what> in all since the last line" when `t` held lines back since its last one.
+std::string inAllSinceLast(log::Throttle& t, std::string_view what) {
+  uint64_t held = t.held();
+  return held > 0 ? fmt::format("; {} {} in all since the last line", held + 1, what)
+                  : std::string();
+}
+}  // namespace
+
 void Server::refuse(const core::Address& peer) {
   ++stats_.refused;
   if (!refused_log_.admit(loop_.now())) return;
-  uint64_t held = refused_log_.held();
-  log::warn(
-      "refused connection from {} (not in --allow){}", peer.toString(),
-      held > 0 ? fmt::format("; {} refused in all since the last line", held + 1) : std::string());
+  log::warn("refused connection from {} (not in --allow){}", peer.toString(),
+            inAllSinceLast(refused_log_, "refused"));
 }
 
 void Server::handshakeFailed(const Endpoint& e, std::error_code why) {
   ++stats_.tls_handshake_failures;
   if (!handshake_log_.admit(loop_.now())) return;
-  uint64_t held = handshake_log_.held();
-  log::warn(
-      "TLS handshake with {} failed: {}{}", e.peer().toString(),
-      why ? why.message() : std::string("closed"),
-      held > 0 ? fmt::format("; {} failed in all since the last line", held + 1) : std::string());
+  log::warn("TLS handshake with {} failed: {}{}", e.peer().toString(),
+            why ? why.message() : std::string("closed"), inAllSinceLast(handshake_log_, "failed"));
 }
 
 size_t Server::connectionCount() const noexcept { return peers_->map.size(); }

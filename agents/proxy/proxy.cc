@@ -30,6 +30,7 @@ struct Instances {
 struct Hint {
   bool set = false, negative = false;
   uint64_t magnitude = 0;
+  static Hint of(uint64_t u) noexcept { return Hint{u != 0, false, u}; }  // 0: none
   size_t pick(size_t n) const noexcept {
     size_t m = static_cast<size_t>(magnitude % n);
     return negative && m != 0 ? n - m : m;
@@ -402,7 +403,7 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
     return true;
   }
   auto c = calls_.get();
-  if (hint) c->hint = Hint{*hint != 0, false, *hint};
+  if (hint) c->hint = Hint::of(*hint);
   char* at = c->keep(service.size() + method.size() + params.size(), buffers_);
   auto put = [&at](std::string_view v) {
     std::memcpy(at, v.data(), v.size());
@@ -465,7 +466,7 @@ ProxyRole::~ProxyRole() {
 std::optional<std::string> ProxyRole::hintOf(Object h, Hint& out) {
   if (h.isNil()) return std::nullopt;
   if (auto u = h.asUint()) {
-    out = Hint{*u != 0, false, *u};
+    out = Hint::of(*u);
     return std::nullopt;
   }
   if (auto v = h.asInt()) {  // negative: floor modulo
