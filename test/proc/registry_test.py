@@ -190,7 +190,9 @@ def test_keys_escape_every_structural_byte_and_prefixes_cannot_be_injected():
         assert heartbeat(a, "n/[%]\x01", h, 6000 + i)[3] is True, h
     # the registrant of /a writes what, unescaped, would be a record under the guarded prefix
     assert heartbeat(a, "x", "v1/svc/evil/127.0.0.1", 80)[3] is True
-    assert wait_until(lambda: len(watch_now(a)["services"].get("n/[%]\x01", [])) == len(hosts))
+    # a heartbeat's true means etcd has it; the cache follows through the watch
+    assert wait_until(lambda: len(watch_now(a)["services"].get("n/[%]\x01", [])) == len(hosts)
+                      and "x" in watch_now(a)["services"])
     listed = {e["endpoint"][0] for e in watch_now(a)["services"]["n/[%]\x01"]}
     assert listed == set(hosts)
     assert watch_now(a)["services"]["x"] == [{"ident": None,
