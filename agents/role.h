@@ -8,6 +8,7 @@
 
 #include "aiorpc/agents/flags.h"
 #include "aiorpc/core/loop.h"
+#include "aiorpc/core/metrics.h"
 #include "aiorpc/rpc/server.h"
 
 namespace aiorpc::agents {
@@ -37,6 +38,10 @@ class RoleInstance {
   virtual bool leave(core::Callback<void()>& /*done*/) { return false; }
   // The server has drained; finish and call `done`.
   virtual void stop(core::Callback<void()> done) { done(); }
+  // SPEC §9 (--metrics-bind): the role's own series, written after the server's at each scrape.
+  virtual void writeMetrics(core::MetricsText&) {}
+  // Why /healthz should answer 503 now (a keepalive: "stale"); empty while healthy.
+  virtual std::string unhealthy() const { return {}; }
 };
 
 struct Role {

@@ -3,6 +3,7 @@
 # server, or of the proxy routing to one demo, under 8 connections x 64 pipelined 16-byte calls
 # (callgrind). BENCH-ARGS go to aiorpc bench (e.g. --map: map-form invoke through the proxy).
 # Net of start-up: a run of the same process without load is subtracted. Loopback only.
+# DAEMON_ARGS: more flags for the measured daemon (e.g. "--metrics-bind 127.0.0.1:0").
 set -euo pipefail
 what=${1:?demo or proxy}; B=${2:-build-release}; extra=("${@:3}")
 tmp=$(mktemp -d); pids=()
@@ -32,12 +33,12 @@ run() {  # load? → "total requests"
     start ka $B/aiorpcd --role=keepalive --bind 127.0.0.1:0; local ka=127.0.0.1:$PORT
     start demo taskset -c 1 $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keepalive $ka
     start cg valgrind --tool=callgrind --callgrind-out-file=$out $B/aiorpcd --role=proxy \
-      --bind 127.0.0.1:0 --keepalive $ka --refresh-interval 0.2
+      --bind 127.0.0.1:0 --keepalive $ka --refresh-interval 0.2 ${DAEMON_ARGS:-}
     sleep 2  # the proxy's table
     target=(--proxy sample.foo)
   else
     start cg valgrind --tool=callgrind --callgrind-out-file=$out $B/aiorpcd --role=demo \
-      --bind 127.0.0.1:0
+      --bind 127.0.0.1:0 ${DAEMON_ARGS:-}
     target=()
   fi
   local port=$PORT cg=$PID

@@ -108,6 +108,7 @@ void Endpoint::onData(size_t n) {
     read_size_ /= 2;
   counters_.bytes_in += n;
   read_ += n;
+  if (opts_.metrics) read_at_ = loop_.now();  // when these requests came (SPEC §9)
   if (opts_.frames) {
     dec_->feedFrames(n);
   } else {

@@ -56,6 +56,8 @@ struct EndpointOptions {
   // a method with a raw handler (Service::raw) is offered as bytes; the rest is decoded in place.
   bool frames = false;
   double call_timeout = 10;  // seconds, for calls made without one
+  // Counts every reply by method and outcome, with its latency (SPEC §9); null: not counted.
+  RequestMetrics* metrics = nullptr;
 };
 
 // What endpoints count; a server's endpoints share one set.
@@ -176,7 +178,7 @@ class Peers final : public ReplyHub, public std::enable_shared_from_this<Peers> 
     map.erase(it);
     return e;
   }
-  bool reply(uint64_t session, Object msgid, const ReplyBody& body) override;
+  bool reply(uint64_t session, Object msgid, const ReplyBody& body, const CallTag& tag) override;
   size_t outputBytes(uint64_t session) const override;
 
   // An outcome decided before its callback may run: kept here under a key until a task posted
@@ -275,7 +277,7 @@ class Endpoint final : public core::ConnectionHandler {
 
   // The one function that writes a reply: [1, msgid, error, result]. `owed`: a reply that was
   // detached (counted in flight). Returns false when the connection has gone (dropped).
-  bool writeReply(Object msgid, const ReplyBody& body, bool owed);
+  bool writeReply(Object msgid, const ReplyBody& body, bool owed, const CallTag& tag);
 
   // Stop reading; close once every owed reply is written (at most drain_timeout from now).
   void finish();
@@ -418,6 +420,7 @@ class Endpoint final : public core::ConnectionHandler {
   bool active_ = true;    // read since the owner's last sweep
   size_t in_flight_ = 0;  // replies owed to the peer
   uint64_t read_ = 0;     // bytes read from the peer
+  double read_at_ = 0;    // loop time of the last read (with metrics: requests' start)
   // The drain (SPEC §7): requests read before it (ending at or before drain_mark_) are served as
   // usual, also those held back by backpressure; those read after it are refused.
   uint64_t drain_mark_ = kNoDrain;

@@ -13,8 +13,8 @@ namespace aiorpc::rpc {
 
 namespace log = core::log;
 
-bool Peers::reply(uint64_t session, Object msgid, const ReplyBody& body) {
-  if (Endpoint* e = find(session)) return e->writeReply(msgid, body, true);
+bool Peers::reply(uint64_t session, Object msgid, const ReplyBody& body, const CallTag& tag) {
+  if (Endpoint* e = find(session)) return e->writeReply(msgid, body, true, tag);
   ++counters.dropped_replies;  // the connection has gone
   --counters.in_flight;
   return false;
@@ -31,8 +31,8 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
 
 // ---- Replies we owe ----
 
-[[gnu::always_inline]] inline bool Endpoint::writeReply(Object msgid, const ReplyBody& b,
-                                                        bool owed) {
+[[gnu::always_inline]] inline bool Endpoint::writeReply(Object msgid, const ReplyBody& b, bool owed,
+                                                        const CallTag& tag) {
   if (owed && !open()) [[unlikely]] {
     ++counters_.dropped_replies;
     --counters_.in_flight;
@@ -48,6 +48,7 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
   } else {
     p.object(msgid);
   }
+  size_t outcome = 0;  // ok, else 1 + the kind counted
   switch (b.type) {
     case ReplyBody::Type::kValue:
       p.nil();
@@ -58,17 +59,19 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
       Kind k = b.kind == Kind::kNotSent ? Kind::kConnection
                : b.kind == Kind::kOther ? Kind::kApplication
                                         : b.kind;
-      ++counters_.errors[static_cast<size_t>(k)];
+      outcome = 1 + static_cast<size_t>(k);
       packError(p, k, b.message);
       p.nil();
       break;
     }
     case ReplyBody::Type::kErrorObject:
-      ++counters_.errors[static_cast<size_t>(countedKind(b.error))];
+      outcome = 1 + static_cast<size_t>(countedKind(b.error));
       p.object(b.error);
       p.nil();
       break;
   }
+  if (outcome) ++counters_.errors[outcome - 1];
+  if (opts_.metrics) opts_.metrics->replied(tag, outcome);
   conn_->sent();
   if (owed) {
     --counters_.in_flight;
@@ -89,25 +92,27 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
 // keeps this endpoint allocated (orphaned, phase kGone) until it unwinds, so gone() can ask it.
 class Endpoint::Served final : public Invocation {
  public:
-  Served(Endpoint& e, Object msgid, bool notify) : e_(e), msgid_(msgid), notify_(notify) {}
+  Served(Endpoint& e, Object msgid, bool notify, double start)
+      : e_(e), msgid_(msgid), notify_(notify), tag_{0, start} {}
+  void setMethod(uint32_t id) noexcept { tag_.method = id; }
   bool gone() const noexcept { return e_.phase_ == Phase::kGone; }
 
   void replyValue(core::FunctionRef<void(Packer&)> write) override {
     if (answered_ || notify_ || gone()) return void(answered_ = true);
     answered_ = true;
-    e_.writeReply(msgid_, ReplyBody::ofValue(write), false);
+    e_.writeReply(msgid_, ReplyBody::ofValue(write), false, tag_);
   }
   void replyError(Kind k, std::string_view message) override {
     if (answered_ || gone()) return;
     answered_ = true;
     if (notify_) return log::debug("notification failed: {}: {}", kindName(k), message);
-    e_.writeReply(msgid_, ReplyBody::ofError(k, message), false);
+    e_.writeReply(msgid_, ReplyBody::ofError(k, message), false, tag_);
   }
   void replyErrorObject(Object error) override {
     if (answered_ || gone()) return;
     answered_ = true;
     if (notify_) return;
-    e_.writeReply(msgid_, ReplyBody::ofErrorObject(error), false);
+    e_.writeReply(msgid_, ReplyBody::ofErrorObject(error), false, tag_);
   }
   Responder detach() override {
     if (answered_ || gone()) return Responder();
@@ -115,18 +120,20 @@ class Endpoint::Served final : public Invocation {
     msgpack_zone* zone = e_.dec_->releaseZone();
     if (notify_) return Responder({}, 0, msgid_, zone, false);
     e_.detached();
-    return Responder(e_.peers_, e_.id_, msgid_, zone);
+    return Responder(e_.peers_, e_.id_, msgid_, zone, true, tag_);
   }
 
  private:
   Endpoint& e_;
   Object msgid_;
   bool notify_, answered_ = false;
+  CallTag tag_;
 };
 
 class Endpoint::RawServed final : public RawRequest {
  public:
-  RawServed(Endpoint& e, uint64_t msgid, bool notify) : e_(e), msgid_(msgid) {
+  RawServed(Endpoint& e, uint64_t msgid, bool notify, CallTag tag)
+      : e_(e), msgid_(msgid), tag_(tag) {
     notification = notify;
   }
   Responder detach() override {
@@ -137,13 +144,14 @@ class Endpoint::RawServed final : public RawRequest {
     msgpack_object id;
     id.type = MSGPACK_OBJECT_POSITIVE_INTEGER;
     id.via.u64 = msgid_;
-    return Responder(e_.peers_, e_.id_, Object(id), nullptr);  // the msgid by value: no zone
+    return Responder(e_.peers_, e_.id_, Object(id), nullptr, true, tag_);  // msgid by value
   }
   bool detached_ = false;
 
  private:
   Endpoint& e_;
   uint64_t msgid_;
+  CallTag tag_;
 };
 
 bool Endpoint::rawRequest(std::string_view m) {
@@ -163,7 +171,7 @@ bool Endpoint::rawRequest(std::string_view m) {
   if (!name || name->empty() || (*name)[0] == '\0') return false;
   const MethodInfo* mi = service_->find(*name);
   if (!mi || !mi->raw || (notify && !mi->raw_notifications)) return false;
-  RawServed rq(*this, *id, notify);
+  RawServed rq(*this, *id, notify, {mi->id, read_at_});
   rq.params = m.substr(at + name_len);  // a whole array was framed: the rest is params
   core::Loop::OwnerScope scope(loop_, sleeps_);
   // (Inside process(): a handler that destroys our owner leaves us allocated, phase kGone.)
@@ -173,7 +181,7 @@ bool Endpoint::rawRequest(std::string_view m) {
 }
 
 void Endpoint::serve(Object msgid, Object method, Object params, bool notify) {
-  Served inv(*this, msgid, notify);
+  Served inv(*this, msgid, notify, read_at_);
   if (!method.isStrOrBin()) {
     inv.replyError(Kind::kNoMethod,
                    std::string("method name must be a string, got ") + method.typeName());
@@ -195,6 +203,7 @@ void Endpoint::serve(Object msgid, Object method, Object params, bool notify) {
     return;
   }
   inv.params = params;
+  inv.setMethod(m->id);
   core::Loop::OwnerScope scope(loop_, sleeps_);
   if (!m->context_name.empty() || service_->guard()) {
     Context ctx(params, conn_->peer(), conn_->local(), id_, conn_->peerCertificate());

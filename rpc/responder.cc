@@ -24,6 +24,7 @@ Responder& Responder::operator=(Responder&& o) noexcept {
     session_ = o.session_;
     msgid_ = o.msgid_;
     zone_ = std::exchange(o.zone_, nullptr);
+    tag_ = o.tag_;
     done_ = std::exchange(o.done_, true);
     own_zone_ = std::exchange(o.own_zone_, false);
   }
@@ -73,7 +74,7 @@ void Responder::compact() {
 void Responder::send(const ReplyBody& body) {
   if (done_) return;
   done_ = true;
-  if (auto hub = hub_.lock()) hub->reply(session_, msgid_, body);
+  if (auto hub = hub_.lock()) hub->reply(session_, msgid_, body, tag_);
   release();
 }
 

@@ -8,6 +8,7 @@
 #include "aiorpc/core/callback.h"
 #include "aiorpc/rpc/codec.h"
 #include "aiorpc/rpc/errors.h"
+#include "aiorpc/rpc/metrics.h"
 
 namespace aiorpc::rpc {
 
@@ -47,7 +48,7 @@ class ReplyHub {
  public:
   virtual ~ReplyHub() = default;
   // Writes the reply through the endpoint's one reply function; false when it has gone.
-  virtual bool reply(uint64_t session, Object msgid, const ReplyBody& body) = 0;
+  virtual bool reply(uint64_t session, Object msgid, const ReplyBody& body, const CallTag& tag) = 0;
   // Bytes queued for the session's peer (0 when it has gone).
   virtual size_t outputBytes(uint64_t session) const = 0;
 };
@@ -61,8 +62,13 @@ class Responder {
   Responder() = default;
   // `answer` false: keep the zone alive but send nothing (a notification's handler).
   Responder(std::weak_ptr<ReplyHub> hub, uint64_t session, Object msgid, msgpack_zone* zone,
-            bool answer = true)
-      : hub_(std::move(hub)), session_(session), msgid_(msgid), zone_(zone), done_(!answer) {}
+            bool answer = true, CallTag tag = {})
+      : hub_(std::move(hub)),
+        session_(session),
+        msgid_(msgid),
+        zone_(zone),
+        tag_(tag),
+        done_(!answer) {}
   Responder(Responder&& o) noexcept { *this = std::move(o); }
   Responder& operator=(Responder&& o) noexcept;
   ~Responder();
@@ -97,6 +103,7 @@ class Responder {
   uint64_t session_ = 0;
   Object msgid_;
   msgpack_zone* zone_ = nullptr;
+  CallTag tag_;
   bool done_ = true;
   bool own_zone_ = false;  // zone_ is compact()'s small one: freed, not pooled
   friend class Invocation;

@@ -158,6 +158,35 @@ void Server::handshakeFailed(const Endpoint& e, std::error_code why) {
 
 size_t Server::connectionCount() const noexcept { return peers_->map.size(); }
 
+void Server::enableMetrics() {
+  if (metrics_) return;
+  metrics_ = std::make_unique<RequestMetrics>(loop_);
+  eopts_.metrics = metrics_.get();
+}
+
+void Server::writeMetrics(core::MetricsText& out) {
+  using T = core::MetricsText::Type;
+  if (metrics_) metrics_->write(out, service_);
+  uint64_t bytes_out = stats_.bytes_out, accept_errors = 0;
+  for (auto& [id, e] : peers_->map) bytes_out += e->bytesWritten();
+  for (const auto& l : listeners_) accept_errors += l->acceptErrors();
+  out.gauge("aiorpc_connections", "Connections open.",
+            static_cast<double>(stats_.connections_open));
+  out.counter("aiorpc_connections_accepted_total", "Connections accepted.",
+              stats_.connections_total);
+  out.family("aiorpc_connections_refused_total", T::kCounter,
+             "Connections closed at once: allow (outside --allow), tls (no TLS handshake), "
+             "accept (accept failed: out of file descriptors and the like).");
+  out.sample("aiorpc_connections_refused_total", {{"reason", "allow"}}, stats_.refused);
+  out.sample("aiorpc_connections_refused_total", {{"reason", "tls"}},
+             stats_.tls_handshake_failures);
+  out.sample("aiorpc_connections_refused_total", {{"reason", "accept"}}, accept_errors);
+  out.counter("aiorpc_protocol_errors_total", "Connections closed for a malformed message.",
+              stats_.protocol_errors);
+  out.counter("aiorpc_received_bytes_total", "Bytes read from peers.", stats_.bytes_in);
+  out.counter("aiorpc_sent_bytes_total", "Bytes written to peers.", bytes_out);
+}
+
 void Server::drain(core::Callback<void()> done) {
   if (draining_) return;
   draining_ = true;

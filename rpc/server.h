@@ -77,6 +77,14 @@ class Server final : private Endpoint::Owner {
   void onSessionClosed(std::function<void(uint64_t)> fn) { close_hooks_.push_back(std::move(fn)); }
 
   const ServerStats& stats() const noexcept { return stats_; }
+  // SPEC §9: from now on every reply is counted by method and outcome, with its latency
+  // (connections accepted before keep their own counting: call it before listen()).
+  void enableMetrics();
+  bool metricsEnabled() const noexcept { return metrics_ != nullptr; }
+  const RequestMetrics* requestMetrics() const noexcept { return metrics_.get(); }
+  // The server's series in the text format: requests (with enableMetrics()), connections,
+  // refusals, protocol errors and bytes.
+  void writeMetrics(core::MetricsText& out);
   // Adds `key` to the \0stats map; `fn` packs its value.
   void addStats(std::string key, std::function<void(Packer&)> fn);
   size_t connectionCount() const noexcept;
@@ -106,7 +114,8 @@ class Server final : private Endpoint::Owner {
   std::vector<std::unique_ptr<core::Listener>> listeners_;
   std::vector<core::Address> bound_;
   ServerStats stats_;
-  std::shared_ptr<Peers> peers_;  // the connections, by session id
+  std::unique_ptr<RequestMetrics> metrics_;  // before peers_: endpoints count into it
+  std::shared_ptr<Peers> peers_;             // the connections, by session id
   uint64_t next_id_ = 1;
   std::vector<std::pair<std::string, std::function<void(Packer&)>>> extra_stats_;
   bool draining_ = false;

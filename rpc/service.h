@@ -154,7 +154,8 @@ using RawHandler = std::function<bool(RawRequest&)>;
 
 struct MethodInfo {
   std::string name;
-  RawHandler raw;  // a fast path for requests taken as bytes (Service::raw), tried first
+  uint32_t id = 0;  // 1, 2, ... in order of declaration (RequestMetrics; 0 is "other")
+  RawHandler raw;   // a fast path for requests taken as bytes (Service::raw), tried first
   bool raw_notifications = false;  // notifications are offered to `raw` too
   std::vector<Arg> params;         // declared parameters (context excluded)
   std::string context_name;        // "ctx"/"context" when the first parameter is the Context
@@ -292,6 +293,7 @@ class Service {
   size_t indexed_ = 0;
   Guard guard_;
   bool has_raw_ = false;
+  uint32_t last_id_ = 0;
 };
 
 template <class F, class... A>
@@ -397,7 +399,9 @@ Service& Service::def(std::string name, F fn, A... specs) {
     (std::make_index_sequence < variadic ? 0 : last - first > {});
   };
   auto& slot = methods_[name];
+  uint32_t id = slot.id ? slot.id : ++last_id_;  // a redefinition keeps its series
   slot = std::move(m);
+  slot.id = id;
   index(methods_.find(name)->first, &slot);  // map keys and values are stable
   return *this;
 }

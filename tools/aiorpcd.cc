@@ -20,6 +20,7 @@
 
 #include "aiorpc/agents/auth.h"
 #include "aiorpc/agents/heartbeat.h"
+#include "aiorpc/agents/metrics.h"
 #include "aiorpc/agents/module.h"
 #include "aiorpc/agents/role.h"
 #include "aiorpc/core/log.h"
@@ -75,6 +76,9 @@ const agents::FlagSpec kCommon[] = {
      "CA file that servers we dial over TLS must chain to (default: the system's trust store)"},
     {"tls-handshake-timeout", agents::FlagType::kSeconds, "10",
      "seconds a TLS handshake may take, in and out"},
+    {"metrics-bind", agents::FlagType::kEndpoint, "",
+     "serve GET /metrics (Prometheus) and /healthz over HTTP on HOST:PORT or unix:/path "
+     "(default: off; --allow applies)"},
 };
 
 // SPEC §8: the server context (with --tls-cert/--tls-key) and the client one (with any TLS
@@ -350,6 +354,16 @@ int main(int argc, char** argv) {
   std::string bind = flags.has("bind") ? flags.str("bind") : std::string(role->default_bind);
   auto bound = server.listen(bind, tls.server);
   if (!bound) return fail("cannot listen on " + bind + ": " + bound.error().message());
+  std::unique_ptr<agents::MetricsEndpoint> metrics;  // SPEC §9
+  std::optional<core::Address> metrics_at;
+  if (flags.has("metrics-bind")) {
+    metrics = std::make_unique<agents::MetricsEndpoint>(loop, server, *instance, opts.allow);
+    auto at = metrics->listen(flags.str("metrics-bind"));
+    if (!at)
+      return fail("cannot listen on " + flags.str("metrics-bind") +
+                  " (--metrics-bind): " + at.error().message());
+    metrics_at = *at;
+  }
   // SPEC §7: unregister first, keep serving for --drain-grace so that proxies stop routing
   // here, then drain (requests that still arrive are answered ServiceUnavailable), then stop.
   std::unique_ptr<agents::Heartbeat> heartbeat;  // service roles with --keepalive
@@ -381,8 +395,10 @@ int main(int argc, char** argv) {
     clog::info("SIGHUP: log file reopened");
   });
   std::printf("listening on %s\n", bound->toString().c_str());
+  if (metrics_at) std::printf("metrics on %s\n", metrics_at->toString().c_str());
   std::fflush(stdout);
   clog::info("aiorpcd role {} listening on {}", role->name, bound->toString());
+  if (metrics_at) clog::info("metrics on {}", metrics_at->toString());
 
   instance->started(server, *bound);
   if (role->heartbeats && flags.has("keepalive"))

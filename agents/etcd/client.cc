@@ -203,8 +203,11 @@ void Client::attempt(std::shared_ptr<Call> call) {
   req.body = call->body;
   req.timeout = opts_.timeout;
   req.connect_timeout = std::min(opts_.timeout, 1.0);
-  http_.request(std::move(req), [this, call, idx](core::HttpResponse& r) {
-    if (r.error.empty() && r.status > 0 && r.status < 500) {
+  http_.request(std::move(req), [this, call, idx, t0 = loop_.now()](core::HttpResponse& r) {
+    bool answered = r.error.empty() && r.status > 0 && r.status < 500;
+    ++(!answered ? metrics_.failed : r.status == 200 ? metrics_.ok : metrics_.refused);
+    timings_.record(&metrics_.latency, t0);
+    if (answered) {
       current_ = idx;
       next();
       if (r.status == 200) return call->done(Status{}, r.body);

@@ -17,6 +17,7 @@
 
 #include "aiorpc/core/callback.h"
 #include "aiorpc/core/http.h"
+#include "aiorpc/core/metrics.h"
 
 namespace aiorpc::agents::etcd {
 
@@ -113,6 +114,16 @@ class Client {
   // Responses dropped because etcd would never send them (malformed JSON, wrong types).
   uint64_t malformed() const noexcept { return malformed_; }
   size_t queued() const noexcept { return queue_.size(); }
+  // Every request to a member (SPEC §9): answered (ok: 200; refused: another status below 500)
+  // or failed (no answer, a timeout, a 5xx), and how long each took.
+  struct Metrics {
+    uint64_t ok = 0, refused = 0, failed = 0;
+    core::LatencyHistogram latency;
+  };
+  const Metrics& metrics() noexcept {
+    timings_.settle();
+    return metrics_;
+  }
 
   struct Call;
   struct RangeRead;
@@ -138,7 +149,9 @@ class Client {
   static WatchState* find(const std::weak_ptr<Watches>& table, WatchId id) noexcept;
   WatchId last_watch_ = 0;
   uint64_t malformed_ = 0;
-  core::Tasks tasks_{loop_};  // last: dropped first
+  Metrics metrics_;
+  core::Timings timings_{loop_};  // after metrics_, which it points into
+  core::Tasks tasks_{loop_};      // last: dropped first
 };
 
 }  // namespace aiorpc::agents::etcd

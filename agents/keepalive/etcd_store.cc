@@ -406,7 +406,7 @@ void EtcdStore::apply(const etcd::KeyValue& kv, bool deleted) {
   settle(kv.key);
   if (deleted) {
     forget(kv.key);
-    cache_.unregister(rk->name, rk->host, rk->port);
+    counters_.removed += cache_.unregister(rk->name, rk->host, rk->port);
     return;
   }
   Meta& m = meta_[kv.key];

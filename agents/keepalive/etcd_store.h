@@ -99,7 +99,10 @@ class EtcdStore {
     uint64_t bad_responses = 0;  // malformed etcd responses (the client's count)
     uint64_t watch_moves = 0;    // watches moved for not proving themselves current
     uint64_t registered_batches = 0;
+    uint64_t removed = 0;  // records the watch saw deleted (lease expiry or an unregister)
   };
+  // The etcd client's requests and their latency (SPEC §9).
+  const etcd::Client::Metrics& etcdMetrics() noexcept { return etcd_.metrics(); }
   Counters counters() const noexcept {
     Counters c = counters_;
     c.bad_responses = etcd_.malformed();

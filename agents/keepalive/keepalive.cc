@@ -217,8 +217,9 @@ class KeepaliveRole final : public RoleInstance {
           // On etcd the owner is read from etcd and the removal compares that revision.
           store_->unregister(
               RecordKey{name, h, static_cast<int>(port)}, from, token_.empty(),
-              [done, refused, reply = std::move(reply)](const EtcdStore::Result& r) mutable {
+              [this, done, refused, reply = std::move(reply)](const EtcdStore::Result& r) mutable {
                 if (refusedBy(r, reply, refused)) return;
+                unregistered_ += r.removed;
                 done(r.removed);
                 reply(r.removed);
               });
@@ -274,6 +275,7 @@ class KeepaliveRole final : public RoleInstance {
           "--allow CIDR[,CIDR...] and/or --auth-token-file PATH (see docs/operating.md)",
           bound.toString());
     high_water_ = server.options().high_water;
+    server_ = &server;
     server.addStats("registry", [this](rpc::Packer& p) {
       p.map(store_ ? 11 : 4);
       p.str("store"), p.str(store_ ? "etcd" : "memory");
@@ -297,6 +299,52 @@ class KeepaliveRole final : public RoleInstance {
     });
     // A watch whose connection has gone is dropped at once, not when its wait ends.
     server.onSessionClosed([this](uint64_t session) { dropWatchers(session); });
+  }
+
+  std::string unhealthy() const override { return stale() ? "stale" : ""; }
+
+  void writeMetrics(core::MetricsText& out) override {
+    using T = core::MetricsText::Type;
+    out.gauge("aiorpc_registry_records", "Records in the table.", static_cast<double>(reg_.size()));
+    out.gauge("aiorpc_registry_services", "Service names with at least one record.",
+              static_cast<double>(reg_.services()));
+    out.gauge("aiorpc_registry_stale",
+              "1 while the table may be old (etcd unreachable, or its watch not proven current).",
+              stale() ? 1.0 : 0.0);
+    out.family("aiorpc_registry_heartbeats_total", T::kCounter,
+               "Heartbeats answered, by outcome (ok or the error kind).");
+    const auto* hb = svc_.find("heartbeat");
+    const auto* counts = hb && server_ && server_->requestMetrics()
+                             ? server_->requestMetrics()->outcomes(hb->id)
+                             : nullptr;
+    for (size_t o = 0; o < rpc::kKindCount + 1; ++o) {
+      uint64_t n = counts ? (*counts)[o] : 0;
+      if (o > 0 && n == 0) continue;
+      out.sample("aiorpc_registry_heartbeats_total",
+                 {{"outcome", o == 0 ? std::string_view("ok") : rpc::kindName(Kind(o - 1))}}, n);
+    }
+    uint64_t expired = expired_;
+    if (store_) {
+      uint64_t removed = store_->counters().removed;
+      expired = removed > unregistered_ ? removed - unregistered_ : 0;
+    }
+    out.counter("aiorpc_registry_expired_total",
+                store_ ? "Records that left the table without an unregister through this "
+                         "instance (etcd's lease expiry; or an unregister through another "
+                         "keepalive on the same prefix)."
+                       : "Records expired for want of heartbeats.",
+                expired);
+    if (!store_) return;
+    const auto& m = store_->etcdMetrics();
+    out.family("aiorpc_etcd_requests_total", T::kCounter,
+               "Requests to etcd members: ok, refused (an answer other than 200), failed (no "
+               "answer, a timeout or a 5xx).");
+    out.sample("aiorpc_etcd_requests_total", {{"outcome", "ok"}}, m.ok);
+    out.sample("aiorpc_etcd_requests_total", {{"outcome", "refused"}}, m.refused);
+    out.sample("aiorpc_etcd_requests_total", {{"outcome", "failed"}}, m.failed);
+    out.family("aiorpc_etcd_request_duration_seconds", T::kHistogram,
+               "Time each request to an etcd member took.");
+    out.histogram("aiorpc_etcd_request_duration_seconds", {}, m.latency);
   }
   ~KeepaliveRole() override {
     for (auto& [session, list] : watchers_)
@@ -373,6 +421,7 @@ class KeepaliveRole final : public RoleInstance {
     if (n > kExpiryLines)
       core::log::info("keepalive: {} records expired in all ({} more not named)", n,
                       n - kExpiryLines);
+    expired_ += n;
     if (n > 0) changed();
   }
   static std::string endpointText(const std::string& host, int64_t port) {
@@ -436,6 +485,9 @@ class KeepaliveRole final : public RoleInstance {
   rpc::Service svc_;
   Registry reg_;
   std::unordered_map<uint64_t, Watchers> watchers_;  // by session id
+  rpc::Server* server_ = nullptr;                    // (started)
+  uint64_t expired_ = 0;                             // memory store: records expired here
+  uint64_t unregistered_ = 0;  // etcd: records this instance removed by unregister
   std::string encoded_;
   uint64_t encoded_version_ = 0;
   bool encoded_stale_ = false;

@@ -69,6 +69,7 @@ class Registry {
   void packServices(rpc::Packer& p) const;
   uint64_t version() const noexcept { return version_; }
   size_t size() const noexcept { return count_; }
+  size_t services() const noexcept { return services_.size(); }  // names with a record
   double ttl() const noexcept { return ttl_; }
 
  private:

@@ -20,9 +20,17 @@ using rpc::Object;
 
 namespace {
 
+// A service's series (SPEC §9), kept while the table lists the service.
+struct ServiceSeries {
+  std::array<uint64_t, rpc::kKindCount + 1> outcomes{};  // ok, then 1 + the error's kind
+  core::LatencyHistogram latency;
+  uint64_t retries = 0;
+};
+
 struct Instances {
   std::vector<Backend*> list;  // sorted as keepalive lists them; listed backends stay alive
   size_t rr = 0;               // reset whenever the list changes
+  ServiceSeries* series = nullptr;
 };
 
 // A hint (SPEC §6): any non-zero integer, taken floor modulo the list's length. Integers of
@@ -131,6 +139,7 @@ struct Call {
     instances = nullptr;
     table_gen = 0;
     start = 0;
+    t0 = 0;
     tried_n = 0;
     tried_more.clear();
     batch.reset();
@@ -140,6 +149,7 @@ struct Call {
   Instances* instances = nullptr;  // the table entry as of generation `table_gen`
   uint64_t table_gen = 0;
   size_t start = 0;
+  double t0 = 0;  // when it came in (loop time): aiorpc_proxy_call_duration_seconds
   // Backend ids tried: each instance at most once per call. Most calls try one, so the first
   // few live inline (no allocation per routed call).
   uint64_t tried_inline[4];
@@ -197,6 +207,7 @@ class ProxyRole final : public RoleInstance {
     stopping_ = true;
     done();
   }
+  void writeMetrics(core::MetricsText& out) override;
 
  private:
   // invoke(service, method, params) in array or map form (with or without __hint__), taken as
@@ -225,6 +236,15 @@ class ProxyRole final : public RoleInstance {
   Backend* backendFor(std::string_view host, int64_t port);
   void sweepBackends();
   void packBackends(rpc::Packer& p) const;
+  // The series of the call's service (null when the table no longer lists it).
+  ServiceSeries* seriesOf(const Call& c) const;
+  void count(const Call& c, size_t outcome) {
+    if (!metrics_on_) return;
+    if (ServiceSeries* s = seriesOf(c)) {
+      ++s->outcomes[outcome];
+      timings_.record(&s->latency, c.t0);
+    }
+  }
 
   core::Loop& loop_;
   rpc::Service svc_{"proxy"};
@@ -254,6 +274,9 @@ class ProxyRole final : public RoleInstance {
   static constexpr double kResolvedBatch = 0.05;
   double resolved_due_ = 0;  // when resolved_timer_ fires
   uint64_t table_applies_ = 0;
+  bool metrics_on_ = false;  // the daemon serves --metrics-bind
+  std::unordered_map<std::string, std::unique_ptr<ServiceSeries>> service_series_;
+  core::Timings timings_{loop_};  // after the series it points into
 };
 
 ProxyRole::ProxyRole(RoleEnv& env)
@@ -335,6 +358,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
           c->hint = plan[i].second;
           c->batch = b;
           c->item = i;
+          c->t0 = metrics_on_ ? loop_.now() : 0;
           start(*c, *plan[i].first);
           route(std::move(c));
         }
@@ -419,6 +443,7 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
 }
 
 void ProxyRole::admit(CallPtr c) {
+  c->t0 = metrics_on_ ? loop_.now() : 0;
   auto it = table_.find(c->service);
   if (it == table_.end() || it->second.list.empty()) {
     std::string msg = "no service '" + std::string(c->service) + "'";
@@ -549,20 +574,27 @@ void ProxyRole::onReply(Backend& b, CallPtr c, rpc::Response& r) {
   --b.in_flight;
   if (b.listed == 0 && b.in_flight == 0 && !sweep_timer_)
     sweep_timer_ = loop_.after(0, [this] { sweepBackends(); });
+  auto retry = [&] {
+    if (ServiceSeries* s = metrics_on_ ? seriesOf(*c) : nullptr) ++s->retries;
+    route(std::move(c));
+  };
   if (r.failed(Kind::kNotSent)) {  // never written (refused connect): the next instance
     ++b.errors;
-    return route(std::move(c));
+    return retry();
   }
   if (r.type != E::kFailure) b.answered();
   if (r.type == E::kPeerError && notExecuted(r.error) && !c->hint.set) {
     ++b.errors;  // it did not run there (e.g. draining): the next instance, like a refusal
-    return route(std::move(c));
+    return retry();
   }
   if (!r.ok()) ++b.errors;
   finish(std::move(c), r);
 }
 
 void ProxyRole::finish(CallPtr c, rpc::Response& r) {
+  count(*c, r.type == rpc::Ended::kResult      ? 0
+            : r.type == rpc::Ended::kPeerError ? 1 + static_cast<size_t>(rpc::countedKind(r.error))
+                                               : 1 + static_cast<size_t>(r.kind));
   if (c->batch)  // (kNotSent never gets here: such calls are routed again)
     return deliver(*c->batch, c->item, r.outcome());
   switch (r.type) {
@@ -577,6 +609,7 @@ void ProxyRole::finish(CallPtr c, rpc::Response& r) {
 }
 
 void ProxyRole::fail(CallPtr c, Kind k, std::string msg) {
+  count(*c, 1 + static_cast<size_t>(k));
   rpc::Outcome o = rpc::Outcome::failure(k, std::move(msg));
   if (c->batch) return deliver(*c->batch, c->item, std::move(o));
   c->reply.answer(o);
@@ -709,6 +742,9 @@ void ProxyRole::applyTable(Object services, bool keep) {
     std::string name(services.key(i).str());
     auto old = table_.find(name);
     if (old != table_.end() && old->second.list == in.list) in.rr = old->second.rr;  // unchanged
+    auto& series = service_series_[name];
+    if (!series) series = std::make_unique<ServiceSeries>();
+    in.series = series.get();
     next.emplace(std::move(name), std::move(in));
   }
   if (skipped) {
@@ -726,7 +762,66 @@ void ProxyRole::applyTable(Object services, bool keep) {
     core::log::info("proxy: table now {} service(s), {} instance(s)", next.size(), after);
   table_ = std::move(next);
   ++table_gen_;
+  // Series only for the services the table holds (SPEC §9): observations pending go in first.
+  if (service_series_.size() > table_.size()) {
+    timings_.settle();
+    std::erase_if(service_series_, [this](const auto& kv) { return !table_.count(kv.first); });
+  }
   sweepBackends();
+}
+
+ServiceSeries* ProxyRole::seriesOf(const Call& c) const {
+  if (c.table_gen == table_gen_ && c.instances) return c.instances->series;
+  auto it = table_.find(c.service);
+  return it == table_.end() ? nullptr : it->second.series;
+}
+
+void ProxyRole::writeMetrics(core::MetricsText& out) {
+  using T = core::MetricsText::Type;
+  timings_.settle();
+  // The table's order is a hash's: sorted names give scrapes that read the same way.
+  std::vector<std::pair<const std::string*, const Instances*>> services;
+  services.reserve(table_.size());
+  for (const auto& [name, in] : table_) services.emplace_back(&name, &in);
+  std::sort(services.begin(), services.end(),
+            [](const auto& a, const auto& b) { return *a.first < *b.first; });
+  out.family("aiorpc_proxy_calls_total", T::kCounter,
+             "Calls routed (invoke and batch_invoke items), by service and outcome.");
+  for (auto [name, in] : services) {
+    for (size_t o = 0; o < in->series->outcomes.size(); ++o) {
+      if (o > 0 && in->series->outcomes[o] == 0) continue;
+      out.sample("aiorpc_proxy_calls_total",
+                 {{"service", *name},
+                  {"outcome", o == 0 ? std::string_view("ok") : rpc::kindName(Kind(o - 1))}},
+                 in->series->outcomes[o]);
+    }
+  }
+  out.family("aiorpc_proxy_call_duration_seconds", T::kHistogram,
+             "Time from a call's arrival to its answer, retries included, by service.");
+  for (auto [name, in] : services)
+    out.histogram("aiorpc_proxy_call_duration_seconds", {{"service", *name}}, in->series->latency);
+  out.family("aiorpc_proxy_retries_total", T::kCounter,
+             "Calls sent again to another instance (the first refused or did not run them).");
+  for (auto [name, in] : services)
+    out.sample("aiorpc_proxy_retries_total", {{"service", *name}}, in->series->retries);
+  auto backends = [&](std::string_view family, T type, std::string_view help, auto value) {
+    out.family(family, type, help);
+    for (auto [name, in] : services)
+      for (const Backend* b : in->list)
+        out.sample(family, {{"service", *name}, {"endpoint", b->name}}, value(*b));
+  };
+  backends("aiorpc_proxy_backend_up", T::kGauge,
+           "1 while an instance is routable, 0 while ejected (or outside --backend-allow).",
+           [](const Backend& b) { return b.eject.ejected() || b.denied ? 0.0 : 1.0; });
+  backends("aiorpc_proxy_backend_in_flight", T::kGauge,
+           "Calls sent to an instance and not answered yet.",
+           [](const Backend& b) { return static_cast<double>(b.in_flight); });
+  backends("aiorpc_proxy_backend_ejections_total", T::kCounter,
+           "Times an instance was ejected after failed connects.",
+           [](const Backend& b) { return b.eject.ejections(); });
+  out.gauge("aiorpc_proxy_registry_stale",
+            "1 while no keepalive answered with a fresh table in the last round.",
+            table_stale_ ? 1.0 : 0.0);
 }
 
 void ProxyRole::sweepBackends() {
@@ -836,6 +931,7 @@ void ProxyRole::packBackends(rpc::Packer& p) const {
 }
 
 void ProxyRole::started(rpc::Server& server, const core::Address&) {
+  metrics_on_ = server.metricsEnabled();
   server.addStats("backends", [this](rpc::Packer& p) { packBackends(p); });
   server.addStats("registry", [this](rpc::Packer& p) {
     p.map(4);
