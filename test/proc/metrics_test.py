@@ -10,6 +10,8 @@ import tempfile
 import time
 import urllib.request
 
+import msgpack
+
 from harness import Raw, daemon, run, wait_until
 
 
@@ -246,6 +248,23 @@ def test_the_metrics_port_under_bad_input_stays_bounded_and_the_daemon_serves():
     assert eof and time.time() - t0 < 15, time.time() - t0
     # the daemon served calls throughout
     assert Raw(demo).call("echo", [1])[3] == [1]
+
+
+def test_a_proxy_with_20000_backends_scrapes_whole():
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0", "--ttl", "300",
+                "--max-records-per-source", "30000")
+    n = 20000
+    r = Raw(ka)
+    r.send_bytes(b"".join(msgpack.packb([0, i, "heartbeat", [f"svc{i % 10}", "127.0.0.1", 1 + i]])
+                          for i in range(n)))
+    assert all(m[2] is None for m in r.recv(n, timeout=60))
+    px, m = with_metrics("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint)
+    assert wait_until(lambda: get(m)[1].count("aiorpc_proxy_backend_up{") == n, timeout=60)
+    t0 = time.time()
+    text = get(m)[1]
+    print(f"scrape of {n} backends: {len(text)} bytes in {(time.time() - t0) * 1000:.0f} ms")
+    assert text.count("aiorpc_proxy_backend_in_flight{") == n
+    promtool_check(text)
 
 
 def test_allow_and_unix_sockets():
