@@ -5,20 +5,21 @@
 namespace aiorpc::agents {
 
 namespace {
-core::HttpServerOptions options(core::AllowList allow) {
+core::HttpServerOptions options(core::AllowList allow, std::shared_ptr<core::TlsContext> tls) {
   core::HttpServerOptions o;
   o.allow = std::move(allow);
+  o.tls = std::move(tls);
   return o;
 }
 }  // namespace
 
 MetricsEndpoint::MetricsEndpoint(core::Loop& loop, rpc::Server& server, RoleInstance& role,
-                                 core::AllowList allow)
+                                 core::AllowList allow, std::shared_ptr<core::TlsContext> tls)
     : server_(server),
       role_(role),
       http_(
           loop, [this](std::string_view, std::string_view path) { return answer(path); },
-          options(std::move(allow))) {
+          options(std::move(allow), std::move(tls))) {
   server_.enableMetrics();
 }
 

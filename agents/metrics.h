@@ -12,8 +12,10 @@ namespace aiorpc::agents {
 
 class MetricsEndpoint {
  public:
-  // `server` and `role` outlive this. `allow`: the daemon's --allow, which covers this port too.
-  MetricsEndpoint(core::Loop& loop, rpc::Server& server, RoleInstance& role, core::AllowList allow);
+  // `server` and `role` outlive this. `allow`: the daemon's --allow, which covers this port too;
+  // `tls`: the daemon's server context (--tls-cert), which makes it HTTPS (null: plain HTTP).
+  MetricsEndpoint(core::Loop& loop, rpc::Server& server, RoleInstance& role, core::AllowList allow,
+                  std::shared_ptr<core::TlsContext> tls = nullptr);
   core::Result<core::Address> listen(std::string_view spec);
   void stop() noexcept { http_.stop(); }
   // The body of GET /metrics.

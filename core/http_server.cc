@@ -10,6 +10,7 @@
 #include "aiorpc/core/connection.h"
 #include "aiorpc/core/listener.h"
 #include "aiorpc/core/log.h"
+#include "aiorpc/core/tls.h"
 #include "aiorpc/core/watcher.h"
 
 namespace aiorpc::core {
@@ -73,6 +74,7 @@ bool isToken(std::string_view s) {
 struct HttpServer::Conn final : ListNode, ConnectionHandler {
   Conn(HttpServer& s, Fd fd) : server(&s), conn(s.loop_, std::move(fd), this) {
     conn.setWaterMarks(kHighWater, kLowWater);
+    if (s.opts_.tls) conn.startTls(s.opts_.tls);
     idle.bind<&Conn::onIdle>(s.loop_, this);
     idle.start(s.opts_.idle_timeout);
   }

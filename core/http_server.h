@@ -6,7 +6,8 @@
 // and the connection closed; past max_connections a new connection closes the one that has
 // waited longest since its last complete request (a scraper always gets in, and clients that
 // trickle or idle go first); a connection without a complete request for idle_timeout seconds
-// is closed, however slowly bytes arrive. Peers outside `allow` are closed at accept.
+// is closed, however slowly bytes arrive. Peers outside `allow` are closed at accept. With a
+// TLS context every connection is HTTPS.
 //
 // Why not libmicrohttpd: driving it from our loop means its epoll fd on Linux and select()'s
 // fd sets (FD_SETSIZE) elsewhere, it refuses rather than evicts past its connection limit, and
@@ -33,11 +34,16 @@ namespace aiorpc::core {
 
 class Listener;
 
+class TlsContext;
+
 struct HttpServerOptions {
   size_t max_head = 8 << 10;
   size_t max_connections = 64;
   double idle_timeout = 10;
   AllowList allow;
+  // A server-side context: HTTPS on every connection (mutual when the context asks for client
+  // certificates). Its handshake timeout applies; idle_timeout counts from the accept as well.
+  std::shared_ptr<TlsContext> tls;
 };
 
 struct HttpAnswer {

@@ -78,7 +78,7 @@ const agents::FlagSpec kCommon[] = {
      "seconds a TLS handshake may take, in and out"},
     {"metrics-bind", agents::FlagType::kEndpoint, "",
      "serve GET /metrics (Prometheus) and /healthz over HTTP on HOST:PORT or unix:/path "
-     "(default: off; --allow applies)"},
+     "(default: off; --allow applies; HTTPS with --tls-cert, mutual with --tls-client-ca)"},
 };
 
 // SPEC §8: the server context (with --tls-cert/--tls-key) and the client one (with any TLS
@@ -357,7 +357,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<agents::MetricsEndpoint> metrics;  // SPEC §9
   std::optional<core::Address> metrics_at;
   if (flags.has("metrics-bind")) {
-    metrics = std::make_unique<agents::MetricsEndpoint>(loop, server, *instance, opts.allow);
+    metrics =
+        std::make_unique<agents::MetricsEndpoint>(loop, server, *instance, opts.allow, tls.server);
     auto at = metrics->listen(flags.str("metrics-bind"));
     if (!at)
       return fail("cannot listen on " + flags.str("metrics-bind") +

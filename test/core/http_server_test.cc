@@ -12,6 +12,8 @@
 #include <string>
 
 #include "aiorpc/core/http.h"
+#include "aiorpc/core/tls.h"
+#include "test/support/certs.h"
 #include "test/support/run_until.h"
 
 namespace core = aiorpc::core;
@@ -243,6 +245,36 @@ TEST_SUITE("http_server") {
     REQUIRE(f.until(p, [&] { return p.eof; }));
     CHECK(f.server->refused() == 1);
     CHECK(f.calls == 0);
+  }
+
+  TEST_CASE("with a TLS context it is HTTPS, mutual when asked; plaintext gets nothing") {
+    using aiorpc::test::certFile;
+    using aiorpc::test::tlsContext;
+    using Side = core::TlsContext::Side;
+    core::HttpServerOptions o;
+    o.tls = tlsContext(Side::kServer, "server", "ca.pem");  // client certificates from ca
+    Fixture f(o);
+    core::Http http(f.loop);
+    core::HttpTlsFiles with_cert{certFile("ca.pem"), certFile("client.pem"),
+                                 certFile("client.key")};
+    core::HttpTlsFiles without_cert{certFile("ca.pem"), "", ""};
+    core::HttpResponse a, b;
+    core::HttpRequest ra, rb;
+    ra.url = rb.url = "https://localhost:" + std::to_string(f.port) + "/hello";
+    ra.tls = &with_cert;
+    rb.tls = &without_cert;
+    http.request(std::move(ra), [&](core::HttpResponse& r) { a = r; });
+    http.request(std::move(rb), [&](core::HttpResponse& r) { b = r; });
+    REQUIRE(runUntil(
+        f.loop, [&] { return (a.status || !a.error.empty()) && (b.status || !b.error.empty()); }));
+    CHECK(a.status == 200);
+    CHECK(a.body == "GET hello\n");
+    CHECK(b.status == 0);  // no client certificate: the handshake fails
+    Peer p(f.port);
+    p.send("GET /hello HTTP/1.1\r\n\r\n");
+    REQUIRE(f.until(p, [&] { return p.eof; }));
+    CHECK(p.in.find("HTTP/1.1") == std::string::npos);
+    CHECK(f.calls == 1);
   }
 
   TEST_CASE("a handler that destroys the server: the answer is dropped, nothing else runs") {

@@ -267,6 +267,48 @@ def test_a_proxy_with_20000_backends_scrapes_whole():
     promtool_check(text)
 
 
+def test_with_tls_flags_the_metrics_port_is_https_and_mutual_when_asked():
+    import ssl
+    certs = tempfile.mkdtemp(prefix="aiorpc-metrics-tls-")
+    try:
+        subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                     "../support/make_certs.sh"), certs], check=True)
+        c = lambda name: os.path.join(certs, name)  # noqa: E731
+        demo, m = with_metrics("--role=demo", "--bind", "127.0.0.1:0", "--tls-cert",
+                               c("server.pem"), "--tls-key", c("server.key"), "--tls-client-ca",
+                               c("ca.pem"))
+        port = int(m.rsplit(":", 1)[1])
+        ctx = ssl.create_default_context(cafile=c("ca.pem"))
+        ctx.load_cert_chain(c("client.pem"), c("client.key"))
+        with urllib.request.urlopen(f"https://localhost:{port}/metrics", context=ctx,
+                                    timeout=10) as r:
+            assert r.status == 200
+            promtool_check(r.read().decode())
+        # curl, another TLS stack's client, as a probe would
+        out = subprocess.run(["curl", "-fsS", "--cacert", c("ca.pem"), "--cert", c("client.pem"),
+                              "--key", c("client.key"), f"https://localhost:{port}/healthz"],
+                             capture_output=True, timeout=30)
+        assert out.stdout == b"ok\n", out
+        # no client certificate: refused in the handshake; plaintext: closed without an answer
+        bare = ssl.create_default_context(cafile=c("ca.pem"))
+        try:
+            with urllib.request.urlopen(f"https://localhost:{port}/metrics", context=bare,
+                                        timeout=10) as r:
+                r.read()
+            assert False, "served without a client certificate"
+        except (urllib.error.URLError, ssl.SSLError, ConnectionResetError):
+            pass
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(10)
+        s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        try:
+            assert b"HTTP/1.1" not in s.recv(4096)
+        except ConnectionResetError:
+            pass
+    finally:
+        shutil.rmtree(certs, ignore_errors=True)
+
+
 def test_allow_and_unix_sockets():
     tmp = tempfile.mkdtemp(prefix="aiorpc-metrics-")
     try:
