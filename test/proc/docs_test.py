@@ -5,7 +5,9 @@ carries a marker right above it: `<!-- doc-test: run -->` (run here, in a tempor
 new block is classified when it is written. A ```cpp block marked
 `<!-- doc-test: compile and run ... -->` is a whole program: compiled as shown against the build
 under test, run, and expected to print `listening on HOST:PORT`, answer `greet` and stop on
-SIGTERM.
+SIGTERM; one marked `<!-- doc-test: excerpt of PATH -->` must be lines of that tested example;
+one marked `<!-- doc-test: compile in: SETTING -->` is a fragment, compiled as shown inside the
+named setting (SETTINGS: the names it uses, declared). Every ```cpp block has one of the three.
 
 The blocks use the documented fixed ports (7999, 9999, ...): they run in a private network
 namespace (unshare -n, as root) with only loopback, so they collide with nothing on the machine
@@ -35,7 +37,7 @@ if __name__ == "__main__" and not sanitized():
     from harness import in_private_netns
     in_private_netns("docs_test.py")
 
-MARKER = re.compile(r"<!--\s*doc-test:\s*(run|skip|compile and run|excerpt of)\b:?(.*?)-->\s*$",
+MARKER = re.compile(r"<!--\s*doc-test:\s*(run|skip|compile and run|excerpt of|compile in)\b:?(.*?)-->\s*$",
                     re.S)
 
 
@@ -49,7 +51,7 @@ def blocks(lang="sh"):
         text = open(path).read()
         for m in re.finditer(r"^```" + lang + r"\n(.*?)^```", text, re.S | re.M):
             before = text[:m.start()].rstrip("\n")
-            mk = MARKER.search(before[-600:])
+            mk = MARKER.search(before[before.rfind("<!--"):])  # the last comment only
             line = text.count("\n", 0, m.start()) + 1
             rel = os.path.relpath(path, ROOT)
             if not mk or not before.endswith("-->"):
@@ -112,15 +114,61 @@ def test_cpp_excerpts_are_lines_of_a_built_and_tested_example():
             assert not ln.strip() or ln.strip() in lines, f"{f}:{line}: not in {path}: {ln!r}"
 
 
-def test_the_whole_cpp_programs_compile_and_serve():
-    sys.path.insert(0, HERE)
-    from harness import Proc, Raw
+# The settings a fragment (`compile in: NAME`) is compiled in: what comes before it (the names it
+# uses, declared as a program would have them) and after it.
+SETTINGS = {
+    "a handler setting": ("void fragment(core::Loop& loop, rpc::Service& foo) {", "}"),
+    "a coroutine": ("core::Task<void> fragment(core::Loop& loop, std::string c, std::string ep, "
+                    "int id) {", "co_return;\n}"),
+    "a function": ("void fragment() {", "}"),
+    "a started server": ("void fragment(core::Loop& loop, core::Result<core::Address> bound) {",
+                         "}"),
+    "a thread pool": ("struct Pool { void submit(std::function<void()> job); };\n"
+                      "uint64_t compute(uint64_t n);\n"
+                      "void fragment(core::Loop& loop, rpc::Service& svc, Pool& pool) {\n"
+                      "using rpc::Reply;", "}"),
+}
+
+
+def build_flags():
     uninstalled = os.path.join(BUILD, "meson-uninstalled")
     env = dict(os.environ, PKG_CONFIG_PATH=uninstalled)
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "aiorpc"], env=env,
                            capture_output=True, text=True, check=True).stdout.split()
-    flags += ["-I" + os.path.join(BUILD, "include"), "-I" + os.path.join(ROOT, "include"),
-              "-Wl,-rpath," + BUILD]
+    return flags + ["-I" + os.path.join(BUILD, "include"), "-I" + os.path.join(ROOT, "include"),
+                    "-Wl,-rpath," + BUILD]
+
+
+def test_every_cpp_block_is_compiled():
+    """A ```cpp block is a whole program (`compile and run`), lines of a tested example
+    (`excerpt of PATH`) or a fragment compiled in a named setting (`compile in: NAME`, see
+    SETTINGS): each is compiled as shown, with warnings as errors."""
+    unmarked = [f"{f}:{line}" for f, line, mark, _, _ in blocks("cpp") if mark is None]
+    assert not unmarked, "cpp blocks without a doc-test marker: " + ", ".join(unmarked)
+    frags = [b for b in blocks("cpp") if b[2] == "compile in"]
+    assert frags, "no fragments found"
+    flags = [f for f in build_flags() if f.startswith("-I") or f.startswith("-D")]
+    for f, line, _, setting, text in frags:
+        assert setting in SETTINGS, f"{f}:{line}: no setting named {setting!r}"
+        before, after = SETTINGS[setting]
+        src = ("#include <aiorpc/aiorpc.h>\n#include <aiorpc/agents/heartbeat.h>\n"
+               "#include <functional>\nusing namespace aiorpc;\nusing rpc::arg;\n"
+               f"{before}\n#line {line + 1} \"{f}\"\n{text}\n{after}\n")
+        work = tempfile.mkdtemp(prefix="aiorpc-doc-")
+        path = os.path.join(work, "fragment.cc")
+        with open(path, "w") as out:
+            out.write(src)
+        r = subprocess.run([os.environ.get("CXX", "c++"), "-std=c++20", "-fsyntax-only", "-Wall",
+                            "-Wextra", "-Werror", "-Wno-unused-variable", "-Wno-unused-parameter",
+                            "-Wno-unused-but-set-variable", path, *flags],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{f}:{line}: does not compile as shown:\n{r.stderr[-3000:]}"
+
+
+def test_the_whole_cpp_programs_compile_and_serve():
+    sys.path.insert(0, HERE)
+    from harness import Proc, Raw
+    flags = build_flags()
     progs = [b for b in blocks("cpp") if b[2] == "compile and run"]
     assert progs, "no whole program in the documentation"
     for f, line, _, _, text in progs:
