@@ -7,7 +7,7 @@
 set -euo pipefail
 what=${1:?demo or proxy}; B=${2:-build-release}; extra=("${@:3}")
 tmp=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP_CG:-}" ] && cp "$tmp"/cg.* "$KEEP_CG"/ 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 start() {  # name cmd... → PORT, PID (binds port 0, reads the port from the log)
   local name=$1; shift

@@ -46,10 +46,19 @@ struct Hint {
 };
 
 // batch_invoke: one outcome per item; owned by its item calls, answered when the last delivers.
+// A result that came as bytes is kept as bytes (appended to `bytes`, where `at` finds it) and
+// written into the reply as it came: never decoded, never re-encoded.
 struct Batch {
   rpc::Responder reply;
   std::vector<rpc::Outcome> out;
+  std::vector<std::pair<size_t, size_t>> at;  // per item: its result's offset and length
+  std::string bytes;
   size_t left = 0;
+};
+
+// The reply of a batch whose items all succeeded: an array of the results in item order.
+struct BatchResults {
+  const Batch* b;
 };
 
 // Buffers for raw calls' bytes by size class (256 B to 64 KiB, powers of two): a routed call
@@ -196,6 +205,24 @@ bool notExecuted(Object error) {
 }
 
 }  // namespace
+}  // namespace aiorpc::agents::proxy
+
+template <>
+struct aiorpc::rpc::Encode<aiorpc::agents::proxy::BatchResults> {
+  static void pack(Packer& p, const aiorpc::agents::proxy::BatchResults& r) {
+    const auto& b = *r.b;
+    p.array(static_cast<uint32_t>(b.out.size()));
+    for (size_t i = 0; i < b.out.size(); ++i) {
+      if (b.at[i].second > 0) {
+        p.raw(std::string_view(b.bytes).substr(b.at[i].first, b.at[i].second));
+      } else {
+        p.pack(b.out[i].value);
+      }
+    }
+  }
+};
+
+namespace aiorpc::agents::proxy {
 
 class ProxyRole final : public RoleInstance {
  public:
@@ -224,6 +251,8 @@ class ProxyRole final : public RoleInstance {
   void finish(CallPtr c, rpc::Response& r);
   void fail(CallPtr c, Kind k, std::string msg);
   void deliver(Batch& b, size_t item, rpc::Outcome o);
+  void deliverBytes(Batch& b, size_t item, std::string_view result);
+  void answerBatch(Batch& b);
   void forwardNotification(std::string_view service, std::string_view method,
                            core::FunctionRef<void(rpc::Packer&)> params);
   void onBackendChange(Backend& b, Backend::Change c);
@@ -348,6 +377,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
         auto b = std::make_shared<Batch>();
         b->reply = std::move(reply.raw());
         b->out.resize(plan.size());
+        b->at.resize(plan.size());
         b->left = plan.size();
         if (plan.empty()) return b->reply.reply(std::vector<rpc::Value>{});
         for (uint32_t i = 0; i < plan.size(); ++i) {
@@ -595,8 +625,11 @@ void ProxyRole::finish(CallPtr c, rpc::Response& r) {
   count(*c, r.type == rpc::Ended::kResult      ? 0
             : r.type == rpc::Ended::kPeerError ? 1 + static_cast<size_t>(rpc::countedKind(r.error))
                                                : 1 + static_cast<size_t>(r.kind));
-  if (c->batch)  // (kNotSent never gets here: such calls are routed again)
+  if (c->batch) {  // (kNotSent never gets here: such calls are routed again)
+    if (r.type == rpc::Ended::kResult && !r.raw_result.empty())
+      return deliverBytes(*c->batch, c->item, r.raw_result);
     return deliver(*c->batch, c->item, r.outcome());
+  }
   switch (r.type) {
     case rpc::Ended::kResult:
       return c->reply.reply(rpc::Raw{r.raw_result});  // the backend's bytes, not re-encoded
@@ -617,7 +650,17 @@ void ProxyRole::fail(CallPtr c, Kind k, std::string msg) {
 
 void ProxyRole::deliver(Batch& b, size_t item, rpc::Outcome o) {
   b.out[item] = std::move(o);
-  if (--b.left > 0) return;
+  if (--b.left == 0) answerBatch(b);
+}
+
+void ProxyRole::deliverBytes(Batch& b, size_t item, std::string_view result) {
+  b.at[item] = {b.bytes.size(), result.size()};
+  b.bytes.append(result);
+  b.out[item] = rpc::Outcome::result(rpc::Value());  // ok: its bytes are in b.bytes
+  if (--b.left == 0) answerBatch(b);
+}
+
+void ProxyRole::answerBatch(Batch& b) {
   for (size_t i = 0; i < b.out.size(); ++i) {
     rpc::Outcome& x = b.out[i];
     if (x.ok()) continue;
@@ -630,10 +673,7 @@ void ProxyRole::deliver(Batch& b, size_t item, rpc::Outcome o) {
       return b.reply.error(rpc::kindFromName(e[0].str()), where + std::string(e[1].str()));
     return b.reply.error(Kind::kApplication, where + e.toText(1000));
   }
-  std::vector<rpc::Value> results;
-  results.reserve(b.out.size());
-  for (auto& x : b.out) results.push_back(std::move(x.value));
-  b.reply.reply(results);
+  b.reply.reply(BatchResults{&b});
 }
 
 void ProxyRole::forwardNotification(std::string_view service, std::string_view method,

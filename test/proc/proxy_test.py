@@ -316,6 +316,59 @@ def test_map_form_invoke_and_notifications_are_relayed_as_bytes():
     assert b"".join(stream).count(odd_params) == 5, stream
 
 
+def test_batch_items_results_are_relayed_as_bytes():
+    """(#24) batch_invoke's results go into the reply as the backend encoded them (a str8 and a
+    float32 survive, where a decode and re-encode would make them fixstr and float64)."""
+    import socket
+    import threading
+    import msgpack
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    port = lsock.getsockname()[1]
+    odd = [b"\x92\xca\x3f\xc0\x00\x00\xd9\x02ok", b"\xd9\x03abc", b"\xcd\x00\x05"]
+
+    def backend():  # answers the i-th request with odd[i % 3], the replies in reverse order
+        conn, _ = lsock.accept()
+        u = msgpack.Unpacker(raw=False)
+        pending = []
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            u.feed(data)
+            for m in u:
+                pending.append(m)
+            if len(pending) >= 3:
+                for m in reversed(pending):
+                    conn.sendall(b"\x94\x01" + msgpack.packb(m[1]) + b"\xc0" +
+                                 odd[m[3][0] % 3])
+                pending = []
+    threading.Thread(target=backend, daemon=True).start()
+    Raw(ka).call("heartbeat", ["rawsvc", "127.0.0.1", port])
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2")
+    r = Raw(px)
+    assert wait_until(lambda: f"127.0.0.1:{port}" in backends(r))
+    s = socket.create_connection(("127.0.0.1", px.port))
+    s.sendall(msgpack.packb([0, 9, "batch_invoke", [[["rawsvc", "m", [i]] for i in range(3)]]]))
+    s.settimeout(10)
+    data = b""
+    u = msgpack.Unpacker(raw=False)
+    while True:
+        chunk = s.recv(65536)
+        assert chunk
+        data += chunk
+        u.feed(chunk)
+        got = list(u)
+        if got:
+            break
+    assert got[0][2] is None and got[0][3] == [[1.5, "ok"], "abc", 5], got
+    # the results, in item order, exactly as the backend wrote them
+    assert data == b"\x94\x01\x09\xc0\x93" + b"".join(odd), data
+
+
 def test_params_of_every_size_class_come_back_intact():
     """Raw calls keep their bytes in pooled buffers by size class (256 B .. 64 KiB) or one of
     their own above: pipelined calls of mixed sizes, each echoed exactly, in both forms."""
