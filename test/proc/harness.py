@@ -217,6 +217,18 @@ class Raw:
         self.sock.close()
 
 
+def messages(conn):
+    """Every msgpack message `conn` (a socket) sends, decoded, until it closes."""
+    import msgpack
+    u = msgpack.Unpacker(raw=False)
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        u.feed(data)
+        yield from u
+
+
 def daemon(*args, cwd=None):
     return Proc([binary("aiorpcd"), *args], cwd=cwd)
 

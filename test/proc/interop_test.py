@@ -8,7 +8,7 @@ import threading
 
 import msgpack
 
-from harness import Proc, Raw, binary, daemon, run
+from harness import Proc, Raw, binary, daemon, messages, run
 
 
 class PyServer:
@@ -31,26 +31,20 @@ class PyServer:
             threading.Thread(target=self._conn, args=(c,), daemon=True).start()
 
     def _conn(self, c):
-        u = msgpack.Unpacker(raw=False)
-        while True:
-            data = c.recv(65536)
-            if not data:
-                return
-            u.feed(data)
-            for msg in u:
-                self.seen.append(msg)
-                if msg[0] != 0:
-                    continue
-                _, msgid, method, params = msg
-                if method == "echo":
-                    reply = [1, msgid, None, params]
-                elif method == "boom":
-                    reply = [1, msgid, ["<class 'ValueError'>", "bad value"], None]
-                elif method == "evil":  # a hostile server's error text drives no terminal
-                    reply = [1, msgid, ["\x1b]0;pwned\x07Kind", "\x1b[2Jred\r\nfake"], None]
-                else:
-                    reply = [1, msgid, ["<class 'AttributeError'>", f"no {method}"], None]
-                c.sendall(msgpack.packb(reply, use_bin_type=True))
+        for msg in messages(c):
+            self.seen.append(msg)
+            if msg[0] != 0:
+                continue
+            _, msgid, method, params = msg
+            if method == "echo":
+                reply = [1, msgid, None, params]
+            elif method == "boom":
+                reply = [1, msgid, ["<class 'ValueError'>", "bad value"], None]
+            elif method == "evil":  # a hostile server's error text drives no terminal
+                reply = [1, msgid, ["\x1b]0;pwned\x07Kind", "\x1b[2Jred\r\nfake"], None]
+            else:
+                reply = [1, msgid, ["<class 'AttributeError'>", f"no {method}"], None]
+            c.sendall(msgpack.packb(reply, use_bin_type=True))
 
     def close(self):
         self.sock.close()

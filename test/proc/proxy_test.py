@@ -3,7 +3,7 @@ import selectors
 import signal
 import time
 
-from harness import Raw, daemon, run, wait_until
+from harness import Raw, daemon, messages, run, wait_until
 
 
 def cluster(n=3, proxy_args=()):
@@ -331,16 +331,10 @@ def test_batch_items_results_are_relayed_as_bytes():
 
     def backend():  # answers the i-th request with odd[i % 3], the replies in reverse order
         conn, _ = lsock.accept()
-        u = msgpack.Unpacker(raw=False)
         pending = []
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            u.feed(data)
-            for m in u:
-                pending.append(m)
-            if len(pending) >= 3:
+        for m in messages(conn):
+            pending.append(m)
+            if len(pending) == 3:
                 for m in reversed(pending):
                     conn.sendall(b"\x94\x01" + msgpack.packb(m[1]) + b"\xc0" +
                                  odd[m[3][0] % 3])
