@@ -29,7 +29,8 @@ struct ClientOptions {
   Limits limits;
   // Replies are framed by the scanner alone and not decoded: a result reaches the callback as
   // its msgpack bytes in Response::raw_result (Response::result stays nil), ready to be
-  // forwarded as they are (the proxy does). Error objects are still decoded.
+  // forwarded as they are (the proxy does); an error reply's error object likewise, in
+  // Response::raw_error (Response::error stays nil; Response::outcome() decodes either).
   bool raw_results = false;
   // Bytes of requests queued for the peer (unsent, or not yet taken by the kernel) past which
   // the peer counts as broken (it stops reading): the connection is closed (from the loop,

@@ -214,9 +214,18 @@ bool Endpoint::rawReply(std::string_view m) {
   if (m.size() < 4 || u(0) != 0x94 || u(1) != 0x01) return false;
   size_t id_len = 0;
   auto id = readUint(m.data() + 2, m.size() - 2, id_len);
-  if (!id || 2 + id_len >= m.size() || u(2 + id_len) != 0xc0) return false;
+  if (!id || 2 + id_len >= m.size()) return false;
   Response r;
-  r.raw_result = m.substr(3 + id_len);
+  if (u(2 + id_len) == 0xc0) {
+    r.raw_result = m.substr(3 + id_len);
+  } else {
+    // [1, msgid, error, nil]: the error as the peer encoded it (its item must end right before
+    // the nil result; anything else takes the decoded path and its checks).
+    std::string_view err = m.substr(2 + id_len, m.size() - 3 - id_len);
+    if (u(m.size() - 1) != 0xc0 || itemLength(err.data(), err.size()) != err.size()) return false;
+    r.type = Ended::kPeerError;
+    r.raw_error = err;
+  }
   completeCall(*id, r);
   return true;
 }

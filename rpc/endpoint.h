@@ -52,7 +52,8 @@ struct EndpointOptions {
   // read until one finishes, so one peer cannot make us hold unbounded pending work.
   size_t max_pending = 2048;
   // Input taken frame by frame (the scanner alone frames): a result reaches its callback as
-  // msgpack bytes (Response::raw_result), ready to be forwarded as they are, and a request for
+  // msgpack bytes (Response::raw_result; an error reply's error: raw_error), ready to be
+  // forwarded as they are, and a request for
   // a method with a raw handler (Service::raw) is offered as bytes; the rest is decoded in place.
   bool frames = false;
   double call_timeout = 10;  // seconds, for calls made without one
@@ -96,6 +97,7 @@ struct Response {
   Kind kind = Kind::kInternal;  // kFailure: kTimeout, kConnection or kNotSent
   Object result, error;         // kResult / kPeerError
   std::string_view raw_result;  // kResult with raw_results: the result's bytes
+  std::string_view raw_error;   // kPeerError with raw_results: the error's bytes (error nil)
   std::string message;          // kFailure
   bool ok() const noexcept { return type == Ended::kResult; }
   bool failed(Kind k) const noexcept { return type == Ended::kFailure && kind == k; }

@@ -54,6 +54,9 @@ Outcome Response::outcome() {
         return Outcome::result(Value::fromBytes(raw_result).value_or(Value()));
       return Outcome::result(keep(result));
     case Ended::kPeerError:
+      if (!raw_error.empty())
+        return {
+            Ended::kPeerError, Value::fromBytes(raw_error).value_or(Value()), Kind::kInternal, {}};
       return {Ended::kPeerError, keep(error), Kind::kInternal, {}};
     case Ended::kFailure:
       break;

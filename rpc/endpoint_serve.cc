@@ -69,6 +69,11 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
       p.object(b.error);
       p.nil();
       break;
+    case ReplyBody::Type::kErrorBytes:
+      outcome = 1 + static_cast<size_t>(countedKind(b.message));
+      p.raw(b.message);
+      p.nil();
+      break;
   }
   if (outcome) ++counters_.errors[outcome - 1];
   if (opts_.metrics) opts_.metrics->replied(tag, outcome);

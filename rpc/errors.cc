@@ -6,6 +6,7 @@
 #include <array>
 
 #include "aiorpc/rpc/codec.h"
+#include "aiorpc/rpc/scanner.h"
 
 namespace aiorpc::rpc {
 namespace {
@@ -30,6 +31,21 @@ Kind kindOf(const Value& v) {
 Kind countedKind(Object o) noexcept {
   Kind k =
       o.isArray() && o.size() >= 1 && o[0].isStrOrBin() ? kindFromName(o[0].str()) : Kind::kOther;
+  return k == Kind::kOther || k == Kind::kNotSent ? Kind::kApplication : k;
+}
+
+Kind countedKind(std::string_view e) noexcept {
+  // An array with at least one element: fixarray, array16 or array32 headers.
+  auto u = [&](size_t i) { return static_cast<unsigned char>(e[i]); };
+  size_t head = 0;
+  if (!e.empty() && u(0) >= 0x91 && u(0) <= 0x9f) head = 1;
+  if (e.size() >= 3 && u(0) == 0xdc && (u(1) | u(2))) head = 3;
+  if (e.size() >= 5 && u(0) == 0xdd && (u(1) | u(2) | u(3) | u(4))) head = 5;
+  Kind k = Kind::kOther;
+  size_t len = 0;
+  if (head) {
+    if (auto name = readStr(e.data() + head, e.size() - head, len)) k = kindFromName(*name);
+  }
   return k == Kind::kOther || k == Kind::kNotSent ? Kind::kApplication : k;
 }
 

@@ -34,6 +34,8 @@ Kind kindFromName(std::string_view s) noexcept;  // kOther when unknown
 // The kind an error object is counted under in \0stats: ours by its name, anything else (a
 // foreign peer's error passed on) as ApplicationError, never as a kind outside SPEC §1.
 Kind countedKind(Object error) noexcept;
+// The same, read from the error object's msgpack bytes (no decode).
+Kind countedKind(std::string_view error_bytes) noexcept;
 
 // An error reply: a kind and a message, or any error object a peer sent (kept intact in
 // `object`, e.g. the Python server's ["<class 'X'>", text]). Handlers may throw it; clients

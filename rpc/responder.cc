@@ -89,6 +89,8 @@ void Responder::error(const RpcError& e) {
 
 void Responder::errorObject(Object err) { send(ReplyBody::ofErrorObject(err)); }
 
+void Responder::errorBytes(std::string_view bytes) { send(ReplyBody::ofErrorBytes(bytes)); }
+
 ReplyBody replyForCurrentException(std::string& text) {
   try {
     throw;

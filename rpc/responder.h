@@ -18,7 +18,7 @@ void packError(Packer& p, Kind kind, std::string_view message);
 // What a reply carries: a result (written by `*value`), one of our errors (kind and message),
 // or a peer's error object passed on intact.
 struct ReplyBody {
-  enum class Type : uint8_t { kValue, kError, kErrorObject };
+  enum class Type : uint8_t { kValue, kError, kErrorObject, kErrorBytes };
   Type type = Type::kValue;
   const core::FunctionRef<void(Packer&)>* value = nullptr;
   Kind kind = Kind::kInternal;
@@ -32,6 +32,10 @@ struct ReplyBody {
   }
   static ReplyBody ofErrorObject(Object error) noexcept {
     return {Type::kErrorObject, nullptr, Kind::kInternal, {}, error};
+  }
+  // A peer's error object as the bytes it came in (`message` holds them): written as they are.
+  static ReplyBody ofErrorBytes(std::string_view bytes) noexcept {
+    return {Type::kErrorBytes, nullptr, Kind::kInternal, bytes, {}};
   }
 };
 
@@ -90,6 +94,9 @@ class Responder {
   void error(Kind kind, std::string_view message);
   void error(const RpcError& e);
   void errorObject(Object error);
+  // A peer's error object as the msgpack bytes it came in (Response::raw_error), passed on as
+  // they are.
+  void errorBytes(std::string_view bytes);
   // Answers from an exception (RpcError as is, anything else as ApplicationError).
   void fail(std::exception_ptr e);
   // Answers with a call's outcome: its result, the peer's error object intact, or the failure.

@@ -198,11 +198,13 @@ void start(Call& c, Instances& in) {
   c.start = c.hint.set ? c.hint.pick(in.list.size()) : in.rr++ % in.list.size();
 }
 
-// A backend's error reply that says the request did not run (SPEC §6: e.g. it is draining).
-bool notExecuted(Object error) {
-  return error.isArray() && error.size() >= 1 && error[0].isStrOrBin() &&
-         error[0].str() == rpc::kindName(Kind::kServiceUnavailable);
+// The kind a backend's error reply is counted under (read from its bytes when it came as bytes).
+Kind errorKind(const rpc::Response& r) {
+  return r.raw_error.empty() ? rpc::countedKind(r.error) : rpc::countedKind(r.raw_error);
 }
+
+// A backend's error reply that says the request did not run (SPEC §6: e.g. it is draining).
+bool notExecuted(const rpc::Response& r) { return errorKind(r) == Kind::kServiceUnavailable; }
 
 }  // namespace
 }  // namespace aiorpc::agents::proxy
@@ -613,7 +615,7 @@ void ProxyRole::onReply(Backend& b, CallPtr c, rpc::Response& r) {
     return retry();
   }
   if (r.type != E::kFailure) b.answered();
-  if (r.type == E::kPeerError && notExecuted(r.error) && !c->hint.set) {
+  if (r.type == E::kPeerError && notExecuted(r) && !c->hint.set) {
     ++b.errors;  // it did not run there (e.g. draining): the next instance, like a refusal
     return retry();
   }
@@ -623,7 +625,7 @@ void ProxyRole::onReply(Backend& b, CallPtr c, rpc::Response& r) {
 
 void ProxyRole::finish(CallPtr c, rpc::Response& r) {
   count(*c, r.type == rpc::Ended::kResult      ? 0
-            : r.type == rpc::Ended::kPeerError ? 1 + static_cast<size_t>(rpc::countedKind(r.error))
+            : r.type == rpc::Ended::kPeerError ? 1 + static_cast<size_t>(errorKind(r))
                                                : 1 + static_cast<size_t>(r.kind));
   if (c->batch) {  // (kNotSent never gets here: such calls are routed again)
     if (r.type == rpc::Ended::kResult && !r.raw_result.empty())
@@ -634,6 +636,7 @@ void ProxyRole::finish(CallPtr c, rpc::Response& r) {
     case rpc::Ended::kResult:
       return c->reply.reply(rpc::Raw{r.raw_result});  // the backend's bytes, not re-encoded
     case rpc::Ended::kPeerError:
+      if (!r.raw_error.empty()) return c->reply.errorBytes(r.raw_error);  // as it came
       return c->reply.errorObject(r.error);  // the backend's error, intact
     case rpc::Ended::kFailure:
       break;

@@ -32,6 +32,19 @@ def backends(r):
     return r.call("\0stats", None)[3].get("backends", {})
 
 
+def reply_bytes(sock):
+    """The bytes of the next reply on `sock` (a plain socket), and the reply decoded."""
+    import msgpack
+    data, u = b"", msgpack.Unpacker(raw=False)
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk
+        data += chunk
+        u.feed(chunk)
+        for m in u:
+            return data, m
+
+
 def label(r, n):
     """Gives instance i the running total 1000*(i+1) (through hints), so add(0) names it."""
     for i in range(n):  # hint 0 means round robin: n + i picks index i
@@ -348,19 +361,64 @@ def test_batch_items_results_are_relayed_as_bytes():
     s = socket.create_connection(("127.0.0.1", px.port))
     s.sendall(msgpack.packb([0, 9, "batch_invoke", [[["rawsvc", "m", [i]] for i in range(3)]]]))
     s.settimeout(10)
-    data = b""
-    u = msgpack.Unpacker(raw=False)
-    while True:
-        chunk = s.recv(65536)
-        assert chunk
-        data += chunk
-        u.feed(chunk)
-        got = list(u)
-        if got:
-            break
-    assert got[0][2] is None and got[0][3] == [[1.5, "ok"], "abc", 5], got
+    data, got = reply_bytes(s)
+    assert got[2] is None and got[3] == [[1.5, "ok"], "abc", 5], got
     # the results, in item order, exactly as the backend wrote them
     assert data == b"\x94\x01\x09\xc0\x93" + b"".join(odd), data
+
+
+def test_backend_error_replies_are_relayed_as_bytes():
+    """(#24) An error reply goes back as the backend encoded it (str8 strings, a foreign
+    Python-style error), counted under its kind; one that says ServiceUnavailable in a str8 is
+    still read as not run (the call goes to the next instance)."""
+    import socket
+    import threading
+    import msgpack
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
+    errors = {"ours": b"\x92\xd9\x0dArgumentError\xd9\x03bad",
+              "foreign": b"\x92\xd9\x14<class 'ValueError'>\xc4\x02no",
+              "unavailable": b"\x92\xd9\x12ServiceUnavailable\xa8draining"}
+
+    def backend(lsock, answer):  # [1, msgid, answer(request)...]
+        conn, _ = lsock.accept()
+        for m in messages(conn):
+            conn.sendall(b"\x94\x01" + msgpack.packb(m[1]) + answer(m))
+
+    answers = (lambda m: errors[m[3][0]] + b"\xc0",  # an error, as written above
+               lambda m: b"\xc0\xa6second")          # a result, "second"
+    socks = []
+    for answer in answers:
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(8)
+        socks.append(lsock)
+        threading.Thread(target=backend, args=(lsock, answer), daemon=True).start()
+        Raw(ka).call("heartbeat", ["errsvc", "127.0.0.1", lsock.getsockname()[1]])
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2")
+    r = Raw(px)
+    assert wait_until(lambda: len(backends(r)) == 2)
+    s = socket.create_connection(("127.0.0.1", px.port))
+    s.settimeout(10)
+
+    def call_raw(msgid, what, hint):
+        s.sendall(msgpack.packb([0, msgid, "invoke", {"service": "errsvc", "method": "m",
+                                                      "params": [what], "__hint__": hint}]))
+        return reply_bytes(s)
+    # a hint picks the error-answering instance (keepalive lists them by port)
+    idx = 0 if socks[0].getsockname()[1] < socks[1].getsockname()[1] else 1
+    hint = 2 + idx  # non-zero; (2 + idx) mod 2 == idx
+    for i, what in enumerate(("ours", "foreign")):
+        data, got = call_raw(10 + i, what, hint)
+        assert data == b"\x94\x01" + bytes([10 + i]) + errors[what] + b"\xc0", (what, data)
+    # not run there: without a hint it goes to the other instance
+    seen = set()
+    for i in range(4):
+        s.sendall(msgpack.packb([0, 20 + i, "invoke", ["errsvc", "m", ["unavailable"]]]))
+        seen.add(msgpack.unpackb(s.recv(65536), raw=False)[3])
+    assert seen == {"second"}, seen
+    st = r.call("\0stats", None)[3]
+    assert st["errors"].get("ArgumentError") == 1 and st["errors"].get("ApplicationError") == 1, st
 
 
 def test_params_of_every_size_class_come_back_intact():

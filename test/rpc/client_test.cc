@@ -444,7 +444,7 @@ TEST_SUITE("client") {
 }
 
 TEST_SUITE("client raw results") {
-  TEST_CASE("results arrive as the peer's bytes, split anywhere; errors decoded; msgid forms") {
+  TEST_CASE("results and errors arrive as the peer's bytes, split anywhere; msgid forms") {
     core::Loop loop;
     RawPeer peer(loop);
     ClientOptions o;
@@ -453,7 +453,7 @@ TEST_SUITE("client raw results") {
     struct Got {
       bool done = false;
       St status{};
-      std::string raw, error;
+      std::string raw, raw_error, error;
     } got[4];
     for (auto& g : got)
       c.send(
@@ -462,7 +462,9 @@ TEST_SUITE("client raw results") {
             g.done = true;
             g.status = st(r);
             g.raw = std::string(r.raw_result);
-            g.error = r.error.toText();
+            g.raw_error = std::string(r.raw_error);
+            CHECK(r.error.isNil());  // an error comes as its bytes; outcome() decodes it
+            if (r.type == Ended::kPeerError) g.error = r.outcome().value.view().toText();
             CHECK(r.result.isNil());
           });
     REQUIRE(runUntil(loop, [&] { return peer.received().size() == 4; }));
@@ -487,6 +489,7 @@ TEST_SUITE("client raw results") {
     CHECK(got[0].status == St::kOk);
     CHECK(got[0].raw == packToString("ok"));
     CHECK(got[1].status == St::kError);
+    CHECK(got[1].raw_error == packToString(std::tuple{"X", "boom"}));
     CHECK(got[1].error == "[\"X\", \"boom\"]");
     CHECK(got[2].raw == map);
     CHECK(got[3].raw == packToString(4.5));

@@ -63,6 +63,39 @@ std::string drain(aiorpc::core::OutQueue& q) {
 }  // namespace
 
 TEST_SUITE("codec") {
+  TEST_CASE("countedKind reads an error's bytes as it reads the decoded error") {
+    using namespace std::string_literals;
+    const std::string samples[] = {
+        "\x92\xad"
+        "ArgumentError\xa3"
+        "bad"s,  // ours, fixstr
+        "\x92\xd9\x0d"
+        "ArgumentError\xd9\x03"
+        "bad"s,                                         // ours, str8
+        "\xdc\x00\x02\xa7Timeout\xa1x"s,                // array16 (a name that is not a kind)
+        "\xdc\x00\x02\xacTimeoutError\xa1x"s,           // array16
+        "\xdd\x00\x00\x00\x01\xb2ServiceUnavailable"s,  // array32, one element
+        "\x92\xc4\x0d"
+        "ArgumentError\xa1x"s,                  // bin kind
+        "\x92\xacNotSentError\xa1x"s,           // client-side only: ApplicationError
+        "\x92\xb4<class 'ValueError'>\xa2no"s,  // foreign
+        "\x90"s,                                // empty array
+        "\xdc\x00\x00"s,                        // empty array16
+        "\xa5"
+        "error"s,         // not an array
+        "\x92\x01\x02"s,  // no string first
+        "\xc0"s,          // nil
+    };
+    for (const auto& b : samples) {
+      CAPTURE(b);
+      auto v = Value::fromBytes(b);
+      REQUIRE(v);
+      CHECK(countedKind(std::string_view(b)) == countedKind(v->view()));
+    }
+    CHECK(countedKind(std::string_view("\x92\xd9\x0d"
+                                       "ArgumentError\xa1x"s)) == Kind::kArgument);
+    CHECK(countedKind(std::string_view("\x92\xd9"s)) == Kind::kApplication);  // cut short
+  }
   TEST_CASE("Packer writes the bytes msgpack-c's packer writes, into strings and queues") {
     Reference ref;
     std::string mine;
