@@ -29,8 +29,10 @@ run_build build "" || status=1
 run_build build-asan "" -Db_sanitize=address,undefined -Db_lundef=false \
   -Dcpp_args=-fno-sanitize-recover=all || status=1
 # clang: everything is built (warnings are errors) and the unit suites run; the process tests
-# drive the same code as the g++ and ASan builds' runs, so they run there only (CI time).
-CXX=clang++ run_build build-clang unit || status=1
+# drive the same code as the g++ and ASan builds' runs, so they run there only (CI time). Its
+# warnings come from clang's front end, whatever the optimisation: it builds at -O0 without
+# debug info, 2-3x faster (proxy.cc 8.7 s -> 2.9 s, client_test.cc 11.1 s -> 4.1 s).
+CXX=clang++ run_build build-clang unit -Doptimization=0 -Ddebug=false || status=1
 
 # The failures last, so that the tail of the log names them: each failed test's name, result and
 # the last lines of its output (pytest's and doctest's failure reports are at their ends).
