@@ -121,6 +121,7 @@ SETTINGS = {
     "a coroutine": ("core::Task<void> fragment(core::Loop& loop, std::string c, std::string ep, "
                     "int id) {", "co_return;\n}"),
     "a function": ("void fragment() {", "}"),
+    "a server": ("void fragment(core::Loop& loop, rpc::Server& server) {", "}"),
     "a started server": ("void fragment(core::Loop& loop, core::Result<core::Address> bound) {",
                          "}"),
     "a thread pool": ("struct Pool { void submit(std::function<void()> job); };\n"
