@@ -4,8 +4,21 @@
 
 namespace aiorpc::rpc {
 
+void Outcomes::write(core::MetricsText& out, std::string_view name, std::string_view key,
+                     std::string_view value) const {
+  for (size_t o = 0; o < n.size(); ++o) {
+    if (o > 0 && n[o] == 0) continue;
+    std::string_view outcome = o == 0 ? "ok" : kindName(static_cast<Kind>(o - 1));
+    if (key.empty()) {
+      out.sample(name, {{"outcome", outcome}}, n[o]);
+    } else {
+      out.sample(name, {{key, value}, {"outcome", outcome}}, n[o]);
+    }
+  }
+}
+
 void RequestMetrics::grow(uint32_t method) {
-  while (by_method_.size() <= method) by_method_.push_back(std::make_unique<Series>());
+  while (by_method_.size() <= method) by_method_.push_back(std::make_unique<CallSeries>());
 }
 
 void RequestMetrics::write(core::MetricsText& out, const Service& service) {
@@ -19,17 +32,12 @@ void RequestMetrics::write(core::MetricsText& out, const Service& service) {
   };
   out.family("aiorpc_requests_total", T::kCounter,
              "Requests answered, by method and outcome (ok or the error kind).");
-  each([&](std::string_view method, const Series& s) {
-    for (size_t o = 0; o < s.outcomes.size(); ++o) {
-      if (o > 0 && s.outcomes[o] == 0) continue;
-      std::string_view outcome = o == 0 ? "ok" : kindName(static_cast<Kind>(o - 1));
-      out.sample("aiorpc_requests_total", {{"method", method}, {"outcome", outcome}},
-                 s.outcomes[o]);
-    }
+  each([&](std::string_view method, const CallSeries& s) {
+    s.outcomes.write(out, "aiorpc_requests_total", "method", method);
   });
   out.family("aiorpc_request_duration_seconds", T::kHistogram,
              "Time from reading a request to writing its reply, by method.");
-  each([&](std::string_view method, const Series& s) {
+  each([&](std::string_view method, const CallSeries& s) {
     out.histogram("aiorpc_request_duration_seconds", {{"method", method}}, s.latency);
   });
 }

@@ -158,6 +158,12 @@ void Server::handshakeFailed(const Endpoint& e, std::error_code why) {
 
 size_t Server::connectionCount() const noexcept { return peers_->map.size(); }
 
+uint64_t Server::bytesOut() const noexcept {
+  uint64_t n = stats_.bytes_out;  // closed connections'
+  for (auto& [id, e] : peers_->map) n += e->bytesWritten();
+  return n;
+}
+
 void Server::enableMetrics() {
   if (metrics_) return;
   metrics_ = std::make_unique<RequestMetrics>(loop_);
@@ -167,8 +173,7 @@ void Server::enableMetrics() {
 void Server::writeMetrics(core::MetricsText& out) {
   using T = core::MetricsText::Type;
   if (metrics_) metrics_->write(out, service_);
-  uint64_t bytes_out = stats_.bytes_out, accept_errors = 0;
-  for (auto& [id, e] : peers_->map) bytes_out += e->bytesWritten();
+  uint64_t accept_errors = 0;
   for (const auto& l : listeners_) accept_errors += l->acceptErrors();
   out.gauge("aiorpc_connections", "Connections open.",
             static_cast<double>(stats_.connections_open));
@@ -184,7 +189,7 @@ void Server::writeMetrics(core::MetricsText& out) {
   out.counter("aiorpc_protocol_errors_total", "Connections closed for a malformed message.",
               stats_.protocol_errors);
   out.counter("aiorpc_received_bytes_total", "Bytes read from peers.", stats_.bytes_in);
-  out.counter("aiorpc_sent_bytes_total", "Bytes written to peers.", bytes_out);
+  out.counter("aiorpc_sent_bytes_total", "Bytes written to peers.", bytesOut());
 }
 
 void Server::drain(core::Callback<void()> done) {
@@ -227,8 +232,6 @@ void Server::addStats(std::string key, std::function<void(Packer&)> fn) {
 }
 
 void Server::packStats(Packer& p) const {
-  uint64_t bytes_out = stats_.bytes_out;
-  for (auto& [id, e] : peers_->map) bytes_out += e->bytesWritten();
   uint32_t nerr = 0;
   for (auto e : stats_.errors) nerr += e > 0;
   uint64_t buffers = 0;
@@ -253,7 +256,7 @@ void Server::packStats(Packer& p) const {
     b.uinteger(stats_.errors[k]);
   }
   key("bytes_in").uinteger(stats_.bytes_in);
-  key("bytes_out").uinteger(bytes_out);
+  key("bytes_out").uinteger(bytesOut());
   key("in_flight").uinteger(stats_.in_flight);
   key("uptime_s").real(loop_.now() - stats_.started);
   key("input_buffers").uinteger(buffers);   // (ext) connections holding a decoder

@@ -103,6 +103,7 @@ class Server final : private Endpoint::Owner {
   void control(std::string_view cmd, Object params, Invocation& inv) override;
   void maybeDrained();
   void packStats(Packer& p) const;
+  uint64_t bytesOut() const noexcept;  // written to every peer, open and closed
   void packReflection(Packer& p) const;
   void onSweep(int) noexcept;
   static constexpr double kSweepEvery = 2.0;

@@ -317,12 +317,7 @@ class KeepaliveRole final : public RoleInstance {
     const auto* counts = hb && server_ && server_->requestMetrics()
                              ? server_->requestMetrics()->outcomes(hb->id)
                              : nullptr;
-    for (size_t o = 0; o < rpc::kKindCount + 1; ++o) {
-      uint64_t n = counts ? (*counts)[o] : 0;
-      if (o > 0 && n == 0) continue;
-      out.sample("aiorpc_registry_heartbeats_total",
-                 {{"outcome", o == 0 ? std::string_view("ok") : rpc::kindName(Kind(o - 1))}}, n);
-    }
+    (counts ? *counts : rpc::Outcomes{}).write(out, "aiorpc_registry_heartbeats_total");
     uint64_t expired = expired_;
     if (store_) {
       uint64_t removed = store_->counters().removed;

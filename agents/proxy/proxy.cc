@@ -21,9 +21,7 @@ using rpc::Object;
 namespace {
 
 // A service's series (SPEC §9), kept while the table lists the service.
-struct ServiceSeries {
-  std::array<uint64_t, rpc::kKindCount + 1> outcomes{};  // ok, then 1 + the error's kind
-  core::LatencyHistogram latency;
+struct ServiceSeries : rpc::CallSeries {
   uint64_t retries = 0;
 };
 
@@ -272,7 +270,7 @@ class ProxyRole final : public RoleInstance {
   void count(const Call& c, size_t outcome) {
     if (!metrics_on_) return;
     if (ServiceSeries* s = seriesOf(c)) {
-      ++s->outcomes[outcome];
+      ++s->outcomes.n[outcome];
       timings_.record(&s->latency, c.t0);
     }
   }
@@ -830,15 +828,8 @@ void ProxyRole::writeMetrics(core::MetricsText& out) {
             [](const auto& a, const auto& b) { return *a.first < *b.first; });
   out.family("aiorpc_proxy_calls_total", T::kCounter,
              "Calls routed (invoke and batch_invoke items), by service and outcome.");
-  for (auto [name, in] : services) {
-    for (size_t o = 0; o < in->series->outcomes.size(); ++o) {
-      if (o > 0 && in->series->outcomes[o] == 0) continue;
-      out.sample("aiorpc_proxy_calls_total",
-                 {{"service", *name},
-                  {"outcome", o == 0 ? std::string_view("ok") : rpc::kindName(Kind(o - 1))}},
-                 in->series->outcomes[o]);
-    }
-  }
+  for (auto [name, in] : services)
+    in->series->outcomes.write(out, "aiorpc_proxy_calls_total", "service", *name);
   out.family("aiorpc_proxy_call_duration_seconds", T::kHistogram,
              "Time from a call's arrival to its answer, retries included, by service.");
   for (auto [name, in] : services)
