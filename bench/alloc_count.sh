@@ -8,22 +8,13 @@ cd "$(dirname "$0")/.."
 SIZE=${1:-16}
 T=${2:-2}
 B=${BUILD:-build-release}
-[ -f $B/build.ninja ] || meson setup $B -Dbuildtype=release >/dev/null
-ninja -C $B aiorpcd aiorpc >/dev/null
-tmp=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
+. bench/lib.sh
+release_build aiorpcd aiorpc
 cc -O1 -shared -fPIC -o "$tmp/alloccount.so" bench/alloccount.c
-start() {  # name cmd... → PORT, PID
-  local name=$1; shift
-  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" & PID=$!; pids+=("$PID")
-  for _ in $(seq 100); do grep -q "listening on" "$tmp/$name.out" 2>/dev/null && break; sleep 0.05; done
-  PORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$tmp/$name.out" | head -1)
-}
 run() {  # load? → "allocations requests"
-  start ka $B/aiorpcd --role=keepalive --bind 127.0.0.1:0 --log-level error; local ka=127.0.0.1:$PORT
-  start demo $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keepalive $ka --log-level error
-  start proxy env ALLOCCOUNT_OUT=$tmp/count LD_PRELOAD=$tmp/alloccount.so $B/aiorpcd --role=proxy \
+  start - ka $B/aiorpcd --role=keepalive --bind 127.0.0.1:0 --log-level error; local ka=127.0.0.1:$PORT
+  start - demo $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keepalive $ka --log-level error
+  start - proxy env ALLOCCOUNT_OUT=$tmp/count LD_PRELOAD=$tmp/alloccount.so $B/aiorpcd --role=proxy \
     --bind 127.0.0.1:0 --keepalive $ka --refresh-interval 0.2 --log-level error
   local port=$PORT proxy=$PID
   sleep 1.5

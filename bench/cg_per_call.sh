@@ -6,15 +6,8 @@
 # DAEMON_ARGS: more flags for the measured daemon (e.g. "--metrics-bind 127.0.0.1:0").
 set -euo pipefail
 what=${1:?demo or proxy}; B=${2:-build-release}; extra=("${@:3}")
-tmp=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP_CG:-}" ] && cp "$tmp"/cg.* "$KEEP_CG"/ 2>/dev/null; rm -rf "$tmp"; }
-trap cleanup EXIT
-start() {  # name cmd... → PORT, PID (binds port 0, reads the port from the log)
-  local name=$1; shift
-  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" & PID=$!; pids+=("$PID")
-  for _ in $(seq 300); do grep -q "listening on" "$tmp/$name.out" 2>/dev/null && break; sleep 0.1; done
-  PORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$tmp/$name.out" | head -1)
-}
+cd "$(dirname "$0")/.."
+. bench/lib.sh
 stat_requests() {  # \0stats "requests" of 127.0.0.1:$1
   /usr/bin/python3 - "$1" <<'PY'
 import socket, sys, msgpack
@@ -30,14 +23,14 @@ PY
 run() {  # load? → "total requests"
   local load=$1 out=$tmp/cg.$RANDOM target
   if [ "$what" = proxy ]; then
-    start ka $B/aiorpcd --role=keepalive --bind 127.0.0.1:0; local ka=127.0.0.1:$PORT
-    start demo taskset -c 1 $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keepalive $ka
-    start cg valgrind --tool=callgrind --callgrind-out-file=$out $B/aiorpcd --role=proxy \
+    start - ka $B/aiorpcd --role=keepalive --bind 127.0.0.1:0; local ka=127.0.0.1:$PORT
+    start 1 demo $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keepalive $ka
+    start - cg valgrind --tool=callgrind --callgrind-out-file=$out $B/aiorpcd --role=proxy \
       --bind 127.0.0.1:0 --keepalive $ka --refresh-interval 0.2 ${DAEMON_ARGS:-}
     sleep 2  # the proxy's table
     target=(--proxy sample.foo)
   else
-    start cg valgrind --tool=callgrind --callgrind-out-file=$out $B/aiorpcd --role=demo \
+    start - cg valgrind --tool=callgrind --callgrind-out-file=$out $B/aiorpcd --role=demo \
       --bind 127.0.0.1:0 ${DAEMON_ARGS:-}
     target=()
   fi
@@ -47,6 +40,7 @@ run() {  # load? → "total requests"
   fi
   local n; n=$(stat_requests $port)
   kill -INT $cg; wait $cg || true
+  [ -z "${KEEP_CG:-}" ] || cp "$out" "$KEEP_CG"/  # for callgrind_annotate
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=()
   echo "$(callgrind_annotate $out | grep -m1 'PROGRAM TOTALS' | awk '{print $1}' | tr -d ,) $n"
 }

@@ -8,20 +8,15 @@ cd "$(dirname "$0")/.."
 SIZE=${1:-4194304}
 N=${2:-5}
 B=${BUILD:-build-release}
-[ -f $B/build.ninja ] || meson setup $B -Dbuildtype=release >/dev/null
-ninja -C $B aiorpcd >/dev/null
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. bench/lib.sh
+release_build aiorpcd
 cc -O1 -fno-builtin -fno-tree-loop-distribute-patterns -shared -fPIC -o "$tmp/copycount.so" \
   bench/copycount.c -ldl
 
 run() {  # calls → prints large_copied_bytes
-  COPYCOUNT_OUT="$tmp/count" LD_PRELOAD="$tmp/copycount.so" \
-    $B/aiorpcd --role=demo --bind 127.0.0.1:0 --log-level info >"$tmp/out" 2>&1 &
-  local pid=$!
-  for _ in $(seq 100); do grep -q "listening on" "$tmp/out" && break; sleep 0.05; done
-  local port
-  port=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$tmp/out" | head -1)
+  start - demo env COPYCOUNT_OUT="$tmp/count" LD_PRELOAD="$tmp/copycount.so" \
+    $B/aiorpcd --role=demo --bind 127.0.0.1:0 --log-level info
+  local pid=$PID port=$PORT
   /usr/bin/python3 - "$port" "$1" "$SIZE" <<'PY'
 import socket, sys, msgpack
 port, calls, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

@@ -4,14 +4,8 @@
 # CPU ns per call of the server. Loopback only.
 set -euo pipefail
 B=${1:-build-release}; R=${2:-3}
-tmp=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-start() { local core=$1 name=$2; shift 2
-  taskset -c "$core" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" & PID=$!; pids+=("$PID")
-  for _ in $(seq 100); do grep -q "listening on" "$tmp/$name.out" 2>/dev/null && break; sleep 0.05; done
-  PORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$tmp/$name.out" | head -1); }
-f() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+cd "$(dirname "$0")/.."
+. bench/lib.sh
 start 1 ka $B/aiorpcd --role=keepalive --bind 127.0.0.1:0 --log-level error; KA=127.0.0.1:$PORT
 start 1 d $B/aiorpcd --role=demo --bind 127.0.0.1:0 --keepalive $KA --heartbeat-interval 0.5 --log-level error
 start 0 px $B/aiorpcd --role=proxy --bind 127.0.0.1:0 --keepalive $KA --log-level error; PX=$PORT; PXP=$PID
@@ -20,5 +14,5 @@ sleep 1.5
 for i in $(seq $R); do
   d=$(taskset -c 1 $B/aiorpc bench 127.0.0.1:$SOLO -t 3 -w 1 -c 8 -d 64 -s 16 --cpu-pid $SOLOP | grep ^RESULT)
   p=$(taskset -c 1 $B/aiorpc bench 127.0.0.1:$PX -t 3 -w 1 -c 8 -d 64 -s 16 --proxy sample.foo --cpu-pid $PXP | grep ^RESULT)
-  echo "direct $(f calls_per_s "$d") calls/s $(f cpu_ns_per_call_0 "$d") ns | proxy $(f calls_per_s "$p") calls/s $(f cpu_ns_per_call_0 "$p") ns"
+  echo "direct $(field calls_per_s "$d") calls/s $(field cpu_ns_per_call_0 "$d") ns | proxy $(field calls_per_s "$p") calls/s $(field cpu_ns_per_call_0 "$p") ns"
 done

@@ -14,30 +14,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 B=build-release
-[ -f $B/build.ninja ] || meson setup $B -Dbuildtype=release >/dev/null
-ninja -C $B aiorpcd aiorpc epoll_echo >/dev/null
+. bench/lib.sh
+release_build aiorpcd aiorpc epoll_echo
 T=${BENCH_SECONDS:-3}
 W=${BENCH_WARMUP:-1}
 S=0  # server core
 L=1  # load core
 out=bench/results
 mkdir -p $out
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-start() {  # core name cmd... → sets PORT and PID
-  local core=$1 name=$2
-  shift 2
-  taskset -c "$core" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  PID=$!
-  pids+=("$PID")
-  for _ in $(seq 100); do grep -q "listening on" "$tmp/$name.out" 2>/dev/null && break; sleep 0.05; done
-  PORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$tmp/$name.out" | head -1)
-}
-
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 rows=()
 row() {  # label conns depth size result-line
   local r=$5
