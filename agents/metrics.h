@@ -17,7 +17,6 @@ class MetricsEndpoint {
   MetricsEndpoint(core::Loop& loop, rpc::Server& server, RoleInstance& role, core::AllowList allow,
                   std::shared_ptr<core::TlsContext> tls = nullptr);
   core::Result<core::Address> listen(std::string_view spec);
-  void stop() noexcept { http_.stop(); }
   // The body of GET /metrics.
   std::string scrape();
 

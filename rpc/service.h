@@ -293,7 +293,6 @@ class Service {
   size_t indexed_ = 0;
   Guard guard_;
   bool has_raw_ = false;
-  uint32_t last_id_ = 0;
 };
 
 template <class F, class... A>
@@ -399,7 +398,8 @@ Service& Service::def(std::string name, F fn, A... specs) {
     (std::make_index_sequence < variadic ? 0 : last - first > {});
   };
   auto& slot = methods_[name];
-  uint32_t id = slot.id ? slot.id : ++last_id_;  // a redefinition keeps its series
+  // A new name is the n-th declared (methods are never removed); a redefinition keeps its id.
+  uint32_t id = slot.id ? slot.id : static_cast<uint32_t>(methods_.size());
   slot = std::move(m);
   slot.id = id;
   index(methods_.find(name)->first, &slot);  // map keys and values are stable
