@@ -1,5 +1,6 @@
 """--metrics-bind (SPEC §9): /metrics checked by promtool and scraped by a real Prometheus,
 /healthz through a drain and a stale registry, and the port under bad input."""
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import urllib.request
 
 import msgpack
 
+from etcd import free_port
 from harness import Raw, daemon, run, wait_until
 
 
@@ -116,9 +118,7 @@ def test_a_real_prometheus_scrapes_every_role():
         assert r.call("invoke", ["sample.foo", "echo", [i]])[3] == [i]
     tmp = tempfile.mkdtemp(prefix="aiorpc-prom-")
     try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         cfg = os.path.join(tmp, "prometheus.yml")
         with open(cfg, "w") as f:
             f.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
@@ -133,7 +133,6 @@ def test_a_real_prometheus_scrapes_every_role():
                 url = f"http://127.0.0.1:{port}/api/v1/query?query=" + urllib.parse.quote(q)
                 try:
                     with urllib.request.urlopen(url, timeout=5) as resp:
-                        import json
                         return json.load(resp)["data"]["result"]
                 except OSError:
                     return []
@@ -183,9 +182,7 @@ def test_healthz_turns_503_while_draining_and_while_stale():
     assert r.recv(1, timeout=10)[0][3] is not None  # the owed reply still came
     assert demo.wait(timeout=20) == 0
     # a keepalive on an etcd that is not there is stale
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()
     ka, km = with_metrics("--role=keepalive", "--bind", "127.0.0.1:0",
                           "--store", f"etcd://127.0.0.1:{dead}")
     assert get(km, "/healthz") == (503, "stale\n")
