@@ -261,8 +261,10 @@ Value SyncClient::wait(core::Future<Value> f) {
 void SyncClient::flush() {
   // A notification has no reply: a \0stats round trip proves it went out in order before it.
   // Any reply will do (an older server answers NoMethodError); only a lost connection counts.
+  // Its params are an empty array, not nil: msgpack-rpc's params are an array, and a peer
+  // such as neovim closes the connection on a nil, dropping the notification still queued.
   try {
-    wait(client_->call(std::string_view("\0stats", 6)));
+    wait(client_->request(std::string_view("\0stats", 6), Raw{std::string_view("\x90", 1)}));
   } catch (const RpcError& e) {
     if (e.kind() == Kind::kConnection || e.kind() == Kind::kNotSent || e.kind() == Kind::kTimeout)
       throw;

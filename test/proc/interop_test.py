@@ -8,7 +8,8 @@ import threading
 
 import msgpack
 
-from harness import Proc, Raw, binary, daemon, messages, run
+from etcd import free_port
+from harness import Proc, Raw, binary, daemon, messages, run, wait_until
 
 
 class PyServer:
@@ -76,6 +77,64 @@ def test_our_client_calls_a_python_server():
     assert p.returncode == 0
     assert [2, "event", ["x"]] in py.seen
     py.close()
+
+
+def listening(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_neovim_both_ways_over_plain_tcp(tmp_path):
+    """Neovim (Debian's nvim 0.7) is an independent msgpack-rpc peer, both as a server we call
+    and as a client calling our demo: requests, notifications and error replies."""
+    port = free_port()
+    nvim = Proc(["nvim", "--headless", "--clean", "--listen", f"127.0.0.1:{port}"],
+                expect_listen=False)
+    assert wait_until(lambda: listening(port)), "nvim did not listen"
+    ep = f"127.0.0.1:{port}"
+    p = cli("call", ep, "nvim_eval", '["6*7"]')
+    assert p.returncode == 0 and json.loads(p.stdout) == 42, p
+    p = cli("call", ep, "nvim_call_function", '["toupper", ["abc"]]')
+    assert p.returncode == 0 and json.loads(p.stdout) == "ABC", p
+    p = cli("call", ep, "nvim_set_var", '["from_aiorpc", {"k": [1, 2.5, null]}]')
+    assert p.returncode == 0, p
+    p = cli("notify", ep, "nvim_set_var", '["notified", "yes"]')
+    assert p.returncode == 0, p
+    assert wait_until(lambda: json.loads(cli("call", ep, "nvim_get_var", '["notified"]').stdout
+                                         or "null") == "yes")
+    p = cli("call", ep, "nvim_get_var", '["from_aiorpc"]')
+    assert json.loads(p.stdout) == {"k": [1, 2.5, None]}, p
+    p = cli("call", ep, "nvim_no_such_function", "[]")  # nvim's error: [type, message]
+    assert p.returncode == 1 and "Invalid method: nvim_no_such_function" in p.stderr, p
+    nvim.kill()
+
+    srv = daemon("--role=demo", "--bind", "127.0.0.1:0")
+    out = tmp_path / "out"
+    script = tmp_path / "calls.vim"
+    script.write_text(f"""
+let c = sockconnect('tcp', '{srv.endpoint}', {{'rpc': 1}})
+let r = [json_encode(rpcrequest(c, 'echo', 'hi', 3))]
+call add(r, json_encode(rpcrequest(c, 'add', 40)) . ' ' . json_encode(rpcrequest(c, 'add', 2)))
+try
+  call rpcrequest(c, 'no_such_method')
+catch
+  call add(r, 'error: ' . v:exception)
+endtry
+call rpcnotify(c, 'notify', 'from nvim')
+call add(r, json_encode(rpcrequest(c, 'echo', 'after the notification')))
+call writefile(r, '{out}')
+qa!
+""")
+    p = subprocess.run(["nvim", "--headless", "--clean", "-S", str(script)], capture_output=True,
+                       timeout=30, text=True)
+    assert p.returncode == 0, p
+    lines = out.read_text().splitlines()
+    assert lines[0] == '["hi", 3]' and lines[1] == "40 42", lines
+    # our error is SPEC's [kind, message]; nvim 0.7 shows only its own [type, message] shape
+    assert lines[2].startswith("error: ") and "no_such_method" in lines[2], lines
+    assert lines[3] == '["after the notification"]', lines
+    srv.kill()
+    assert b"notify: from nvim" in srv.p.stderr.read()
 
 
 def test_cli_exit_codes_and_bin():
