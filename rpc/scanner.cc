@@ -103,6 +103,22 @@ struct ShapeTable {
   }
 };
 constexpr ShapeTable kShape;
+// The whole length of an item that its type byte alone sizes (ints, floats, nil, bools, fixstr,
+// fixext: at most 32 bytes); 0 for the rest (containers, str/bin/ext 8-32, 0xc1). The walk's fast
+// path: most items of a message are such leaves.
+struct LeafTable {
+  unsigned char v[256];
+  constexpr LeafTable() : v() {
+    for (unsigned t = 0; t < 256; ++t) {
+      const ItemShape& s = kShape.v[t];
+      v[t] = s.shape == kLeaf ? static_cast<unsigned char>(s.size + (t & s.mask)) : 0;
+    }
+  }
+};
+constexpr LeafTable kLeafLen;
+static_assert(kLeafLen.v[0xbf] == 32 && kLeafLen.v[0xd8] == 18 && kLeafLen.v[0x90] == 0 &&
+                  kLeafLen.v[0xc1] == 0 && kLeafLen.v[0xd9] == 0,
+              "leaf lengths");
 static_assert(kShape.v[0xcf].head == 9 && kShape.v[0xc9].head == 6 && kShape.v[0xd8].head == 2,
               "headers fit the scanner's 9-byte staging area");
 
@@ -187,20 +203,21 @@ size_t walk(const unsigned char* p, size_t end, int max_depth, size_t max_elemen
   uint64_t cur = 1;   // items left in the innermost open container (first: the item itself)
   int depth = 0;      // open containers
   for (;;) {
+    // i may pass end only by a leaf's length: checked here before a read, and at the return.
     if (i >= end) return 0;
     unsigned t = p[i];
-    ItemShape s = kShape.v[t];
-    if (s.shape == kLeaf) {
-      i += s.size + (t & s.mask);
+    if (unsigned len = kLeafLen.v[t]) {  // the common case: one load sizes the item
+      i += len;
     } else {
+      ItemShape s = kShape.v[t];
       uint64_t count;
       switch (s.shape) {
         case kVar: {
           size_t head = 1u + s.size + s.extra;
           if (end - i < head) return 0;
-          uint64_t len = detail::bigEndian(p + i + 1, s.size);
-          if (len > end - i - head) return 0;
-          i += head + len;
+          uint64_t n = detail::bigEndian(p + i + 1, s.size);
+          if (n > end - i - head) return 0;
+          i += head + n;
           goto item;
         }
         case kFixArray:
@@ -232,9 +249,8 @@ size_t walk(const unsigned char* p, size_t end, int max_depth, size_t max_elemen
       }
     }
   item:
-    if (i > end) return 0;
     while (--cur == 0) {
-      if (depth == 0) return i;
+      if (depth == 0) return i <= end ? i : 0;
       cur = left[--depth];
     }
   }
@@ -243,8 +259,24 @@ size_t walk(const unsigned char* p, size_t end, int max_depth, size_t max_elemen
 }  // namespace
 
 size_t Scanner::scanWhole(const unsigned char* p, size_t n) const noexcept {
+  n = std::min(n, limits_.max_message_size);
+  // The usual shapes first, their head read in place: a request [0, msgid, "method", params] or
+  // a reply [1, msgid, nil, result]; only the last item is walked, with the limits that are left
+  // for it under the message's own array (one level, four elements).
+  if (p[0] == 0x94 && n >= 4 && p[1] <= 1 && limits_.max_depth >= 2 && limits_.max_elements >= 4) {
+    size_t at = 2, len = 0;
+    if (readUint(reinterpret_cast<const char*>(p) + at, n - at, len)) {
+      at += len;
+      if (p[1] == 0 ? readStr(reinterpret_cast<const char*>(p) + at, n - at, len).has_value()
+                    : (at < n && p[at] == 0xc0 && (len = 1))) {
+        at += len;
+        size_t last = walk(p + at, n - at, limits_.max_depth - 1, limits_.max_elements - 4);
+        return last ? at + last : 0;
+      }
+    }
+  }
   if ((p[0] & 0xf0) != 0x90 && p[0] != 0xdc && p[0] != 0xdd) return 0;
-  return walk(p, std::min(n, limits_.max_message_size), limits_.max_depth, limits_.max_elements);
+  return walk(p, n, limits_.max_depth, limits_.max_elements);
 }
 
 size_t itemLength(const char* p, size_t n) noexcept {

@@ -232,6 +232,18 @@ TEST_SUITE("decoder") {
       std::string bytes;
       int messages = 1 + static_cast<int>(g() % 4);
       for (int m = 0; m < messages; ++m) {
+        if (g() % 2) {  // a request's or a reply's shape: the head the fast path reads in place
+          bool request = g() % 2;
+          bytes += request ? B("\x94\x00") : B("\x94\x01");
+          Packer p(bytes);
+          p.uinteger(uint64_t{1} << (g() % 64));  // every msgid form
+          if (request)
+            p.str(std::string(g() % 3 ? g() % 40 : 300, 'm'));  // fixstr, str8, str16
+          else
+            p.nil();
+          randomItem(g, bytes, 5);
+          continue;
+        }
         size_t n = g() % 5;
         bytes += static_cast<char>(0x90 | n);
         for (size_t i = 0; i < n; ++i) randomItem(g, bytes, 5);
@@ -350,15 +362,36 @@ TEST_SUITE("decoder") {
     Packer q(s);
     q.pack(std::tuple{0, 1, "m", std::map<int, int>{{1, 1}, {2, 2}, {3, 3}, {4, 4}}});
     CHECK(feed(s, {s.size()}, l).error);
+    // At the limit and one past it, whole (the fast paths) and byte by byte, for a request, a
+    // reply and another array.
+    for (int head : {0, 1, 2}) {
+      for (int n : {6, 7}) {
+        std::string m;
+        Packer r(m);
+        std::vector<int> items(static_cast<size_t>(n), 1);
+        if (head == 0) r.pack(std::tuple{0, 1, "m", items});
+        if (head == 1) r.pack(std::tuple{1, 1, nullptr, items});
+        if (head == 2) r.pack(std::tuple{5, 1, 2, items});
+        CAPTURE(head);
+        CAPTURE(n);
+        CHECK(feed(m, {m.size()}, l).error == (n == 7));
+        CHECK(feed(m, {1}, l).error == (n == 7));
+      }
+    }
   }
 
   TEST_CASE("depth 32 is accepted and 33 refused") {
     std::string ok = B("\x94\x00\x01\xa1m") + std::string(31, '\x91') + "\x01";
     CHECK_FALSE(feed(ok, {1}).error);
+    CHECK_FALSE(feed(ok, {ok.size()}).error);  // whole: the request's fast path
     std::string bad = B("\x94\x00\x01\xa1m") + std::string(32, '\x91') + "\x01";
-    auto r = feed(bad, {1});
-    CHECK(r.error);
-    CHECK(r.why == "message nested deeper than 32");
+    for (size_t chunk : {size_t{1}, bad.size()}) {
+      auto r = feed(bad, {chunk});
+      CHECK(r.error);
+      CHECK(r.why == "message nested deeper than 32");
+    }
+    std::string reply = B("\x94\x01\x01\xc0") + std::string(32, '\x91') + "\x01";
+    CHECK(feed(reply, {reply.size()}).why == "message nested deeper than 32");
   }
 
   TEST_CASE("size limit is checked while the message is still arriving") {
