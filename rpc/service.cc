@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include "aiorpc/core/hash.h"
+
 namespace aiorpc::rpc {
 
 bool isDunder(std::string_view s) noexcept {
@@ -140,11 +142,7 @@ void dispatch(const MethodInfo& m, Invocation& inv) {
   }
 }
 
-uint64_t Service::hashOf(std::string_view s) noexcept {
-  uint64_t h = 14695981039346656037ull;
-  for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-  return h;
-}
+uint64_t Service::hashOf(std::string_view s) noexcept { return core::hashBytes(s); }
 
 void Service::index(std::string_view name, const MethodInfo* m) {
   if (2 * (indexed_ + 1) > index_.size()) {  // grow, keeping it at most half full

@@ -8,6 +8,7 @@
 
 #include "aiorpc/agents/keepalive/registry.h"
 #include "aiorpc/agents/proxy/backend.h"
+#include "aiorpc/core/hash.h"
 #include "aiorpc/core/log.h"
 #include "aiorpc/core/pool.h"
 #include "aiorpc/core/resolver.h"
@@ -184,11 +185,7 @@ struct Call {
 using CallPtr = core::Pool<Call>::Ptr;
 
 // Lookups by string_view without building a std::string.
-struct NameHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-};
-using Table = std::unordered_map<std::string, Instances, NameHash, std::equal_to<>>;
+using Table = std::unordered_map<std::string, Instances, core::StringHash, std::equal_to<>>;
 
 // The first candidate: the hinted instance, or the next round-robin position (one step per
 // routed call; retries continue from here without advancing it).
