@@ -93,8 +93,35 @@ void OutQueue::appendSlow(const void* p, size_t n) {
   }
 }
 
+void OutQueue::appendRef(std::string_view bytes, Release release, void* ctx) {
+  if (bytes.empty()) return release(ctx);
+  try {
+    // Room left in the tail block goes on after these bytes: appends that follow (the next
+    // message's head) fill it instead of taking a 16 KiB block each.
+    bool split = head_ < blocks_.size() && blocks_.back().owned && !blocks_.back().release &&
+                 blocks_.back().cap - blocks_.back().end >= kSplitRoom;
+    blocks_.reserve(blocks_.size() + 2);  // (no throw below)
+    blocks_.push_back(
+        Block{const_cast<char*>(bytes.data()), bytes.size(), 0, bytes.size(), release, ctx});
+    if (split) {
+      Block& tail = blocks_[blocks_.size() - 2];
+      blocks_.push_back(Block{tail.data, tail.cap, tail.end, tail.end});
+      tail.owned = false;
+    }
+  } catch (...) {
+    release(ctx);
+    throw;
+  }
+  bytes_ += bytes.size();
+}
+
 void OutQueue::popFront() noexcept {
-  giveBlock(blocks_[head_].data, blocks_[head_].cap);
+  Block& b = blocks_[head_];
+  if (b.release) {
+    b.release(b.ctx);
+  } else if (b.owned) {
+    giveBlock(b.data, b.cap);
+  }
   ++head_;
   if (head_ == blocks_.size()) {
     blocks_.clear();

@@ -37,12 +37,14 @@ class Buffer {
 };
 
 // Output queue: appends are copied into 16 KiB blocks taken from a per-thread pool (no
-// allocation in steady state); payloads of kLarge or more get a block of their own. writeTo()
-// sends up to 64 blocks in one writev. An empty queue holds no memory.
+// allocation in steady state); payloads of kLarge or more get a block of their own; bytes
+// owned elsewhere may be queued in place (appendRef). writeTo() sends up to 64 blocks in one
+// writev. An empty queue holds no memory.
 class OutQueue {
  public:
   static constexpr size_t kBlock = size_t{16} * 1024;
   static constexpr size_t kLarge = size_t{64} * 1024;
+  static constexpr size_t kSplitRoom = 256;  // see appendRef
 
   OutQueue() = default;
   OutQueue(const OutQueue&) = delete;
@@ -70,6 +72,11 @@ class OutQueue {
     appendSlow(p, n);
   }
   void append(std::string_view s) { append(s.data(), s.size()); }
+  // Queues bytes that stay where they are (no copy) until written: `release(ctx)` runs exactly
+  // once, when the queue is done with them (written, or dropped by clear() or the destructor),
+  // also when this throws (std::bad_alloc). Appends after them go to a block of their own.
+  using Release = void (*)(void* ctx) noexcept;
+  void appendRef(std::string_view bytes, Release release, void* ctx);
   // Writes as much as the socket takes (sendmsg, MSG_NOSIGNAL). Returns bytes written, or -1 with
   // errno set (EAGAIN included).
   ssize_t writeTo(int fd);
@@ -87,6 +94,12 @@ class OutQueue {
   struct Block {
     char* data;
     size_t cap, begin, end;
+    Release release = nullptr;  // bytes of appendRef(): not ours, handed back through this
+    void* ctx = nullptr;
+    // False for a block whose memory a later block took over (appendRef splits the tail block
+    // around the bytes it queues in place: the later one goes on filling its room and gives
+    // the memory back when it is written, after this one).
+    bool owned = true;
   };
   Block& tailWithRoom();
   void appendSlow(const void* p, size_t n);

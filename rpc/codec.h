@@ -78,6 +78,18 @@ class Packer {
   [[gnu::always_inline]] void map(uint32_t n) { counted(n, 0x80, 0xde); }
   void object(Object o);
   void raw(std::string_view bytes) { write(bytes.data(), bytes.size()); }
+  // Bytes owned elsewhere, queued in place when packing into an OutQueue (no copy: see
+  // OutQueue::appendRef; `release(ctx)` once written or dropped), copied into a string.
+  void rawRef(std::string_view bytes, core::OutQueue::Release release, void* ctx) {
+    if (q_) return q_->appendRef(bytes, release, ctx);
+    try {
+      appendToString(bytes.data(), bytes.size());
+    } catch (...) {
+      release(ctx);
+      throw;
+    }
+    release(ctx);
+  }
 
   template <class T>
   Packer& pack(const T& v);

@@ -43,7 +43,10 @@ class Decoder {
   // still in the buffer) until kNeedMore or kError. A frame is passed over at the next call,
   // unless decodeFrame() decodes it in place (then as next() would: same zone rules). One
   // decoder uses feed/next or feedFrames/nextFrame, never both.
-  void feedFrames(size_t n) { msgpack_unpacker_buffer_consumed(&unp_, n); }
+  void feedFrames(size_t n) {
+    frames_ = true;
+    msgpack_unpacker_buffer_consumed(&unp_, n);
+  }
   Status nextFrame(std::string_view& frame);
   bool decodeFrame(Object& out);  // false: not valid msgpack (error())
 
@@ -56,6 +59,8 @@ class Decoder {
   // Bytes read after the message handed out last (pending() less that message, when framed).
   size_t after() const noexcept { return pending() - frame_len_; }
   bool midMessage() const noexcept { return !scanner_.atBoundary() || pending() > 0; }
+  // The buffer's storage (changes when msgpack-c takes a new one): for tests.
+  const void* storage() const noexcept { return unp_.buffer; }
 
  private:
   // Handled messages' objects are freed together once the zone has less than this left.
@@ -69,6 +74,10 @@ class Decoder {
   bool handled_in_zone_ = false;  // the zone holds objects of messages handed out earlier
   size_t scanned_ = 0;            // framing: bytes after the buffer's offset seen by the scanner
   size_t frame_len_ = 0;          // framing: the frame handed out last, not decoded
+  bool frames_ = false;           // fed by feedFrames
+  size_t start_ = 0;              // the buffer's first byte of data (after msgpack-c's counter)
+  const char* pinned_ = nullptr;  // a buffer a released zone may still refer to
+  void moveTailToFront(size_t want) noexcept;
   void doneWithMessage();
 };
 

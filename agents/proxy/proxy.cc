@@ -60,52 +60,97 @@ struct BatchResults {
   const Batch* b;
 };
 
+// A raw call's bytes (service, method, params) after a small header. Shared by the call and
+// the backend queues that send the params in place (OutQueue::appendRef: one copy of the
+// params in user space, the one into here): whichever lets go last frees it - back to the
+// pool when that is the call (the role, and so the pool, outlives its calls), to the heap when
+// it is a queue (a backend's connection may be freed after the role).
+struct CallBytes {
+  uint32_t refs;
+  int cls;
+  char* data() noexcept { return reinterpret_cast<char*>(this + 1); }
+  static void unrefFromQueue(void* p) noexcept {
+    auto* b = static_cast<CallBytes*>(p);
+    if (--b->refs == 0) delete[] reinterpret_cast<char*>(b);
+  }
+};
+
 // Buffers for raw calls' bytes by size class (256 B to 64 KiB, powers of two): a routed call
-// below 64 KiB allocates nothing once the classes it uses are warm. Bound: at most kMaxKept
-// bytes wait in all (the rest go back to the heap); a call over 64 KiB gets its own buffer.
+// below 64 KiB allocates nothing once the classes it uses are warm. Bounds: at most kMaxKept
+// bytes wait in all (the rest go back to the heap), and what waits through a quiet trim
+// period goes back too (the owner calls trim()); a call over 64 KiB gets its own buffer.
+// (kMaxKept covers the calls in flight swinging by 512 x 32 KiB: 16 KiB params, 8 x 64
+// pipelined.)
 class CallBuffers {
  public:
-  static constexpr size_t kMinClass = 256, kMaxClass = 64u << 10, kMaxKept = 8u << 20;
+  static constexpr size_t kMinClass = 256, kMaxClass = 64u << 10, kMaxKept = 32u << 20;
+  static constexpr double kTrimPeriod = 5;            // seconds
   static constexpr int kClasses = 9, kUnpooled = -1;  // 256 << 8 == 64 KiB
   CallBuffers() = default;
   CallBuffers(const CallBuffers&) = delete;
   CallBuffers& operator=(const CallBuffers&) = delete;
   ~CallBuffers() {
     for (auto& list : free_)
-      for (char* p : list) delete[] p;
+      for (CallBytes* b : list) delete[] reinterpret_cast<char*>(b);
   }
-  // A buffer of at least n bytes and its class (to give back).
-  char* take(size_t n, int& cls) {
-    if (n > kMaxClass) {
-      cls = kUnpooled;
-      return new char[n];
+  // Room for at least n bytes, held once (refs 1). `missed`: none was waiting (the owner
+  // arms its trim timer).
+  CallBytes* take(size_t n, bool& missed) {
+    ++takes_;
+    int cls = kUnpooled;
+    if (n <= kMaxClass) {
+      cls = 0;
+      while ((kMinClass << cls) < n) ++cls;
+      if (auto& list = free_[cls]; !list.empty()) {
+        CallBytes* b = list.back();
+        list.pop_back();
+        kept_ -= kMinClass << cls;
+        b->refs = 1;
+        return b;
+      }
+      n = kMinClass << cls;
     }
-    cls = 0;
-    while ((kMinClass << cls) < n) ++cls;
-    auto& list = free_[cls];
-    if (list.empty()) return new char[kMinClass << cls];
-    char* p = list.back();
-    list.pop_back();
-    kept_ -= kMinClass << cls;
-    return p;
+    missed = true;
+    auto* b = reinterpret_cast<CallBytes*>(new char[sizeof(CallBytes) + n]);
+    b->refs = 1;
+    b->cls = cls;
+    return b;
   }
-  void give(char* p, int cls) noexcept {
-    size_t size = cls == kUnpooled ? 0 : kMinClass << cls;
-    if (cls == kUnpooled || kept_ + size > kMaxKept) {
-      delete[] p;
+  // The call lets go: freed (or kept) when no queue still holds the bytes.
+  void unref(CallBytes* b) noexcept {
+    if (--b->refs > 0) return;  // a queue frees it once written
+    size_t size = b->cls == kUnpooled ? 0 : kMinClass << b->cls;
+    if (b->cls == kUnpooled || kept_ + size > kMaxKept) {
+      delete[] reinterpret_cast<char*>(b);
       return;
     }
     try {
-      free_[cls].push_back(p);
+      free_[b->cls].push_back(b);
       kept_ += size;
     } catch (...) {  // (out of memory for the list itself)
-      delete[] p;
+      delete[] reinterpret_cast<char*>(b);
     }
   }
 
+  // Every kTrimPeriod while buffers wait: those of a period without a take go back to the
+  // heap. False when nothing waits (no need to look again).
+  bool trim() noexcept {
+    if (takes_ == 0) {
+      for (auto& list : free_) {
+        for (CallBytes* b : list) delete[] reinterpret_cast<char*>(b);
+        list.clear();
+        list.shrink_to_fit();
+      }
+      kept_ = 0;
+    }
+    takes_ = 0;
+    return kept_ > 0;
+  }
+
  private:
-  std::vector<char*> free_[kClasses];
+  std::vector<CallBytes*> free_[kClasses];
   size_t kept_ = 0;
+  uint64_t takes_ = 0;  // since the last trim()
 };
 
 // A routed call in flight, owned by whoever holds it: the handler, then the backend client's
@@ -119,18 +164,20 @@ struct Call {
   // here once (inline when small, else in a pooled buffer: no allocation once warm);
   // `raw_params` then points into it (for retries on the next instance).
   char small[96];
-  char* big = nullptr;
-  int big_class = 0;
+  CallBytes* big = nullptr;
   CallBuffers* buffers = nullptr;
   std::string_view raw_params;  // empty for a decoded call (a params item is never empty)
-  char* keep(size_t n, CallBuffers& from) {
+  // Params from this size on are sent in place from `big` (OutQueue::appendRef) instead of
+  // copied into the backend's queue; below it a copy costs less than a queue entry of their own.
+  static constexpr size_t kInPlace = 1024;
+  char* keep(size_t n, CallBuffers& from, bool& missed) {
     if (n <= sizeof small) return small;
     buffers = &from;
-    big = from.take(n, big_class);
-    return big;
+    big = from.take(n, missed);
+    return big->data();
   }
   void release() noexcept {
-    if (big) buffers->give(std::exchange(big, nullptr), big_class);
+    if (big) buffers->unref(std::exchange(big, nullptr));
   }
   Call() = default;
   Call(const Call&) = delete;
@@ -296,7 +343,13 @@ class ProxyRole final : public RoleInstance {
   uint64_t version_ = 0;
   uint64_t table_gen_ = 1;  // bumped whenever table_ is replaced
   bool use_watch_ = true, stopping_ = false;
-  core::Loop::TimerId refresh_timer_ = 0, sweep_timer_ = 0, resolved_timer_ = 0;
+  core::Loop::TimerId refresh_timer_ = 0, sweep_timer_ = 0, resolved_timer_ = 0, trim_timer_ = 0;
+  void armTrim() {
+    trim_timer_ = loop_.after(CallBuffers::kTrimPeriod, [this] {
+      trim_timer_ = 0;
+      if (buffers_.trim()) armTrim();
+    });
+  }
   static constexpr double kResolvedBatch = 0.05;
   double resolved_due_ = 0;  // when resolved_timer_ fires
   uint64_t table_applies_ = 0;
@@ -455,7 +508,9 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
   }
   auto c = calls_.get();
   if (hint) c->hint = Hint::of(*hint);
-  char* at = c->keep(service.size() + method.size() + params.size(), buffers_);
+  bool missed = false;
+  char* at = c->keep(service.size() + method.size() + params.size(), buffers_, missed);
+  if (missed && !trim_timer_) armTrim();
   auto put = [&at](std::string_view v) {
     std::memcpy(at, v.data(), v.size());
     at += v.size();
@@ -511,6 +566,7 @@ ProxyRole::~ProxyRole() {
   loop_.cancel(refresh_timer_);
   loop_.cancel(sweep_timer_);
   loop_.cancel(resolved_timer_);
+  loop_.cancel(trim_timer_);
   table_.clear();
   backends_.clear();
 }
@@ -584,7 +640,10 @@ void ProxyRole::sendTo(Backend& b, CallPtr c) {
   b.client.send(
       method,
       [raw](rpc::Packer& p) {
-        if (!raw->raw_params.empty()) {
+        if (raw->raw_params.size() >= Call::kInPlace && raw->big) {
+          ++raw->big->refs;  // the queue's, until written (released on any throw)
+          p.rawRef(raw->raw_params, &CallBytes::unrefFromQueue, raw->big);
+        } else if (!raw->raw_params.empty()) {
           p.raw(raw->raw_params);  // the caller's bytes, as they came
         } else {
           p.object(raw->params);

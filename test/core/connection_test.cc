@@ -39,6 +39,78 @@ std::string readAll(int fd, size_t want, double timeout_s, Loop& loop) {
 }  // namespace
 
 TEST_SUITE("connection") {
+  TEST_CASE("bytes queued in place go out in order, each released once: written or dropped") {
+    Loop loop;
+    auto [a, b] = socketPair();
+    Recorder r(loop, std::move(a));
+    std::string big(3 << 20, 'x');  // many partial writes
+    for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 23);
+    std::string small = "in place";
+    std::map<std::string, int> released;
+    auto note = [](void* ctx) noexcept { ++*static_cast<int*>(ctx); };
+    r.conn->send("head ");
+    r.conn->out().appendRef(small, note, &released["small"]);
+    r.conn->send(" mid ");
+    r.conn->out().appendRef(big, note, &released["big"]);
+    r.conn->out().appendRef({}, note, &released["empty"]);  // released at once
+    r.conn->send(" tail");
+    r.conn->sent();
+    CHECK(released["empty"] == 1);
+    CHECK(released["small"] + released["big"] == 0);  // nothing written yet
+    std::string want = "head " + small + " mid " + big + " tail";
+    CHECK(readAll(b.get(), want.size(), 10, loop) == want);
+    CHECK(released["small"] == 1);
+    CHECK(released["big"] == 1);
+    // Unwritten ones are released when the queue drops them (a connection closed).
+    int dropped = 0;
+    r.conn->out().appendRef(big, note, &dropped);
+    r.conn->close();
+    CHECK(dropped == 1);
+  }
+
+  TEST_CASE("a queue destroyed with bytes in place releases them") {
+    int released = 0;
+    {
+      OutQueue q;
+      q.append("x", 1);
+      q.appendRef(
+          "abc", [](void* ctx) noexcept { ++*static_cast<int*>(ctx); }, &released);
+      q.append("y", 1);
+      CHECK(q.size() == 5);
+      CHECK(q.front() == "x");  // one run at a time (the TLS writer's view)
+      q.consume(2);
+      CHECK(q.front() == "bc");
+      CHECK(released == 0);
+      q.consume(2);
+      CHECK(released == 1);
+      CHECK(q.front() == "y");  // in the rest of the first block's memory
+    }
+    CHECK(released == 1);
+  }
+
+  TEST_CASE("many small appends between bytes in place keep their order") {
+    // Each appendRef splits the tail block around it; the heads between them fill one block.
+    Loop loop;
+    auto [a, b] = socketPair();
+    Recorder r(loop, std::move(a));
+    std::vector<std::string> parts;
+    for (int i = 0; i < 300; ++i)
+      parts.push_back(std::string(1000 + i, static_cast<char>('a' + i % 26)));
+    int released = 0;
+    std::string want;
+    for (int i = 0; i < 300; ++i) {
+      std::string head = "<" + std::to_string(i) + ">";
+      r.conn->send(head);
+      r.conn->out().appendRef(
+          parts[static_cast<size_t>(i)], [](void* ctx) noexcept { ++*static_cast<int*>(ctx); },
+          &released);
+      want += head + parts[static_cast<size_t>(i)];
+    }
+    r.conn->sent();
+    CHECK(readAll(b.get(), want.size(), 10, loop) == want);
+    CHECK(released == 300);
+  }
+
   TEST_CASE("writes are batched and delivered; peer EOF closes after flush") {
     Loop loop;
     auto [a, b] = socketPair();

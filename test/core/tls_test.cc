@@ -60,6 +60,21 @@ std::string pattern(size_t n) {
 }  // namespace
 
 TEST_SUITE("tls") {
+  TEST_CASE("bytes queued in place go out through TLS in order, released once written") {
+    Loop loop;
+    Pair p(loop, server(), client());
+    std::string big = pattern(1 << 20);
+    int released = 0;
+    p.c->conn->send("a");
+    p.c->conn->out().appendRef(
+        big, [](void* ctx) noexcept { ++*static_cast<int*>(ctx); }, &released);
+    p.c->conn->send("z");
+    p.c->conn->sent();
+    REQUIRE(runUntil(loop, [&] { return p.s->data.size() == big.size() + 2; }));
+    CHECK(p.s->data == "a" + big + "z");
+    CHECK(released == 1);
+  }
+
   TEST_CASE("bytes queued before the handshake go both ways once it is done, in order") {
     Loop loop;
     Pair p(loop, server(), client());

@@ -45,6 +45,28 @@ def reply_bytes(sock):
             return data, m
 
 
+def raw_backend(ka, service, serve, *args):
+    """A raw msgpack-rpc peer on a free port, registered with `ka` as an instance of `service`:
+    serve(lsock, *args) runs in a daemon thread. Returns the listening socket."""
+    import socket
+    import threading
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    threading.Thread(target=serve, args=(lsock, *args), daemon=True).start()
+    Raw(ka).call("heartbeat", [service, "127.0.0.1", lsock.getsockname()[1]])
+    return lsock
+
+
+def proxy_over(ka, n):
+    """A proxy watching `ka`, once its table holds `n` backends: (daemon, Raw client)."""
+    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
+                "--refresh-interval", "0.2")
+    r = Raw(px)
+    assert wait_until(lambda: len(backends(r)) == n)
+    return px, r
+
+
 def label(r, n):
     """Gives instance i the running total 1000*(i+1) (through hints), so add(0) names it."""
     for i in range(n):  # hint 0 means round robin: n + i picks index i
@@ -274,17 +296,11 @@ def test_map_form_invoke_and_notifications_are_relayed_as_bytes():
     """(#24) Map-form invoke, with or without __hint__, and invoke notifications in either form
     take the raw path: the backend gets the caller's params bytes as they came (a
     non-canonical str8 and a float32 survive)."""
-    import socket
-    import threading
     import msgpack
     ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(8)
-    port = lsock.getsockname()[1]
     got, stream = [], []
 
-    def backend():  # a raw msgpack-rpc peer: records the request bytes, answers with odd bytes
+    def backend(lsock):  # records the request bytes, answers with odd bytes
         conn, _ = lsock.accept()
         u = msgpack.Unpacker(raw=False)
         while len(got) < 5:
@@ -300,15 +316,10 @@ def test_map_form_invoke_and_notifications_are_relayed_as_bytes():
                 # result: float32 1.5 and a str8 "ok" (canonical would be fixstr)
                 conn.sendall(b"\x94\x01" + msgpack.packb(m[1]) + b"\xc0\x92\xca\x3f\xc0\x00\x00"
                              b"\xd9\x02ok")
-    t = threading.Thread(target=backend, daemon=True)
-    t.start()
-    Raw(ka).call("heartbeat", ["rawsvc", "127.0.0.1", port])
-    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
-                "--refresh-interval", "0.2")
-    r = Raw(px)
-    odd_params = b"\x92\xd9\x02hi\xca\x40\x20\x00\x00"  # ["hi" as str8, 2.5 as float32]
+    raw_backend(ka, "rawsvc", backend)
     # The proxy has the table (a notification for a service it does not know yet is dropped).
-    assert wait_until(lambda: f"127.0.0.1:{port}" in backends(r))
+    px, r = proxy_over(ka, 1)
+    odd_params = b"\x92\xd9\x02hi\xca\x40\x20\x00\x00"  # ["hi" as str8, 2.5 as float32]
     # Notifications: array form and map form (nothing comes back).
     r.send_bytes(b"\x93\x02\xa6invoke\x93\xa6rawsvc\xa4ping" + odd_params)
     r.send_bytes(b"\x93\x02\xa6invoke\x83\xa7service\xa6rawsvc\xa6method\xa4ping\xa6params" +
@@ -323,7 +334,7 @@ def test_map_form_invoke_and_notifications_are_relayed_as_bytes():
         r.send_bytes(req)
         reply = r.recv(1)[0]
         assert reply[2] is None and reply[3] == [1.5, "ok"], reply
-    t.join(timeout=10)
+    assert wait_until(lambda: len(got) >= 5)
     assert got == [2, 2, 0, 0, 0], got
     # Every params forwarded byte for byte, never re-encoded.
     assert b"".join(stream).count(odd_params) == 5, stream
@@ -333,16 +344,11 @@ def test_batch_items_results_are_relayed_as_bytes():
     """(#24) batch_invoke's results go into the reply as the backend encoded them (a str8 and a
     float32 survive, where a decode and re-encode would make them fixstr and float64)."""
     import socket
-    import threading
     import msgpack
     ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(8)
-    port = lsock.getsockname()[1]
     odd = [b"\x92\xca\x3f\xc0\x00\x00\xd9\x02ok", b"\xd9\x03abc", b"\xcd\x00\x05"]
 
-    def backend():  # answers the i-th request with odd[i % 3], the replies in reverse order
+    def backend(lsock):  # answers the i-th request with odd[i % 3], the replies in reverse order
         conn, _ = lsock.accept()
         pending = []
         for m in messages(conn):
@@ -352,12 +358,8 @@ def test_batch_items_results_are_relayed_as_bytes():
                     conn.sendall(b"\x94\x01" + msgpack.packb(m[1]) + b"\xc0" +
                                  odd[m[3][0] % 3])
                 pending = []
-    threading.Thread(target=backend, daemon=True).start()
-    Raw(ka).call("heartbeat", ["rawsvc", "127.0.0.1", port])
-    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
-                "--refresh-interval", "0.2")
-    r = Raw(px)
-    assert wait_until(lambda: f"127.0.0.1:{port}" in backends(r))
+    raw_backend(ka, "rawsvc", backend)
+    px, _ = proxy_over(ka, 1)
     s = socket.create_connection(("127.0.0.1", px.port))
     s.sendall(msgpack.packb([0, 9, "batch_invoke", [[["rawsvc", "m", [i]] for i in range(3)]]]))
     s.settimeout(10)
@@ -372,7 +374,6 @@ def test_backend_error_replies_are_relayed_as_bytes():
     Python-style error), counted under its kind; one that says ServiceUnavailable in a str8 is
     still read as not run (the call goes to the next instance)."""
     import socket
-    import threading
     import msgpack
     ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
     errors = {"ours": b"\x92\xd9\x0dArgumentError\xd9\x03bad",
@@ -386,18 +387,8 @@ def test_backend_error_replies_are_relayed_as_bytes():
 
     answers = (lambda m: errors[m[3][0]] + b"\xc0",  # an error, as written above
                lambda m: b"\xc0\xa6second")          # a result, "second"
-    socks = []
-    for answer in answers:
-        lsock = socket.socket()
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(8)
-        socks.append(lsock)
-        threading.Thread(target=backend, args=(lsock, answer), daemon=True).start()
-        Raw(ka).call("heartbeat", ["errsvc", "127.0.0.1", lsock.getsockname()[1]])
-    px = daemon("--role=proxy", "--bind", "127.0.0.1:0", "--keepalive", ka.endpoint,
-                "--refresh-interval", "0.2")
-    r = Raw(px)
-    assert wait_until(lambda: len(backends(r)) == 2)
+    socks = [raw_backend(ka, "errsvc", backend, answer) for answer in answers]
+    px, r = proxy_over(ka, 2)
     s = socket.create_connection(("127.0.0.1", px.port))
     s.settimeout(10)
 
@@ -438,6 +429,68 @@ def test_params_of_every_size_class_come_back_intact():
     for m in got:
         i = m[1]
         assert m[2] is None and m[3] == [chr(ord("a") + i % 26) * sizes[i % len(sizes)]], i
+
+def frames(sock, n=None):
+    """The next messages on `sock` as (bytes, decoded) pairs, as they arrive (n: stop after n)."""
+    import msgpack
+    u, data, at, count = msgpack.Unpacker(raw=False, max_buffer_size=1 << 30), b"", 0, 0
+    while n is None or count < n:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return
+        data += chunk
+        u.feed(chunk)
+        for m in u:
+            end = u.tell()
+            yield data[at:end], m
+            at = end
+            count += 1
+            if count == n:
+                return
+
+
+def test_params_sent_in_place_survive_retries_byte_for_byte():
+    """(#24) Params of 1 KiB and more go to the backend from the call's own buffer (no second
+    copy); a call refused by one instance (ServiceUnavailable: not run) is sent again from it
+    to the next: both backends must see the caller's bytes exactly, and every call is echoed."""
+    import socket
+    import msgpack
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
+    seen = {0: [], 1: []}
+
+    def backend(lsock, k):
+        conn, _ = lsock.accept()
+        for data, m in frames(conn):
+            head = b"\x94\x00" + msgpack.packb(m[1]) + b"\xa1m"
+            assert data.startswith(head)
+            params = data[len(head):]
+            seen[k].append(params)
+            reply = b"\x94\x01" + msgpack.packb(m[1])
+            if k == 0:  # refuses every call: not run, so the proxy moves it on
+                conn.sendall(reply + b"\x92\xb2ServiceUnavailable\xa8draining\xc0")
+            else:
+                conn.sendall(reply + b"\xc0" + params)  # echoes the params' bytes
+    for k in (0, 1):
+        raw_backend(ka, "inplace", backend, k)
+    px, r = proxy_over(ka, 2)
+    sizes = [1023, 1024, 5000, 70000, 300000]
+    want = {}
+    for i in range(40):
+        # a str8 where fixstr would do and a float32: re-encoding would show
+        want[i] = b"\x93\xd9\x02hi\xca\x40\x20\x00\x00" + msgpack.packb(
+            bytes([65 + i % 26]) * sizes[i % len(sizes)])
+    s = socket.create_connection(("127.0.0.1", px.port))
+    s.settimeout(30)
+    s.sendall(b"".join(b"\x94\x00" + msgpack.packb(i) + b"\xa6invoke\x93\xa7inplace\xa1m" + p
+                       for i, p in want.items()))
+    got = {m[1]: data for data, m in frames(s, 40)}
+    assert sorted(got) == list(range(40))
+    for i, data in got.items():
+        assert data == b"\x94\x01" + msgpack.packb(i) + b"\xc0" + want[i], i
+    assert sorted(seen[1]) == sorted(want.values())  # every call ran once, on the second
+    assert len(seen[0]) >= 10  # round robin sent many to the refusing one first
+    assert all(b in want.values() for b in seen[0])
+
 
 if __name__ == "__main__":  # also runs without pytest: python3 FILE [test_name...]
     run(globals())
