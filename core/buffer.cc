@@ -70,7 +70,7 @@ void OutQueue::giveBlock(char* p, size_t cap) noexcept {
 }
 
 OutQueue::Block& OutQueue::tailWithRoom() {
-  if (head_ < blocks_.size() && blocks_.back().end < blocks_.back().cap) return blocks_.back();
+  if (!blocks_.empty() && blocks_.back().end < blocks_.back().cap) return blocks_.back();
   blocks_.push_back(Block{takeBlock(kBlock), kBlock, 0, 0});
   return blocks_.back();
 }
@@ -98,7 +98,7 @@ void OutQueue::appendRef(std::string_view bytes, Release release, void* ctx) {
   try {
     // Room left in the tail block goes on after these bytes: appends that follow (the next
     // message's head) fill it instead of taking a 16 KiB block each.
-    bool split = head_ < blocks_.size() && blocks_.back().owned && !blocks_.back().release &&
+    bool split = !blocks_.empty() && blocks_.back().owned && !blocks_.back().release &&
                  blocks_.back().cap - blocks_.back().end >= kSplitRoom;
     blocks_.reserve(blocks_.size() + 2);  // (no throw below)
     blocks_.push_back(

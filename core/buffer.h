@@ -60,7 +60,7 @@ class OutQueue {
   // Inline fast path: the tail block has room (msgpack packs replies in small pieces). Always
   // inlined: a fixed-size copy of a few bytes beats a call plus a generic memcpy.
   [[gnu::always_inline]] void append(const void* p, size_t n) {
-    if (head_ < blocks_.size()) {
+    if (!blocks_.empty()) {  // (then head_ < size: popFront clears the list when it drains)
       Block& b = blocks_.back();
       if (b.cap - b.end >= n) {
         std::memcpy(b.data + b.end, p, n);
