@@ -38,6 +38,7 @@ namespace aiorpc::rpc {
 
 class Service;
 class Invocation;
+struct MethodInfo;
 
 struct EndpointOptions {
   Limits limits;
@@ -252,7 +253,10 @@ class Endpoint final : public core::ConnectionHandler {
   bool open() const noexcept { return conn_ && !conn_->closed(); }
   const core::Address& peer() const noexcept;
   const core::Address& local() const noexcept;
-  void setService(Service* s) noexcept { service_ = s; }
+  void setService(Service* s) noexcept {
+    service_ = s;
+    last_method_ = nullptr;
+  }
 
   // Calls the peer. `done` runs exactly once, always from the loop, never inside call(), unless
   // the returned handle cancels the call first or the owner goes first (then never).
@@ -387,6 +391,11 @@ class Endpoint final : public core::ConnectionHandler {
   core::Loop& loop_;
   const EndpointOptions& opts_;
   Service* service_;
+  // The method this connection asked for last: a peer mostly calls one method after another, and
+  // a name compare costs less than a hash and a probe. (Methods are never removed: the pointer
+  // stays valid while the service lives.)
+  const MethodInfo* last_method_ = nullptr;
+  const MethodInfo* findMethod(std::string_view name) noexcept;
   Owner& owner_;
   std::weak_ptr<Peers> peers_;
   EndpointCounters& counters_;

@@ -207,10 +207,7 @@ CallHandle Endpoint::call(std::string_view method, core::FunctionRef<void(Packer
   pc->seq = ++seq_;
   pc->queued = conn_.has_value();  // else it waits in unsent_ for attach()
   pc->end = queue([&](Packer& p) {
-    p.array(4);
-    p.uinteger(0);
-    p.uinteger(id);
-    p.str(method);
+    p.requestHead(id, method);
     params(p);
   });
   if (!(timeout >= 0) || !std::isfinite(timeout)) timeout = opts_.call_timeout;  // -1, NaN, inf

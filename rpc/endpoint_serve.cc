@@ -31,16 +31,10 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
 
 // ---- Replies we owe ----
 
-[[gnu::always_inline]] inline bool Endpoint::writeReply(Object msgid, const ReplyBody& b, bool owed,
-                                                        const CallTag& tag) {
-  if (owed && !open()) [[unlikely]] {
-    ++counters_.dropped_replies;
-    --counters_.in_flight;
-    --in_flight_;
-    return false;
-  }
-  // (A reply written while we serve a request finds its connection: a closed one drops it.)
-  Packer p(conn_->out());
+namespace {
+// A reply other than a value for an unsigned msgid, item by item; `outcome` 1 + the kind
+// counted for an error.
+void packReplyItems(Packer& p, Object msgid, const ReplyBody& b, size_t& outcome) {
   p.array(4);
   p.uinteger(1);
   if (msgid.type() == MSGPACK_OBJECT_POSITIVE_INTEGER) {
@@ -48,7 +42,6 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
   } else {
     p.object(msgid);
   }
-  size_t outcome = 0;  // ok, else 1 + the kind counted
   switch (b.type) {
     case ReplyBody::Type::kValue:
       p.nil();
@@ -74,6 +67,26 @@ void Endpoint::Owner::control(std::string_view cmd, Object, Invocation& inv) {
       p.raw(b.message);
       p.nil();
       break;
+  }
+}
+}  // namespace
+
+[[gnu::always_inline]] inline bool Endpoint::writeReply(Object msgid, const ReplyBody& b, bool owed,
+                                                        const CallTag& tag) {
+  if (owed && !open()) [[unlikely]] {
+    ++counters_.dropped_replies;
+    --counters_.in_flight;
+    --in_flight_;
+    return false;
+  }
+  // (A reply written while we serve a request finds its connection: a closed one drops it.)
+  Packer p(conn_->out());
+  size_t outcome = 0;  // ok, else 1 + the kind counted
+  if (b.type == ReplyBody::Type::kValue && msgid.type() == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+    p.replyHead(msgid.raw().via.u64);  // the usual reply: its head in one append
+    (*b.value)(p);
+  } else {
+    packReplyItems(p, msgid, b, outcome);
   }
   if (outcome) ++counters_.errors[outcome - 1];
   if (opts_.metrics) opts_.metrics->replied(tag, outcome);
@@ -159,6 +172,13 @@ class Endpoint::RawServed final : public RawRequest {
   CallTag tag_;
 };
 
+const MethodInfo* Endpoint::findMethod(std::string_view name) noexcept {
+  if (last_method_ && last_method_->name == name) return last_method_;
+  const MethodInfo* m = service_->find(name);
+  if (m) last_method_ = m;
+  return m;
+}
+
 bool Endpoint::rawRequest(std::string_view m) {
   // [0, msgid, method, params] with an unsigned msgid, or [2, method, params], and a method
   // that has a raw handler (that takes notifications, for one): offered as bytes. Draining, a
@@ -174,7 +194,7 @@ bool Endpoint::rawRequest(std::string_view m) {
   size_t at = 2 + id_len;
   auto name = readStr(m.data() + at, m.size() - at, name_len);
   if (!name || name->empty() || (*name)[0] == '\0') return false;
-  const MethodInfo* mi = service_->find(*name);
+  const MethodInfo* mi = findMethod(*name);
   if (!mi || !mi->raw || (notify && !mi->raw_notifications)) return false;
   RawServed rq(*this, *id, notify, {mi->id, read_at_});
   rq.params = m.substr(at + name_len);  // a whole array was framed: the rest is params
@@ -201,7 +221,7 @@ void Endpoint::serve(Object msgid, Object method, Object params, bool notify) {
     if (!notify) inv.replyError(Kind::kServiceUnavailable, "draining");
     return;  // it did not run
   }
-  const MethodInfo* m = service_ ? service_->find(name) : nullptr;
+  const MethodInfo* m = service_ ? findMethod(name) : nullptr;
   if (!m) {
     inv.replyError(Kind::kNoMethod, service_ ? "no method " + method.toText(100)
                                              : std::string("this peer serves no methods"));

@@ -16,27 +16,13 @@ void packError(Packer& p, Kind kind, std::string_view message) {
   p.str(validUtf8(message));
 }
 
-Responder& Responder::operator=(Responder&& o) noexcept {
-  if (this != &o) {
-    if (!done_) error(Kind::kInternal, "handler dropped the reply");
-    release();
-    hub_ = std::move(o.hub_);
-    session_ = o.session_;
-    msgid_ = o.msgid_;
-    zone_ = std::exchange(o.zone_, nullptr);
-    tag_ = o.tag_;
-    done_ = std::exchange(o.done_, true);
-    own_zone_ = std::exchange(o.own_zone_, false);
-  }
-  return *this;
-}
-
-Responder::~Responder() {
+void Responder::settle() noexcept {
   if (!done_) error(Kind::kInternal, "handler dropped the reply");
   release();
 }
 
 void Responder::release() noexcept {
+  if (!zone_) return;
   if (own_zone_) {
     if (zone_) msgpack_zone_free(zone_);
   } else {

@@ -73,9 +73,17 @@ class Responder {
         zone_(zone),
         tag_(tag),
         done_(!answer) {}
-  Responder(Responder&& o) noexcept { *this = std::move(o); }
-  Responder& operator=(Responder&& o) noexcept;
-  ~Responder();
+  Responder(Responder&& o) noexcept { take(o); }
+  Responder& operator=(Responder&& o) noexcept {
+    if (this != &o) {
+      if (!done_ || zone_) settle();
+      take(o);
+    }
+    return *this;
+  }
+  ~Responder() {
+    if (!done_ || zone_) settle();
+  }
 
   explicit operator bool() const noexcept { return !hub_.expired() && !done_; }
   uint64_t session() const noexcept { return session_; }
@@ -105,6 +113,19 @@ class Responder {
  private:
   void send(const ReplyBody& body);
   void release() noexcept;
+  // What a Responder still holds, given up: a reply not sent answers InternalError ("handler
+  // dropped the reply"), the zone goes back. Out of line: the usual case (answered, no zone,
+  // as after a raw request's reply) costs a test.
+  void settle() noexcept;
+  void take(Responder& o) noexcept {  // o's state, o left answered and empty
+    hub_ = std::move(o.hub_);
+    session_ = o.session_;
+    msgid_ = o.msgid_;
+    zone_ = std::exchange(o.zone_, nullptr);
+    tag_ = o.tag_;
+    done_ = std::exchange(o.done_, true);
+    own_zone_ = std::exchange(o.own_zone_, false);
+  }
 
   std::weak_ptr<ReplyHub> hub_;
   uint64_t session_ = 0;

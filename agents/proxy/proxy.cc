@@ -342,6 +342,19 @@ class ProxyRole final : public RoleInstance {
   uint64_t next_backend_id_ = 1;
   uint64_t version_ = 0;
   uint64_t table_gen_ = 1;  // bumped whenever table_ is replaced
+  // The service looked up last, valid while table_gen_ is `last_gen_`: consecutive calls mostly
+  // name one service, and a compare costs less than a hash and a probe.
+  uint64_t last_gen_ = 0;
+  std::string_view last_name_;  // the table's key
+  Instances* last_ = nullptr;
+  Instances* lookup(std::string_view service) {
+    if (last_gen_ == table_gen_ && last_name_ == service) return last_;
+    auto it = table_.find(service);
+    if (it == table_.end()) return nullptr;
+    last_gen_ = table_gen_;
+    last_name_ = it->first;
+    return last_ = &it->second;
+  }
   bool use_watch_ = true, stopping_ = false;
   core::Loop::TimerId refresh_timer_ = 0, sweep_timer_ = 0, resolved_timer_ = 0, trim_timer_ = 0;
   void armTrim() {
@@ -509,16 +522,30 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
   auto c = calls_.get();
   if (hint) c->hint = Hint::of(*hint);
   bool missed = false;
-  char* at = c->keep(service.size() + method.size() + params.size(), buffers_, missed);
+  if (rq.params[0] == '\x93') {
+    // The array form: service, method and params lie in order after the array's byte, a few
+    // string headers between them. One copy of that stretch, the views taken inside it.
+    std::string_view all = rq.params.substr(1);
+    char* at = c->keep(all.size(), buffers_, missed);
+    std::memcpy(at, all.data(), all.size());
+    auto in = [&](std::string_view v) {
+      return std::string_view(at + (v.data() - all.data()), v.size());
+    };
+    c->service = in(service);
+    c->method = in(method);
+    c->raw_params = in(params);
+  } else {
+    char* at = c->keep(service.size() + method.size() + params.size(), buffers_, missed);
+    auto put = [&at](std::string_view v) {
+      std::memcpy(at, v.data(), v.size());
+      at += v.size();
+      return std::string_view(at - v.size(), v.size());
+    };
+    c->service = put(service);
+    c->method = put(method);
+    c->raw_params = put(params);
+  }
   if (missed && !trim_timer_) armTrim();
-  auto put = [&at](std::string_view v) {
-    std::memcpy(at, v.data(), v.size());
-    at += v.size();
-    return std::string_view(at - v.size(), v.size());
-  };
-  c->service = put(service);
-  c->method = put(method);
-  c->raw_params = put(params);
   c->reply = rq.detach();
   admit(std::move(c));
   return true;
@@ -526,13 +553,13 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
 
 void ProxyRole::admit(CallPtr c) {
   c->t0 = metrics_on_ ? loop_.now() : 0;
-  auto it = table_.find(c->service);
-  if (it == table_.end() || it->second.list.empty()) {
+  Instances* in = lookup(c->service);
+  if (!in || in->list.empty()) {
     std::string msg = "no service '" + std::string(c->service) + "'";
     return c->reply.error(Kind::kServiceNotFound, msg);
   }
-  start(*c, it->second);
-  c->instances = &it->second;
+  start(*c, *in);
+  c->instances = in;
   c->table_gen = table_gen_;
   route(std::move(c));
 }
@@ -586,8 +613,7 @@ std::optional<std::string> ProxyRole::hintOf(Object h, Hint& out) {
 
 void ProxyRole::route(CallPtr c) {
   if (c->table_gen != table_gen_) {  // the table changed (or a batch item): look it up again
-    auto it = table_.find(c->service);
-    c->instances = it == table_.end() ? nullptr : &it->second;
+    c->instances = lookup(c->service);
     c->table_gen = table_gen_;
   }
   if (!c->instances || c->instances->list.empty()) {
@@ -737,9 +763,9 @@ void ProxyRole::forwardNotification(std::string_view service, std::string_view m
                                     core::FunctionRef<void(rpc::Packer&)> params) {
   // SPEC §6: a notification is forwarded as a notification (no reply, no queue slot), to the
   // next round-robin instance that is not ejected.
-  auto it = table_.find(service);
-  if (it == table_.end() || it->second.list.empty()) return;
-  auto& in = it->second;
+  Instances* found = lookup(service);
+  if (!found || found->list.empty()) return;
+  auto& in = *found;
   size_t n = in.list.size(), first = in.rr++ % n;
   for (size_t k = 0; k < n; ++k) {
     Backend* b = in.list[(first + k) % n];

@@ -149,6 +149,34 @@ TEST_SUITE("codec") {
     CHECK(drain(q) == ref.bytes);  // headers cross block boundaries here (over 16 KiB)
   }
 
+  TEST_CASE("a request's or reply's head in one append: the bytes msgpack-c's packer writes") {
+    Reference ref;
+    std::string mine;
+    aiorpc::core::OutQueue q;
+    Packer a(mine), b(q);
+    for (uint64_t id :
+         {uint64_t{0}, uint64_t{127}, uint64_t{128}, uint64_t{255}, uint64_t{256}, uint64_t{65535},
+          uint64_t{65536}, uint64_t{UINT32_MAX}, uint64_t{UINT32_MAX} + 1, uint64_t{UINT64_MAX}}) {
+      for (size_t n : {0, 1, 31, 32, 300}) {  // fixstr and not
+        std::string method(n, 'm');
+        msgpack_pack_array(&ref.pk, 4);
+        msgpack_pack_uint64(&ref.pk, 0);
+        msgpack_pack_uint64(&ref.pk, id);
+        msgpack_pack_str_with_body(&ref.pk, method.data(), n);
+        a.requestHead(id, method);
+        b.requestHead(id, method);
+      }
+      msgpack_pack_array(&ref.pk, 4);
+      msgpack_pack_uint64(&ref.pk, 1);
+      msgpack_pack_uint64(&ref.pk, id);
+      msgpack_pack_nil(&ref.pk);
+      a.replyHead(id);
+      b.replyHead(id);
+    }
+    CHECK(mine == ref.bytes);
+    CHECK(drain(q) == ref.bytes);
+  }
+
   TEST_CASE("Packer::object re-encodes every msgpack type as msgpack-c does") {
     Reference ref;
     ref.bytes =

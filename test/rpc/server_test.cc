@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -121,6 +122,48 @@ TEST_SUITE("server sessions") {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     CHECK(::connect(fd, bound->sockaddr_ptr(), bound->length()) != 0);  // no longer listening
     ::close(fd);
+  }
+
+  TEST_CASE("method lookup per connection: alternating names, prefixes, misses, redefinition") {
+    // A connection remembers the method it asked for last: each of these must still find its
+    // own handler, raw or decoded, and a redefinition must take effect on an open connection.
+    core::Loop loop;
+    Service svc("s");
+    svc.def("a", [] { return 1; });
+    svc.def("ab", [] { return 2; });
+    svc.def(
+        "r", [](int x) { return x; }, arg("x"));
+    svc.raw("r", [](RawRequest& rq) {
+      rq.detach().reply(std::string("raw"));
+      return true;
+    });
+    Server server(loop, svc);
+    auto bound = server.listen("127.0.0.1:0");
+    REQUIRE(bound.ok());
+    Peer p(*bound);
+    std::tuple<> none;
+    p.write(request(1, "a", none) + request(2, "ab", none) + request(3, "a", none) +
+            request(4, "b", none) + request(5, "", none) + request(6, "r", std::tuple{5}) +
+            request(7, "a", none) + request(8, "abc", none));
+    REQUIRE(runUntil(loop, [&] {
+      p.read();
+      return p.messages().size() >= 8;
+    }));
+    std::vector<std::string> got;
+    for (const Value& m : p.messages()) {
+      Object o = m.view();
+      got.push_back(o[2].isNil() ? o[3].toText() : o[2][0].toText());
+    }
+    INFO(fmt::format("{}", fmt::join(got, " ")));
+    CHECK(got == std::vector<std::string>{"1", "2", "1", "\"NoMethodError\"", "\"NoMethodError\"",
+                                          "\"raw\"", "1", "\"NoMethodError\""});
+    svc.def("a", [] { return 3; });
+    p.write(request(9, "a", none));
+    REQUIRE(runUntil(loop, [&] {
+      p.read();
+      return p.messages().size() >= 9;
+    }));
+    CHECK(p.messages()[8].view()[3].toText() == "3");
   }
 
   TEST_CASE("fairness: a connection with thousands queued does not hold back another") {
