@@ -22,6 +22,7 @@ Endpoint::Endpoint(core::Loop& loop, const EndpointOptions& opts, Service* servi
       service_(service),
       owner_(owner),
       peers_(peers),
+      peers_raw_(peers.get()),
       counters_(peers->counters),
       id_(id),
       remote_(remote),

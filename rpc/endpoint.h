@@ -398,6 +398,7 @@ class Endpoint final : public core::ConnectionHandler {
   const MethodInfo* findMethod(std::string_view name) noexcept;
   Owner& owner_;
   std::weak_ptr<Peers> peers_;
+  Peers* peers_raw_;  // the same table, for Responders (which check peers_ before using it)
   EndpointCounters& counters_;
   uint64_t id_;
   core::Address remote_;

@@ -136,9 +136,9 @@ class Endpoint::Served final : public Invocation {
     if (answered_ || gone()) return Responder();
     answered_ = true;
     msgpack_zone* zone = e_.dec_->releaseZone();
-    if (notify_) return Responder({}, 0, msgid_, zone, false);
+    if (notify_) return Responder({}, nullptr, 0, msgid_, zone, false);
     e_.detached();
-    return Responder(e_.peers_, e_.id_, msgid_, zone, true, tag_);
+    return Responder(e_.peers_, e_.peers_raw_, e_.id_, msgid_, zone, true, tag_);
   }
 
  private:
@@ -162,7 +162,8 @@ class Endpoint::RawServed final : public RawRequest {
     msgpack_object id;
     id.type = MSGPACK_OBJECT_POSITIVE_INTEGER;
     id.via.u64 = msgid_;
-    return Responder(e_.peers_, e_.id_, Object(id), nullptr, true, tag_);  // msgid by value
+    return Responder(e_.peers_, e_.peers_raw_, e_.id_, Object(id), nullptr, true,
+                     tag_);  // msgid by value
   }
   bool detached_ = false;
 

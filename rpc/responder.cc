@@ -33,8 +33,7 @@ void Responder::release() noexcept {
 }
 
 size_t Responder::peerOutputBytes() const {
-  auto hub = hub_.lock();
-  return hub ? hub->outputBytes(session_) : 0;
+  return hub_.expired() ? 0 : raw_hub_->outputBytes(session_);
 }
 
 void Responder::compact() {
@@ -60,7 +59,7 @@ void Responder::compact() {
 void Responder::send(const ReplyBody& body) {
   if (done_) return;
   done_ = true;
-  if (auto hub = hub_.lock()) hub->reply(session_, msgid_, body, tag_);
+  if (!hub_.expired()) raw_hub_->reply(session_, msgid_, body, tag_);
   release();
 }
 

@@ -65,9 +65,12 @@ class Responder {
  public:
   Responder() = default;
   // `answer` false: keep the zone alive but send nothing (a notification's handler).
-  Responder(std::weak_ptr<ReplyHub> hub, uint64_t session, Object msgid, msgpack_zone* zone,
-            bool answer = true, CallTag tag = {})
+  // `raw` is `hub` itself, used while `hub` has not expired (a check, not a lock: replies are
+  // written on the loop's thread, and writing one runs no user code that could free the hub).
+  Responder(std::weak_ptr<ReplyHub> hub, ReplyHub* raw, uint64_t session, Object msgid,
+            msgpack_zone* zone, bool answer = true, CallTag tag = {})
       : hub_(std::move(hub)),
+        raw_hub_(raw),
         session_(session),
         msgid_(msgid),
         zone_(zone),
@@ -119,6 +122,7 @@ class Responder {
   void settle() noexcept;
   void take(Responder& o) noexcept {  // o's state, o left answered and empty
     hub_ = std::move(o.hub_);
+    raw_hub_ = o.raw_hub_;
     session_ = o.session_;
     msgid_ = o.msgid_;
     zone_ = std::exchange(o.zone_, nullptr);
@@ -128,6 +132,7 @@ class Responder {
   }
 
   std::weak_ptr<ReplyHub> hub_;
+  ReplyHub* raw_hub_ = nullptr;
   uint64_t session_ = 0;
   Object msgid_;
   msgpack_zone* zone_ = nullptr;
