@@ -361,6 +361,10 @@ CLI::App* addBenchCommand(CLI::App& app, BenchOptions& o) {
   b->add_flag("--bin", o.bin, "payload as bin (default str)");
   b->add_option("--proxy", o.proxy, "send invoke(SERVICE, METHOD, [payload]) through a proxy");
   b->add_flag("--map", o.map, "with --proxy: invoke's params in map form");
+  b->add_option("--batch", o.batch,
+                "with --proxy: batch_invoke of N items [SERVICE, METHOD, [payload]] per "
+                "request (calls/s counts requests)")
+      ->check(integer(1, 65535));
   b->add_flag("-e,--raw", o.raw, "raw mode: expects each request echoed back byte for byte");
   b->add_flag("--reconnect", o.reconnect,
               "each connection makes one call, closes and connects again (TLS: a handshake "
@@ -372,6 +376,10 @@ CLI::App* addBenchCommand(CLI::App& app, BenchOptions& o) {
 }
 
 int runBench(const BenchOptions& o) {
+  if (o.batch > 0 && o.proxy.empty()) {
+    std::fprintf(stderr, "aiorpc bench: --batch needs --proxy SERVICE\n");
+    return 2;
+  }
   auto target = rpc::parseTarget(o.endpoint);
   if (!target) {
     std::fprintf(stderr, "aiorpc bench: bad address %s\n", o.endpoint.c_str());
@@ -394,7 +402,29 @@ int runBench(const BenchOptions& o) {
   sh.id_offset = sh.request.size() + 1;
   sh.request += '\xce';
   sh.request.append(4, '\0');
-  if (!o.proxy.empty()) {
+  auto item = [&](rpc::Packer& to) {  // [payload]: a call's params, and its result
+    to.array(1);
+    if (o.bin)
+      to.bin(payload);
+    else
+      to.str(payload);
+  };
+  if (!o.proxy.empty() && o.batch > 0) {
+    // [0, <uint32 msgid>, "batch_invoke", [[[service, method, [payload]], ...]]]
+    p.str("batch_invoke");
+    p.array(1);
+    p.array(static_cast<uint32_t>(o.batch));
+    for (int i = 0; i < o.batch; ++i) {
+      p.array(3);
+      p.str(o.proxy);
+      p.str(o.method);
+      item(p);
+    }
+    rpc::Packer e(sh.expect);  // nil, [[payload], ...] in item order
+    e.nil();
+    e.array(static_cast<uint32_t>(o.batch));
+    for (int i = 0; i < o.batch; ++i) item(e);
+  } else if (!o.proxy.empty()) {
     p.str("invoke");
     if (o.map) {
       p.map(3);
@@ -409,18 +439,12 @@ int runBench(const BenchOptions& o) {
   } else {
     p.str(o.method);
   }
-  p.array(1);
-  if (o.bin)
-    p.bin(payload);
-  else
-    p.str(payload);
-  rpc::Packer e(sh.expect);  // the reply after its msgid: nil, [payload]
-  e.nil();
-  e.array(1);
-  if (o.bin)
-    e.bin(payload);
-  else
-    e.str(payload);
+  if (o.proxy.empty() || o.batch == 0) {
+    item(p);
+    rpc::Packer e(sh.expect);  // the reply after its msgid: nil, [payload]
+    e.nil();
+    item(e);
+  }
   if (o.reconnect) return runReconnect(sh);
 
   std::vector<std::unique_ptr<Conn>> conns;

@@ -24,6 +24,7 @@ struct BenchOptions {
   std::string method = "echo", proxy;
   std::vector<int> cpu_pids;  // servers whose CPU time per call to report
   bool bin = false, raw = false, reconnect = false, map = false;
+  int batch = 0;                          // with proxy: batch_invoke of this many items per request
   std::shared_ptr<core::TlsContext> tls;  // for a tls:// endpoint (null: the system's CAs)
 };
 

@@ -217,14 +217,17 @@ class Raw:
         self.sock.close()
 
 
-def messages(conn):
-    """Every msgpack message `conn` (a socket) sends, decoded, until it closes."""
+def messages(conn, record=None):
+    """Every msgpack message `conn` (a socket) sends, decoded, until it closes; the bytes as
+    they came appended to the list `record` when one is given."""
     import msgpack
     u = msgpack.Unpacker(raw=False)
     while True:
         data = conn.recv(65536)
         if not data:
             return
+        if record is not None:
+            record.append(data)
         u.feed(data)
         yield from u
 

@@ -112,6 +112,16 @@ def test_batch_invoke():
     got = r.call("batch_invoke", [[["sample.foo", "echo", [1]], ["sample.foo", "nope", []],
                                    ["sample.foo", "add", ["x"]]]])
     assert got[2][0] == "NoMethodError" and got[2][1].startswith("item 1: ")
+    # aiorpc bench --batch: every reply checked byte for byte against the items' results
+    import subprocess
+    from harness import binary
+    b = subprocess.run([binary("aiorpc"), "bench", px.endpoint, "--proxy", "sample.foo",
+                        "--batch", "20", "-c", "2", "-d", "4", "-t", "0.3", "-w", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert b.returncode == 0 and " errors=0 " in b.stdout.splitlines()[-1] + " ", b
+    b = subprocess.run([binary("aiorpc"), "bench", px.endpoint, "--batch", "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert b.returncode == 2 and "--batch needs --proxy" in b.stderr, b
 
 
 def test_errors_pass_through():
@@ -367,6 +377,39 @@ def test_batch_items_results_are_relayed_as_bytes():
     assert got[2] is None and got[3] == [[1.5, "ok"], "abc", 5], got
     # the results, in item order, exactly as the backend wrote them
     assert data == b"\x94\x01\x09\xc0\x93" + b"".join(odd), data
+
+
+def test_batch_items_params_are_relayed_as_bytes():
+    """(#24) batch_invoke's items take the raw path: each item's params reach the backend as
+    the caller encoded them (a str8 and a float32 survive a decode and re-encode would turn
+    into a fixstr and a float64), for a batch counted in a fixarray and in an array16; a batch
+    the raw path declines (a hinted item, an unknown service) is still answered as before."""
+    import msgpack
+    ka = daemon("--role=keepalive", "--bind", "127.0.0.1:0")
+    stream, served = [], []
+
+    def backend(lsock):  # records the request bytes, answers each with its first param
+        conn, _ = lsock.accept()
+        for m in messages(conn, stream):
+            served.append(m[3])
+            conn.sendall(b"\x94\x01" + msgpack.packb(m[1]) + b"\xc0" + msgpack.packb(m[3][0]))
+    raw_backend(ka, "rawsvc", backend)
+    px, r = proxy_over(ka, 1)
+    odd = b"\x92\xd9\x02hi\xca\x40\x20\x00\x00"  # ["hi" as str8, 2.5 as float32]
+    for n in (3, 20):  # 0x93 and 0xdc 0x00 0x14
+        head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+        items = b"".join(b"\x93\xa6rawsvc\xa1m" + odd for _ in range(n))
+        r.send_bytes(b"\x94\x00\x05\xacbatch_invoke\x91" + head + items)
+        got = r.recv(1)[0]
+        assert got[2] is None and got[3] == ["hi"] * n, got
+    assert wait_until(lambda: len(served) == 23)
+    assert b"".join(stream).count(odd) == 23, stream
+    # declined by the raw path, answered by the decoded one as before
+    got = r.call("batch_invoke", [[["rawsvc", "m", ["a"]], ["nope", "m", []]]])
+    assert got[2] == ["ServiceNotFound", "item 1: no service 'nope'"]
+    got = r.call("batch_invoke", [[["rawsvc", "m", ["a"], 0], ["rawsvc", "m", ["b"]]]])
+    assert got[2] is None and got[3] == ["a", "b"], got
+    assert r.call("batch_invoke", [[]])[3] == []
 
 
 def test_backend_error_replies_are_relayed_as_bytes():
