@@ -128,7 +128,7 @@ CallFuture Client::futureFor(std::string method, Client& c,
 }
 
 CallHandle Client::send(std::string_view method, core::FunctionRef<void(Packer&)> params,
-                        ResponseFn done, double timeout, bool handle) {
+                        ResponseFn&& done, double timeout, bool handle) {
   last_used_ = loop_.now();
   // Fail fast, but from the loop: callbacks never run inside send().
   if (dead())

@@ -104,8 +104,8 @@ class Client final : private Endpoint::Owner {
   // unless the returned handle cancels the call first (then never; a call refused at once, by
   // a dead peer or a full queue, gets its outcome from the loop and cancels the same way).
   // `handle` false: no handle (Endpoint::call), for callers that never cancel.
-  CallHandle send(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
-                  double timeout = -1, bool handle = true);
+  CallHandle send(std::string_view method, core::FunctionRef<void(Packer&)> params,
+                  ResponseFn&& done, double timeout = -1, bool handle = true);
   void sendNotify(std::string_view method, core::FunctionRef<void(Packer&)> params);
 
   const core::Address& address() const noexcept { return addr_; }

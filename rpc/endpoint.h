@@ -262,8 +262,8 @@ class Endpoint final : public core::ConnectionHandler {
   // the returned handle cancels the call first or the owner goes first (then never).
   // `handle` false: an empty handle comes back (no reference count taken per call), for
   // callers that never cancel (the proxy).
-  CallHandle call(std::string_view method, core::FunctionRef<void(Packer&)> params, ResponseFn done,
-                  double timeout, bool handle = true);
+  CallHandle call(std::string_view method, core::FunctionRef<void(Packer&)> params,
+                  ResponseFn&& done, double timeout, bool handle = true);
   // Drops a pending call (its callback destroyed uncalled); false when it is not pending.
   bool cancel(uint32_t msgid) noexcept;
   void notify(std::string_view method, core::FunctionRef<void(Packer&)> params);

@@ -192,7 +192,7 @@ bool Endpoint::cancel(uint32_t msgid) noexcept {
 }
 
 CallHandle Endpoint::call(std::string_view method, core::FunctionRef<void(Packer&)> params,
-                          ResponseFn done, double timeout, bool handle) {
+                          ResponseFn&& done, double timeout, bool handle) {
   auto refuse = [&](std::string why) {
     auto peers = peers_.lock();
     if (!peers) return CallHandle();  // our owner has gone: `done` dropped uncalled
