@@ -69,10 +69,12 @@ int main(int argc, char** argv) {
       [&](uint64_t n, Reply<uint64_t> reply) {
         // The reply stays on the loop's side: the worker gets a number, gives a number back.
         auto r = std::make_shared<Reply<uint64_t>>(std::move(reply));
-        pool.submit([&loop, n, r] {
+        pool.submit([&loop, n, r = std::move(r)]() mutable {
           uint64_t steps = 0;
           for (uint64_t x = n == 0 ? 1 : n; x != 1; ++steps) x = x % 2 ? 3 * x + 1 : x / 2;
-          loop.postFromThread([r, steps] { (*r)(steps); });  // the only thread-safe call
+          // The reply is moved, not copied, back: the worker keeps no reference, so the last one
+          // goes on the loop's thread, where a reply (even a dropped one's error) is written.
+          loop.postFromThread([r = std::move(r), steps] { (*r)(steps); });  // thread-safe
         });
       },
       arg("n"));
