@@ -24,7 +24,7 @@ void Responder::settle() noexcept {
 void Responder::release() noexcept {
   if (!zone_) return;
   if (own_zone_) {
-    if (zone_) msgpack_zone_free(zone_);
+    msgpack_zone_free(zone_);
   } else {
     giveZone(zone_);
   }

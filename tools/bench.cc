@@ -409,7 +409,7 @@ int runBench(const BenchOptions& o) {
     else
       to.str(payload);
   };
-  if (!o.proxy.empty() && o.batch > 0) {
+  if (o.batch > 0) {  // (with --proxy: checked above)
     // [0, <uint32 msgid>, "batch_invoke", [[[service, method, [payload]], ...]]]
     p.str("batch_invoke");
     p.array(1);
@@ -424,22 +424,22 @@ int runBench(const BenchOptions& o) {
     e.nil();
     e.array(static_cast<uint32_t>(o.batch));
     for (int i = 0; i < o.batch; ++i) item(e);
-  } else if (!o.proxy.empty()) {
-    p.str("invoke");
-    if (o.map) {
-      p.map(3);
-      p.str("service"), p.str(o.proxy);
-      p.str("method"), p.str(o.method);
-      p.str("params");
+  } else {
+    if (!o.proxy.empty()) {
+      p.str("invoke");
+      if (o.map) {
+        p.map(3);
+        p.str("service"), p.str(o.proxy);
+        p.str("method"), p.str(o.method);
+        p.str("params");
+      } else {
+        p.array(3);
+        p.str(o.proxy);
+        p.str(o.method);
+      }
     } else {
-      p.array(3);
-      p.str(o.proxy);
       p.str(o.method);
     }
-  } else {
-    p.str(o.method);
-  }
-  if (o.proxy.empty() || o.batch == 0) {
     item(p);
     rpc::Packer e(sh.expect);  // the reply after its msgid: nil, [payload]
     e.nil();

@@ -292,10 +292,17 @@ class ProxyRole final : public RoleInstance {
     Instances* in;
   };
   std::vector<RawItem> raw_plan_;
+  // A raw call from the pool: `stretch`, the request's bytes that hold its service, method and
+  // params (in any order, other bytes between), copied once into it; its views point into the
+  // copy, which it keeps for retries.
+  CallPtr rawCall(std::string_view stretch, std::string_view service, std::string_view method,
+                  std::string_view params);
   // Parses a hint: nil/0 → none; a non-zero integer → set; anything else → error text.
   static std::optional<std::string> hintOf(Object h, Hint& out);
   // An invoke's first step: ServiceNotFound, or the first candidate and route().
   void admit(CallPtr c);
+  // The call's first candidate in `in` (the table's entry now), then route().
+  void startOn(CallPtr c, Instances& in);
   void route(CallPtr c);
   void sendTo(Backend& b, CallPtr c);
   void onReply(Backend& b, CallPtr c, rpc::Response& r);
@@ -459,8 +466,7 @@ ProxyRole::ProxyRole(RoleEnv& env)
           c->batch = b;
           c->item = i;
           c->t0 = metrics_on_ ? loop_.now() : 0;
-          start(*c, *plan[i].first);
-          route(std::move(c));
+          startOn(std::move(c), *plan[i].first);
         }
       },
       rpc::arg("batches"));
@@ -555,7 +561,7 @@ bool ProxyRole::rawBatch(rpc::RawRequest& rq) {
     it.method = *method;
     it.params = p.substr(at, params);
     at += params;
-    it.item = p.substr(begin + 1, at - begin - 1);
+    it.item = p.substr(begin, at - begin);
     it.in = lookup(it.service);
     if (!it.in || it.in->list.empty()) return false;
     raw_plan_.push_back(it);
@@ -567,31 +573,34 @@ bool ProxyRole::rawBatch(rpc::RawRequest& rq) {
   b->at.resize(n);
   b->left = n;
   double t0 = metrics_on_ ? loop_.now() : 0;
-  std::vector<RawItem> plan;
-  plan.swap(raw_plan_);  // (a reply cannot come inside route(), but keep the plan ours)
+  // (route() answers synchronously at most through the batch: nothing re-enters rawBatch.)
   for (uint32_t i = 0; i < n; ++i) {
-    const RawItem& it = plan[i];
-    auto c = calls_.get();
-    bool missed = false;
-    char* to = c->keep(it.item.size(), buffers_, missed);
-    if (missed && !trim_timer_) armTrim();
-    std::memcpy(to, it.item.data(), it.item.size());
-    auto copied = [&](std::string_view v) {
-      return std::string_view(to + (v.data() - it.item.data()), v.size());
-    };
-    c->service = copied(it.service);
-    c->method = copied(it.method);
-    c->raw_params = copied(it.params);
+    const RawItem& it = raw_plan_[i];
+    auto c = rawCall(it.item, it.service, it.method, it.params);
     c->batch = b;
     c->item = i;
     c->t0 = t0;
-    start(*c, *it.in);
-    c->instances = it.in;
-    c->table_gen = table_gen_;
-    route(std::move(c));
+    startOn(std::move(c), *it.in);
   }
-  plan.swap(raw_plan_);
   return true;
+}
+
+[[gnu::always_inline]] inline CallPtr ProxyRole::rawCall(std::string_view stretch,
+                                                         std::string_view service,
+                                                         std::string_view method,
+                                                         std::string_view params) {
+  auto c = calls_.get();
+  bool missed = false;
+  char* to = c->keep(stretch.size(), buffers_, missed);
+  if (missed && !trim_timer_) armTrim();
+  std::memcpy(to, stretch.data(), stretch.size());
+  auto copied = [&](std::string_view v) {
+    return std::string_view(to + (v.data() - stretch.data()), v.size());
+  };
+  c->service = copied(service);
+  c->method = copied(method);
+  c->raw_params = copied(params);
+  return c;
 }
 
 bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
@@ -602,33 +611,9 @@ bool ProxyRole::rawInvoke(rpc::RawRequest& rq) {
     forwardNotification(service, method, [&](rpc::Packer& p) { p.raw(params); });
     return true;
   }
-  auto c = calls_.get();
+  // One copy of the whole params item (array or map form: the keys and a hint come along).
+  auto c = rawCall(rq.params, service, method, params);
   if (hint) c->hint = Hint::of(*hint);
-  bool missed = false;
-  if (rq.params[0] == '\x93') {
-    // The array form: service, method and params lie in order after the array's byte, a few
-    // string headers between them. One copy of that stretch, the views taken inside it.
-    std::string_view all = rq.params.substr(1);
-    char* at = c->keep(all.size(), buffers_, missed);
-    std::memcpy(at, all.data(), all.size());
-    auto in = [&](std::string_view v) {
-      return std::string_view(at + (v.data() - all.data()), v.size());
-    };
-    c->service = in(service);
-    c->method = in(method);
-    c->raw_params = in(params);
-  } else {
-    char* at = c->keep(service.size() + method.size() + params.size(), buffers_, missed);
-    auto put = [&at](std::string_view v) {
-      std::memcpy(at, v.data(), v.size());
-      at += v.size();
-      return std::string_view(at - v.size(), v.size());
-    };
-    c->service = put(service);
-    c->method = put(method);
-    c->raw_params = put(params);
-  }
-  if (missed && !trim_timer_) armTrim();
   c->reply = rq.detach();
   admit(std::move(c));
   return true;
@@ -641,8 +626,12 @@ void ProxyRole::admit(CallPtr c) {
     std::string msg = "no service '" + std::string(c->service) + "'";
     return c->reply.error(Kind::kServiceNotFound, msg);
   }
-  start(*c, *in);
-  c->instances = in;
+  startOn(std::move(c), *in);
+}
+
+[[gnu::always_inline]] inline void ProxyRole::startOn(CallPtr c, Instances& in) {
+  start(*c, in);
+  c->instances = &in;
   c->table_gen = table_gen_;
   route(std::move(c));
 }
